@@ -1,0 +1,338 @@
+//! Connections to Redis for the three modes, behind one small trait.
+//!
+//! A backend knows Redis and nothing about embeddings: it runs batches of single-key commands
+//! (one pipeline per node), lists keys, and describes the topology. The table decides what the
+//! commands are.
+
+mod cluster;
+mod options;
+mod pool;
+mod sentinel;
+mod standalone;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use redis::{Cmd, Value};
+
+use crate::config::{ConnectionMode, RedisConfig};
+use crate::error::{Error, Result};
+
+pub use options::ConnectOptions;
+
+/// Whether a batch only reads (and may go to replicas when the config allows it) or writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// HMGET, HLEN, HSCAN, SCAN, DUMP: replicas allowed when `redis_read_access_slave` is set.
+    Read,
+    /// Everything that changes data: always the master.
+    Write,
+}
+
+/// Whether a failed batch may simply be sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Sending the batch twice gives the same result (HMGET, HSET, HDEL, DEL): retry on any
+    /// transient failure until the deadline.
+    Idempotent,
+    /// Applying the batch twice would be wrong (accum deltas): retry only when the failure
+    /// proves the batch was not executed (connection refused, MOVED/ASK, TRYAGAIN).
+    AtMostOnce,
+}
+
+/// One Redis deployment (a server, a Sentinel group or a cluster).
+pub trait Backend: Send + Sync {
+    /// Runs single-key commands, each routed by its first key, as one pipeline per node (all
+    /// nodes at once) and returns one reply per command, in order. An error reply from the
+    /// server for any command fails the whole call with that command's error.
+    fn run(&self, cmds: &[Cmd], role: Role, retry: Retry) -> Result<Vec<Value>>;
+
+    /// Every key matching a `SCAN MATCH` glob, over all masters.
+    fn scan_match(&self, pattern: &[u8]) -> Result<Vec<Vec<u8>>>;
+
+    /// The first slot range of each master, in the order `CLUSTER SLOTS` lists them.
+    /// Empty outside cluster mode: TFRA then uses the fixed even-spread tags.
+    fn master_slot_ranges(&self) -> Result<Vec<(u16, u16)>>;
+
+    /// Which mode this is.
+    fn mode(&self) -> ConnectionMode;
+
+    /// A short human description for messages, e.g. `standalone 127.0.0.1:6379`.
+    fn describe(&self) -> String;
+}
+
+/// Opens (or reuses) the backend for a config. Tables with the same connection settings in the
+/// same process share one backend and its pools: TFRA gave every table its own pools, which
+/// multiplied connections by the number of tables. The process id is part of the cache key so
+/// that a forked child never reuses sockets inherited from its parent.
+pub fn connect(config: &RedisConfig) -> Result<Arc<dyn Backend>> {
+    static CACHE: OnceLock<Mutex<HashMap<(u32, String), Arc<dyn Backend>>>> = OnceLock::new();
+    let opts = ConnectOptions::from_config(config);
+    let key = (std::process::id(), opts.cache_key());
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(found) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(found.clone());
+    }
+    let backend = open(opts)?;
+    let mut guard = cache.lock().unwrap_or_else(|e| e.into_inner());
+    // Entries of a parent process are unusable here; forget them without running their
+    // destructors, which would touch pool threads that do not exist after fork().
+    let pid = std::process::id();
+    let stale: Vec<_> = guard.keys().filter(|k| k.0 != pid).cloned().collect();
+    for k in stale {
+        if let Some(b) = guard.remove(&k) {
+            std::mem::forget(b);
+        }
+    }
+    Ok(guard.entry(key).or_insert(backend).clone())
+}
+
+fn open(opts: ConnectOptions) -> Result<Arc<dyn Backend>> {
+    match opts.mode {
+        ConnectionMode::Standalone => Ok(Arc::new(standalone::Standalone::open(opts)?)),
+        ConnectionMode::Sentinel => sentinel::open(opts),
+        ConnectionMode::Cluster => Ok(Arc::new(cluster::Cluster::open(opts)?)),
+    }
+}
+
+/// Maps a redis-rs error to ours, naming the server it came from.
+pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration) -> Error {
+    use redis::ErrorKind;
+    let message = scrub(&err.to_string());
+    if err.is_timeout() {
+        return Error::Timeout {
+            target: target.to_string(),
+            timeout_ms: timeout.as_millis() as u64,
+            message,
+        };
+    }
+    if err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() {
+        return Error::Connection {
+            target: target.to_string(),
+            message,
+        };
+    }
+    let code = err.code().unwrap_or("");
+    if matches!(err.kind(), ErrorKind::AuthenticationFailed)
+        || matches!(code, "NOAUTH" | "WRONGPASS" | "NOPERM")
+    {
+        return Error::Auth {
+            target: target.to_string(),
+            message,
+        };
+    }
+    if err.is_cluster_error()
+        || matches!(
+            code,
+            "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "LOADING"
+        )
+        || matches!(
+            err.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::MasterNameNotFoundBySentinel
+                | ErrorKind::NoValidReplicasFoundBySentinel
+        )
+    {
+        // The topology is changing under us (failover, resharding, a replica still loading):
+        // the same command will work once it settles.
+        return Error::Connection {
+            target: target.to_string(),
+            message,
+        };
+    }
+    Error::Command {
+        command: String::new(),
+        bucket: String::new(),
+        message,
+    }
+}
+
+/// True when the error proves the command never ran, so even a non-idempotent batch may be
+/// sent again.
+pub(crate) fn surely_not_executed(err: &redis::RedisError) -> bool {
+    err.is_connection_refusal()
+        || matches!(
+            err.code(),
+            Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "LOADING")
+        )
+}
+
+/// Redis error texts never carry our password, but URLs built by redis-rs might; keep any
+/// `user:secret@` credentials out of messages.
+fn scrub(message: &str) -> String {
+    match (message.find("://"), message.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &message[..scheme], &message[at..])
+        }
+        _ => message.to_string(),
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails with a non-transient error, or the deadline passes.
+/// The backoff doubles from 20 ms up to 500 ms: short enough to notice a promoted replica
+/// quickly, long enough not to hammer a restarting server.
+pub(crate) fn with_retry<T>(
+    deadline: Duration,
+    retry: Retry,
+    mut attempt: impl FnMut() -> std::result::Result<T, (Error, bool)>,
+) -> Result<T> {
+    let start = Instant::now();
+    let mut wait = Duration::from_millis(20);
+    loop {
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err((err, not_executed)) => {
+                let may_retry = err.is_transient()
+                    && !matches!(err, Error::Timeout { .. })
+                    && (retry == Retry::Idempotent || not_executed);
+                if !may_retry || start.elapsed() + wait > deadline {
+                    return Err(err);
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+/// Fails with a clear error when the server's mode does not match the configured one: TFRA
+/// users who pointed a standalone config at a cluster node got wrong commands and crashes.
+pub(crate) fn check_cluster_enabled(
+    conn: &mut redis::Connection,
+    expect_cluster: bool,
+    target: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query(conn)
+        .map_err(|e| classify(&e, target, timeout))?;
+    // Redis-compatible stores such as Pika answer INFO cluster with nothing: treat as plain.
+    let enabled = info.lines().any(|l| l.trim() == "cluster_enabled:1");
+    if enabled && !expect_cluster {
+        return Err(Error::ModeMismatch {
+            message: format!(
+                "{target} is a Redis Cluster node, but the config does not use cluster mode; \
+                 set \"redis_connection_mode\": 0"
+            ),
+        });
+    }
+    if !enabled && expect_cluster {
+        return Err(Error::ModeMismatch {
+            message: format!(
+                "{target} is not a Redis Cluster node, but the config says \
+                 \"redis_connection_mode\": 0 (cluster); use 2 for a single server or 1 for Sentinel"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Parses the reply of `SCAN`: `[cursor, [keys...]]`.
+pub(crate) fn parse_scan_reply(reply: Value) -> Result<(u64, Vec<Vec<u8>>)> {
+    let bad = || Error::Command {
+        command: "SCAN".into(),
+        bucket: String::new(),
+        message: "unexpected reply shape".into(),
+    };
+    let Value::Array(mut parts) = reply else {
+        return Err(bad());
+    };
+    if parts.len() != 2 {
+        return Err(bad());
+    }
+    let keys = parts.pop().ok_or_else(bad)?;
+    let cursor = parts.pop().ok_or_else(bad)?;
+    let cursor: u64 = match cursor {
+        Value::BulkString(b) => std::str::from_utf8(&b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?,
+        Value::Int(i) => i as u64,
+        _ => return Err(bad()),
+    };
+    let Value::Array(items) = keys else {
+        return Err(bad());
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Value::BulkString(b) => out.push(b),
+            _ => return Err(bad()),
+        }
+    }
+    Ok((cursor, out))
+}
+
+/// Scans one plain connection to the end.
+pub(crate) fn scan_connection(
+    conn: &mut redis::Connection,
+    pattern: &[u8],
+    target: &str,
+    timeout: Duration,
+) -> Result<Vec<Vec<u8>>> {
+    let mut cursor = 0u64;
+    let mut out = Vec::new();
+    loop {
+        let reply: Value = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(conn)
+            .map_err(|e| classify(&e, target, timeout))?;
+        let (next, keys) = parse_scan_reply(reply)?;
+        out.extend(keys);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Builds the error for a command that Redis answered with an error, naming the command and
+/// its key (the bucket).
+pub(crate) fn command_error(cmd: &Cmd, message: String) -> Error {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        redis::Arg::Simple(b) => Some(b),
+        _ => None,
+    });
+    let command = command_name(cmd);
+    args.next();
+    let bucket = args
+        .next()
+        .map(|b| crate::layout::printable(b))
+        .unwrap_or_default();
+    Error::Command {
+        command,
+        bucket,
+        message: scrub(&message),
+    }
+}
+
+/// The upper-case name of a command, for messages.
+pub(crate) fn command_name(cmd: &Cmd) -> String {
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(b)) => String::from_utf8_lossy(b).to_uppercase(),
+        _ => String::new(),
+    }
+}
+
+/// Checks a pipeline's replies (run with `ignore_errors`) for error replies.
+pub(crate) fn check_replies(cmds: &[Cmd], replies: &[Value]) -> Result<()> {
+    for (cmd, reply) in cmds.iter().zip(replies) {
+        if let Value::ServerError(e) = reply {
+            let message = match e.details() {
+                Some(d) => format!("{} {d}", e.code()),
+                None => e.code().to_string(),
+            };
+            return Err(command_error(cmd, message));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The connection-relevant part of the config, in the types redis-rs wants.
+
+use std::time::Duration;
+
+use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+
+use crate::config::{ConnectionMode, RedisConfig};
+
+/// Everything a backend needs to connect; built once from a [`RedisConfig`].
+#[derive(Clone)]
+pub struct ConnectOptions {
+    pub(crate) mode: ConnectionMode,
+    pub(crate) hosts: Vec<(String, u16)>,
+    pub(crate) master_name: String,
+    pub(crate) user: String,
+    pub(crate) password: String,
+    pub(crate) db: i64,
+    pub(crate) read_from_replicas: bool,
+    pub(crate) keep_alive: bool,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) socket_timeout: Duration,
+    pub(crate) pool_size: u32,
+    pub(crate) pool_wait: Duration,
+    pub(crate) lifetime: Option<Duration>,
+    pub(crate) sentinel_password: String,
+    pub(crate) sentinel_connect_timeout: Duration,
+    pub(crate) sentinel_socket_timeout: Duration,
+    pub(crate) retry_deadline: Duration,
+}
+
+/// redis-rs and std sockets treat a zero timeout as an error; TFRA's 0 meant "no limit".
+fn timeout(ms: u64) -> Duration {
+    if ms == 0 {
+        Duration::from_secs(365 * 24 * 3600)
+    } else {
+        Duration::from_millis(ms)
+    }
+}
+
+impl ConnectOptions {
+    /// Picks the connection settings out of a config.
+    pub fn from_config(c: &RedisConfig) -> Self {
+        ConnectOptions {
+            mode: c.redis_connection_mode,
+            hosts: c
+                .redis_host_ip
+                .iter()
+                .cloned()
+                .zip(c.redis_host_port.iter().copied())
+                .collect(),
+            master_name: c.redis_master_name.clone(),
+            user: c.redis_user.clone(),
+            password: c.redis_password.clone(),
+            db: c.redis_db as i64,
+            read_from_replicas: c.redis_read_access_slave,
+            keep_alive: c.redis_connect_keep_alive,
+            connect_timeout: timeout(c.redis_connect_timeout),
+            socket_timeout: timeout(c.redis_socket_timeout),
+            pool_size: c.redis_conn_pool_size.max(1),
+            // r2d2 panics on a zero wait; TFRA's default of 1e8 ms means "wait forever".
+            pool_wait: Duration::from_millis(c.redis_wait_timeout.max(1)),
+            lifetime: (c.redis_connection_lifetime > 0)
+                .then(|| Duration::from_secs(60 * c.redis_connection_lifetime)),
+            sentinel_password: c.redis_sentinel_password.clone(),
+            sentinel_connect_timeout: timeout(c.redis_sentinel_connect_timeout),
+            sentinel_socket_timeout: timeout(c.redis_sentinel_socket_timeout),
+            retry_deadline: Duration::from_millis(c.redis_retry_deadline_ms),
+        }
+    }
+
+    /// A string that is equal for two configs exactly when they can share connections.
+    pub(crate) fn cache_key(&self) -> String {
+        format!(
+            "{:?}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}",
+            self.mode,
+            self.hosts,
+            self.master_name,
+            self.user,
+            self.password,
+            self.db,
+            self.read_from_replicas,
+            self.keep_alive,
+            self.connect_timeout,
+            self.socket_timeout,
+            self.pool_size,
+            self.pool_wait,
+            self.lifetime,
+            self.sentinel_password,
+            self.sentinel_connect_timeout,
+            self.sentinel_socket_timeout,
+            self.retry_deadline,
+        )
+    }
+
+    pub(crate) fn tcp_settings(&self) -> TcpSettings {
+        let tcp = TcpSettings::default().set_nodelay(true);
+        if self.keep_alive {
+            tcp.set_keepalive(TcpKeepalive::new().with_time(Duration::from_secs(60)))
+        } else {
+            tcp
+        }
+    }
+
+    /// The RESP handshake settings for data nodes. TFRA sends no AUTH for user `default` with
+    /// an empty password, `AUTH pass` for `default`, and `AUTH user pass` otherwise.
+    pub(crate) fn redis_settings(&self, db: i64) -> RedisConnectionInfo {
+        let mut r = RedisConnectionInfo::default().set_db(db);
+        if !self.password.is_empty() {
+            r = r.set_password(&self.password);
+            if self.user != "default" && !self.user.is_empty() {
+                r = r.set_username(&self.user);
+            }
+        }
+        r
+    }
+
+    /// Connection info for one data node.
+    pub(crate) fn node_info(&self, host: &str, port: u16) -> ConnectionInfo {
+        ConnectionAddr::Tcp(host.to_string(), port)
+            .into_connection_info()
+            .expect("a TCP address is always a valid connection info")
+            .set_redis_settings(self.redis_settings(self.db))
+            .set_tcp_settings(self.tcp_settings())
+    }
+
+    /// Connection info for one sentinel (its own password, never a db).
+    pub(crate) fn sentinel_info(&self, host: &str, port: u16) -> ConnectionInfo {
+        let mut r = RedisConnectionInfo::default();
+        if !self.sentinel_password.is_empty() {
+            r = r.set_password(&self.sentinel_password);
+        }
+        ConnectionAddr::Tcp(host.to_string(), port)
+            .into_connection_info()
+            .expect("a TCP address is always a valid connection info")
+            .set_redis_settings(r)
+            .set_tcp_settings(self.tcp_settings())
+    }
+
+    /// `host:port` of the first configured host, for messages.
+    pub(crate) fn first_target(&self) -> String {
+        self.hosts
+            .first()
+            .map(|(h, p)| format!("{h}:{p}"))
+            .unwrap_or_else(|| "<no host>".into())
+    }
+}
+
+/// Connects one plain connection with the configured timeouts.
+pub(crate) fn connect_node(
+    info: ConnectionInfo,
+    connect_timeout: Duration,
+    socket_timeout: Duration,
+) -> redis::RedisResult<redis::Connection> {
+    let client = redis::Client::open(info)?;
+    let conn = client.get_connection_with_timeout(connect_timeout)?;
+    conn.set_read_timeout(Some(socket_timeout))?;
+    conn.set_write_timeout(Some(socket_timeout))?;
+    Ok(conn)
+}

@@ -1,0 +1,155 @@
+//! One Redis server (TFRA's `redis_connection_mode` 2). Sentinel mode reuses this backend with a
+//! target that asks the sentinels where the master is.
+
+use redis::{Cmd, ConnectionLike, Value};
+
+use super::options::{ConnectOptions, connect_node};
+use super::pool::{Pool, Target};
+use super::{Backend, Retry, Role, check_replies, classify, scan_connection, with_retry};
+use crate::config::ConnectionMode;
+use crate::error::{Error, Result};
+
+/// A fixed `host:port`.
+pub(crate) struct FixedNode {
+    host: String,
+    port: u16,
+    opts: ConnectOptions,
+}
+
+impl Target for FixedNode {
+    fn open(&self) -> Result<(redis::Connection, String)> {
+        let addr = format!("{}:{}", self.host, self.port);
+        let conn = connect_node(
+            self.opts.node_info(&self.host, self.port),
+            self.opts.connect_timeout,
+            self.opts.socket_timeout,
+        )
+        .map_err(|e| classify(&e, &addr, self.opts.connect_timeout))?;
+        Ok((conn, addr))
+    }
+
+    fn describe(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// A backend over pools of plain connections: one pool for writes and, when replica reads
+/// are on (Sentinel), one for reads.
+pub(crate) struct PlainBackend<W: Target, R: Target> {
+    pub(crate) mode: ConnectionMode,
+    pub(crate) write: Pool<W>,
+    pub(crate) read: Option<Pool<R>>,
+    pub(crate) opts: ConnectOptions,
+}
+
+/// The standalone backend.
+pub(crate) type Standalone = PlainBackend<FixedNode, FixedNode>;
+
+impl Standalone {
+    /// Connects once to check the server and the mode, then builds the pool.
+    pub(crate) fn open(opts: ConnectOptions) -> Result<Self> {
+        let (host, port) = opts.hosts.first().cloned().ok_or_else(|| {
+            Error::InvalidArgument("redis_host_ip is empty: no server to connect to".into())
+        })?;
+        let node = FixedNode {
+            host,
+            port,
+            opts: opts.clone(),
+        };
+        let (mut conn, addr) = node.open()?;
+        super::check_cluster_enabled(&mut conn, false, &addr, opts.socket_timeout)?;
+        Ok(PlainBackend {
+            mode: ConnectionMode::Standalone,
+            write: Pool::new(node, &opts),
+            read: None,
+            opts,
+        })
+    }
+}
+
+/// Runs one pipeline on a pooled connection, marking the connection broken on any transport
+/// failure so the pool replaces it.
+pub(crate) fn run_on_pool<T: Target>(
+    pool: &Pool<T>,
+    cmds: &[Cmd],
+    opts: &ConnectOptions,
+    retry: Retry,
+) -> Result<Vec<Value>> {
+    // Packed once: a retry resends the same bytes instead of re-encoding every argument.
+    let mut packed = Vec::new();
+    for c in cmds {
+        c.write_packed_command(&mut packed);
+    }
+    with_retry(opts.retry_deadline, retry, || {
+        let mut conn = pool.get().map_err(|e| (e, true))?;
+        match conn.inner.req_packed_commands(&packed, 0, cmds.len()) {
+            Ok(replies) => {
+                // READONLY means we are talking to a demoted master after a failover: drop the
+                // connection so the next one is resolved again.
+                if replies.iter().any(|r| {
+                    matches!(r, Value::ServerError(e) if matches!(e.code(), "READONLY" | "MASTERDOWN" | "LOADING"))
+                }) {
+                    conn.broken = true;
+                    return Err((
+                        Error::Connection {
+                            target: conn.addr.clone(),
+                            message: "server is read-only or loading (failover in progress)"
+                                .into(),
+                        },
+                        true,
+                    ));
+                }
+                check_replies(cmds, &replies).map_err(|e| (e, false))?;
+                Ok(replies)
+            }
+            Err(e) => {
+                conn.broken = true;
+                let not_executed = super::surely_not_executed(&e);
+                Err((classify(&e, &conn.addr, opts.socket_timeout), not_executed))
+            }
+        }
+    })
+}
+
+impl<W: Target, R: Target> Backend for PlainBackend<W, R> {
+    fn run(&self, cmds: &[Cmd], role: Role, retry: Retry) -> Result<Vec<Value>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        match (&self.read, role) {
+            (Some(read), Role::Read) => run_on_pool(read, cmds, &self.opts, retry),
+            _ => run_on_pool(&self.write, cmds, &self.opts, retry),
+        }
+    }
+
+    fn scan_match(&self, pattern: &[u8]) -> Result<Vec<Vec<u8>>> {
+        // Always the master: a replica may lag behind and miss fresh buckets.
+        with_retry(self.opts.retry_deadline, Retry::Idempotent, || {
+            let mut conn = self.write.get().map_err(|e| (e, true))?;
+            let addr = conn.addr.clone();
+            scan_connection(&mut conn.inner, pattern, &addr, self.opts.socket_timeout).map_err(
+                |e| {
+                    conn.broken = true;
+                    (e, false)
+                },
+            )
+        })
+    }
+
+    fn master_slot_ranges(&self) -> Result<Vec<(u16, u16)>> {
+        Ok(Vec::new())
+    }
+
+    fn mode(&self) -> ConnectionMode {
+        self.mode
+    }
+
+    fn describe(&self) -> String {
+        let name = match self.mode {
+            ConnectionMode::Standalone => "standalone",
+            ConnectionMode::Sentinel => "sentinel",
+            ConnectionMode::Cluster => "cluster",
+        };
+        format!("{name} {}", self.write.target().describe())
+    }
+}

@@ -1,0 +1,565 @@
+//! The embedding table: find, insert, remove, accum, size, clear, export and import over the
+//! bucket hashes TFRA lays out. It knows embeddings and nothing about which Redis mode is used.
+
+use std::sync::{Arc, Mutex};
+
+use redis::{Cmd, Value};
+
+use crate::backend::{self, Backend, Retry, Role};
+use crate::codec::{Dim, KeyDtype, ValueDtype};
+use crate::config::{ConnectionMode, RedisConfig};
+use crate::error::{Error, Result};
+use crate::layout::{
+    BucketFn, BucketKey, HashTag, KeyPrefix, bucket_keys, bucket_of, embedding_name,
+    hypodispersion_tags, topology_tags,
+};
+
+/// What a table holds: its name and the shape of its keys and rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableSpec {
+    /// The table name; the Redis name is the part before `_mht_` (TFRA's rule).
+    pub name: String,
+    /// int64 or int32 ids.
+    pub key_dtype: KeyDtype,
+    /// The element type of the rows.
+    pub value_dtype: ValueDtype,
+    /// Elements per row.
+    pub dim: Dim,
+}
+
+/// Rows to use for ids that are not in Redis.
+#[derive(Clone, Copy, Debug)]
+pub enum Defaults<'a> {
+    /// One row (raw little-endian bytes) for every missing id.
+    Row(&'a [u8]),
+    /// One row per requested id (TFRA's "full default", e.g. from a random initializer).
+    PerKey(&'a [u8]),
+}
+
+/// Keys per pipeline round trip. Large enough that the round trip is paid rarely, small enough
+/// that replies for one window stay a modest multiple of the output buffer.
+const WINDOW_KEYS: usize = 1 << 16;
+
+/// Fields per `HSCAN` page when exporting.
+const SCAN_COUNT: usize = 1024;
+
+/// The Lua body of `accum`: TFRA's BP-v2 semantics without the HMACCUM server module.
+/// Per field: present and flagged -> element-wise add; present and not flagged -> unchanged;
+/// absent and not flagged -> set; absent and flagged (removed meanwhile) -> nothing.
+const ACCUM_LUA: &str = include_str!("accum.lua");
+
+/// An open table.
+pub struct Table {
+    spec: TableSpec,
+    config: RedisConfig,
+    connection: Mutex<(u32, Arc<dyn Backend>)>,
+    prefix: KeyPrefix,
+    buckets: Vec<BucketKey>,
+    bucket_fn: BucketFn,
+    /// Buckets that hold data: all of them in cluster mode, bucket 0 alone otherwise (TFRA's
+    /// standalone and sentinel modes only ever write bucket 0, whatever `storage_slice` is).
+    data_buckets: u32,
+    row_bytes: usize,
+    chunk: usize,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("spec", &self.spec)
+            .field("buckets", &self.bucket_names())
+            .finish()
+    }
+}
+
+impl Table {
+    /// Connects (or reuses a connection for the same config) and works out the bucket keys.
+    pub fn open(config: &RedisConfig, spec: TableSpec) -> Result<Table> {
+        let backend = backend::connect(config)?;
+        let slices = config.storage_slice as usize;
+        let tags = runtime_tags(config, backend.as_ref(), slices)?;
+        let prefix = KeyPrefix::new(
+            &config.model_tag_runtime,
+            embedding_name(&spec.name),
+            config.using_md5_prefix_name,
+        );
+        let buckets = bucket_keys(&prefix, &tags);
+        let data_buckets = match backend.mode() {
+            ConnectionMode::Cluster => buckets.len() as u32,
+            _ => 1,
+        };
+        let row_bytes = spec.value_dtype.width() * spec.dim.get();
+        Ok(Table {
+            row_bytes,
+            chunk: (config.keys_sending_size as usize).max(1),
+            bucket_fn: BucketFn::from_flag(config.using_hash_storage_slice),
+            data_buckets,
+            prefix,
+            buckets,
+            connection: Mutex::new((std::process::id(), backend)),
+            config: config.clone(),
+            spec,
+        })
+    }
+
+    /// The table's description.
+    pub fn spec(&self) -> &TableSpec {
+        &self.spec
+    }
+
+    /// The config the table was opened with.
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// The key prefix (`model_tag:name`, or TFRA's 16-byte digest).
+    pub fn prefix(&self) -> &KeyPrefix {
+        &self.prefix
+    }
+
+    /// The runtime bucket keys, in bucket order.
+    pub fn buckets(&self) -> &[BucketKey] {
+        &self.buckets
+    }
+
+    /// Printable bucket names.
+    pub fn bucket_names(&self) -> Vec<String> {
+        self.buckets.iter().map(|b| b.to_string()).collect()
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
+    }
+
+    /// The backend, reconnected when this process is a fork of the one that opened the table:
+    /// sockets inherited across fork() are shared with the parent and must not be used.
+    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+        let mut guard = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = std::process::id();
+        if guard.0 != pid {
+            let fresh = backend::connect(&self.config)?;
+            let old = std::mem::replace(&mut *guard, (pid, fresh));
+            std::mem::forget(old);
+        }
+        Ok(guard.1.clone())
+    }
+
+    fn bucket_index(&self, key: i64) -> usize {
+        if self.data_buckets == 1 {
+            0
+        } else {
+            bucket_of(key, self.spec.key_dtype, self.data_buckets, self.bucket_fn) as usize
+        }
+    }
+
+    /// Groups key positions by bucket and cuts them into commands of at most
+    /// `keys_sending_size` fields; returns (bucket, positions) per command.
+    fn plan(&self, keys: &[i64]) -> Vec<(usize, Vec<u32>)> {
+        let mut per_bucket: Vec<Vec<u32>> = vec![Vec::new(); self.data_buckets as usize];
+        for (i, &k) in keys.iter().enumerate() {
+            per_bucket[self.bucket_index(k)].push(i as u32);
+        }
+        let mut plan = Vec::new();
+        for (b, positions) in per_bucket.into_iter().enumerate() {
+            if positions.len() <= self.chunk {
+                if !positions.is_empty() {
+                    plan.push((b, positions));
+                }
+            } else {
+                plan.extend(positions.chunks(self.chunk).map(|c| (b, c.to_vec())));
+            }
+        }
+        plan
+    }
+
+    /// Splits a plan into windows of about `WINDOW_KEYS` keys, one round trip each.
+    fn windows(plan: &[(usize, Vec<u32>)]) -> Vec<&[(usize, Vec<u32>)]> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut keys = 0;
+        for (i, (_, pos)) in plan.iter().enumerate() {
+            keys += pos.len();
+            if keys >= WINDOW_KEYS {
+                out.push(&plan[start..=i]);
+                start = i + 1;
+                keys = 0;
+            }
+        }
+        if start < plan.len() {
+            out.push(&plan[start..]);
+        }
+        out
+    }
+
+    fn check_len(&self, what: &str, got: usize, rows: usize) -> Result<()> {
+        let want = rows * self.row_bytes;
+        if got != want {
+            return Err(Error::InvalidArgument(format!(
+                "Expected shape [{rows}, {}] for {what} ({want} bytes of {}), got {got} bytes",
+                self.spec.dim.get(),
+                self.spec.value_dtype.numpy_name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Looks ids up. `out` receives `keys.len()` rows; missing ids get their default row, and
+    /// `exists` (when given) says which ids were found. A Redis failure is an error, never a
+    /// silent default row, unless the config sets `redis_lookup_defaults_on_error`.
+    pub fn find(
+        &self,
+        keys: &[i64],
+        defaults: Defaults<'_>,
+        out: &mut [u8],
+        mut exists: Option<&mut [bool]>,
+    ) -> Result<()> {
+        let n = keys.len();
+        self.check_len("the output", out.len(), n)?;
+        match defaults {
+            Defaults::Row(r) if r.len() != self.row_bytes => self.check_len("default_value", r.len(), 1)?,
+            Defaults::PerKey(r) => self.check_len("default_value", r.len(), n)?,
+            _ => {}
+        }
+        if let Some(e) = exists.as_deref() {
+            if e.len() != n {
+                return Err(Error::InvalidArgument(format!(
+                    "exists has {} entries for {n} keys",
+                    e.len()
+                )));
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let result = self.find_inner(keys, defaults, out, exists.as_deref_mut());
+        match result {
+            Err(e) if self.config.redis_lookup_defaults_on_error && e.is_transient() => {
+                eprintln!(
+                    "tfra-redis: warning: lookup in {} failed, returning default rows because \
+                     redis_lookup_defaults_on_error is set: {e}",
+                    self.spec.name
+                );
+                for i in 0..n {
+                    self.write_default(defaults, i, out);
+                }
+                if let Some(e) = exists {
+                    e.fill(false);
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn write_default(&self, defaults: Defaults<'_>, i: usize, out: &mut [u8]) {
+        let rb = self.row_bytes;
+        let src = match defaults {
+            Defaults::Row(r) => r,
+            Defaults::PerKey(r) => &r[i * rb..(i + 1) * rb],
+        };
+        out[i * rb..(i + 1) * rb].copy_from_slice(src);
+    }
+
+    fn find_inner(
+        &self,
+        keys: &[i64],
+        defaults: Defaults<'_>,
+        out: &mut [u8],
+        mut exists: Option<&mut [bool]>,
+    ) -> Result<()> {
+        let backend = self.backend()?;
+        let plan = self.plan(keys);
+        let rb = self.row_bytes;
+        for window in Self::windows(&plan) {
+            let cmds: Vec<Cmd> = window
+                .iter()
+                .map(|(b, pos)| self.fields_cmd("HMGET", *b, keys, pos))
+                .collect();
+            let replies = backend.run(&cmds, Role::Read, Retry::Idempotent)?;
+            for ((b, pos), reply) in window.iter().zip(replies) {
+                let Value::Array(items) = reply else {
+                    return Err(self.reply_error(*b, "HMGET did not answer with an array"));
+                };
+                if items.len() != pos.len() {
+                    return Err(self.reply_error(*b, "HMGET answered with the wrong count"));
+                }
+                for (&i, item) in pos.iter().zip(items) {
+                    let i = i as usize;
+                    match item {
+                        Value::BulkString(bytes) => {
+                            if bytes.len() != rb {
+                                return Err(self.row_len_error(*b, keys[i], bytes.len()));
+                            }
+                            out[i * rb..(i + 1) * rb].copy_from_slice(&bytes);
+                            if let Some(e) = exists.as_deref_mut() {
+                                e[i] = true;
+                            }
+                        }
+                        Value::Nil => {
+                            self.write_default(defaults, i, out);
+                            if let Some(e) = exists.as_deref_mut() {
+                                e[i] = false;
+                            }
+                        }
+                        _ => return Err(self.reply_error(*b, "HMGET answered with a non-string")),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fields_cmd(&self, name: &str, bucket: usize, keys: &[i64], pos: &[u32]) -> Cmd {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(self.buckets[bucket].as_bytes());
+        for &i in pos {
+            cmd.arg(self.spec.key_dtype.field(keys[i as usize]).as_ref());
+        }
+        cmd
+    }
+
+    fn reply_error(&self, bucket: usize, message: &str) -> Error {
+        Error::Data {
+            bucket: self.buckets[bucket].to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    fn row_len_error(&self, bucket: usize, key: i64, len: usize) -> Error {
+        Error::Data {
+            bucket: self.buckets[bucket].to_string(),
+            message: format!(
+                "key {key} holds {len} bytes, but rows of this table are {} bytes \
+                 (dim {} x {}); the stored data was written with another dim or dtype",
+                self.row_bytes,
+                self.spec.dim.get(),
+                self.spec.value_dtype.numpy_name()
+            ),
+        }
+    }
+
+    /// Upserts rows (raw little-endian bytes, `keys.len()` rows). Within one batch the last
+    /// row of a repeated id wins.
+    pub fn insert(&self, keys: &[i64], values: &[u8]) -> Result<()> {
+        self.check_len("value", values.len(), keys.len())?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let backend = self.backend()?;
+        let plan = self.plan(keys);
+        let rb = self.row_bytes;
+        for window in Self::windows(&plan) {
+            let cmds: Vec<Cmd> = window
+                .iter()
+                .map(|(b, pos)| {
+                    let mut cmd = redis::cmd("HSET");
+                    cmd.arg(self.buckets[*b].as_bytes());
+                    for &i in pos {
+                        let i = i as usize;
+                        cmd.arg(self.spec.key_dtype.field(keys[i]).as_ref())
+                            .arg(&values[i * rb..(i + 1) * rb]);
+                    }
+                    cmd
+                })
+                .collect();
+            backend.run(&cmds, Role::Write, Retry::Idempotent)?;
+        }
+        Ok(())
+    }
+
+    /// Imports pairs: an upsert, as TFRA's import is (the table is not cleared first).
+    pub fn import(&self, keys: &[i64], values: &[u8]) -> Result<()> {
+        self.insert(keys, values)
+    }
+
+    /// Removes ids; missing ones are ignored.
+    pub fn remove(&self, keys: &[i64]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let backend = self.backend()?;
+        let plan = self.plan(keys);
+        for window in Self::windows(&plan) {
+            let cmds: Vec<Cmd> = window
+                .iter()
+                .map(|(b, pos)| self.fields_cmd("HDEL", *b, keys, pos))
+                .collect();
+            backend.run(&cmds, Role::Write, Retry::Idempotent)?;
+        }
+        Ok(())
+    }
+
+    /// Adds deltas to present rows and sets absent ones, per TFRA's BP-v2 rule (see
+    /// `ACCUM_LUA`); atomic per command on the server. Not retried when the outcome of a
+    /// failed attempt is unknown, since applying a delta twice would be wrong.
+    pub fn accum(&self, keys: &[i64], deltas: &[u8], exists: &[bool]) -> Result<()> {
+        self.check_len("values_or_deltas", deltas.len(), keys.len())?;
+        if exists.len() != keys.len() {
+            return Err(Error::InvalidArgument(format!(
+                "exists has {} entries for {} keys",
+                exists.len(),
+                keys.len()
+            )));
+        }
+        if matches!(self.spec.value_dtype, ValueDtype::F16 | ValueDtype::BF16) {
+            return Err(Error::InvalidArgument(format!(
+                "accum does not support {} values (TFRA's HMACCUM does not either)",
+                self.spec.value_dtype.numpy_name()
+            )));
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let backend = self.backend()?;
+        let plan = self.plan(keys);
+        let rb = self.row_bytes;
+        for window in Self::windows(&plan) {
+            let cmds: Vec<Cmd> = window
+                .iter()
+                .map(|(b, pos)| {
+                    let flags: Vec<u8> = pos.iter().map(|&i| exists[i as usize] as u8).collect();
+                    let mut cmd = redis::cmd("EVAL");
+                    cmd.arg(ACCUM_LUA)
+                        .arg(1)
+                        .arg(self.buckets[*b].as_bytes())
+                        .arg(self.spec.value_dtype.tf_name())
+                        .arg(flags);
+                    for &i in pos {
+                        let i = i as usize;
+                        cmd.arg(self.spec.key_dtype.field(keys[i]).as_ref())
+                            .arg(&deltas[i * rb..(i + 1) * rb]);
+                    }
+                    cmd
+                })
+                .collect();
+            backend.run(&cmds, Role::Write, Retry::AtMostOnce)?;
+        }
+        Ok(())
+    }
+
+    /// Number of ids: the sum of `HLEN` over all runtime buckets.
+    pub fn size(&self) -> Result<u64> {
+        let backend = self.backend()?;
+        let cmds: Vec<Cmd> = self
+            .buckets
+            .iter()
+            .map(|b| redis::cmd("HLEN").arg(b.as_bytes()).clone())
+            .collect();
+        let replies = backend.run(&cmds, Role::Read, Retry::Idempotent)?;
+        let mut total = 0u64;
+        for (b, r) in replies.into_iter().enumerate() {
+            match r {
+                Value::Int(n) => total += n as u64,
+                _ => return Err(self.reply_error(b, "HLEN did not answer with an integer")),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Deletes every runtime bucket.
+    pub fn clear(&self) -> Result<()> {
+        let backend = self.backend()?;
+        let cmds: Vec<Cmd> = self
+            .buckets
+            .iter()
+            .map(|b| redis::cmd("DEL").arg(b.as_bytes()).clone())
+            .collect();
+        backend.run(&cmds, Role::Write, Retry::Idempotent)?;
+        Ok(())
+    }
+
+    /// Streams every (id, row) pair, bucket by bucket, in pages of about `page` pairs, so memory
+    /// stays bounded whatever the table size. `HSCAN` may report a pair twice when the hash is
+    /// rehashed meanwhile; importing the pages is an upsert, so that is harmless.
+    pub fn export_pages(
+        &self,
+        page: usize,
+        mut sink: impl FnMut(&[i64], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let backend = self.backend()?;
+        let kw = self.spec.key_dtype.width();
+        let rb = self.row_bytes;
+        for (b, bucket) in self.buckets.iter().enumerate() {
+            let mut cursor = 0u64;
+            loop {
+                let cmd = redis::cmd("HSCAN")
+                    .arg(bucket.as_bytes())
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(page.max(1).min(SCAN_COUNT * 64))
+                    .clone();
+                let mut replies = backend.run(&[cmd], Role::Read, Retry::Idempotent)?;
+                let (next, items) = backend::parse_scan_reply(replies.remove(0))
+                    .map_err(|_| self.reply_error(b, "HSCAN answered with an unexpected shape"))?;
+                let mut keys = Vec::with_capacity(items.len() / 2);
+                let mut values = Vec::with_capacity(items.len() / 2 * rb);
+                for pair in items.chunks(2) {
+                    let [field, value] = pair else {
+                        return Err(self.reply_error(b, "HSCAN answered with an odd item count"));
+                    };
+                    let key = self.spec.key_dtype.decode(field).ok_or_else(|| Error::Data {
+                        bucket: bucket.to_string(),
+                        message: format!(
+                            "field {} is {} bytes, but {} keys are {kw} bytes",
+                            crate::layout::printable(field),
+                            field.len(),
+                            self.spec.key_dtype.name()
+                        ),
+                    })?;
+                    if value.len() != rb {
+                        return Err(self.row_len_error(b, key, value.len()));
+                    }
+                    keys.push(key);
+                    values.extend_from_slice(value);
+                }
+                if !keys.is_empty() {
+                    sink(&keys, &values)?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every pair at once, without duplicates. Only for tables that fit in memory; use
+    /// [`Table::export_pages`] otherwise.
+    pub fn export(&self) -> Result<(Vec<i64>, Vec<u8>)> {
+        let rb = self.row_bytes;
+        let mut seen = std::collections::HashSet::new();
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        self.export_pages(SCAN_COUNT, |k, v| {
+            for (i, &key) in k.iter().enumerate() {
+                if seen.insert(key) {
+                    keys.push(key);
+                    values.extend_from_slice(&v[i * rb..(i + 1) * rb]);
+                }
+            }
+            Ok(())
+        })?;
+        Ok((keys, values))
+    }
+}
+
+/// The runtime hash tags: explicit ones from the config, else the cluster's topology (TFRA's
+/// default in cluster mode), else the fixed even spread.
+fn runtime_tags(config: &RedisConfig, backend: &dyn Backend, slices: usize) -> Result<Vec<HashTag>> {
+    if !config.redis_hash_tags_runtime.is_empty() {
+        return config
+            .redis_hash_tags_runtime
+            .iter()
+            .map(|t| HashTag::parse("redis_hash_tags_runtime", t))
+            .collect();
+    }
+    if backend.mode() == ConnectionMode::Cluster && !config.redis_hash_tags_hypodispersion {
+        let masters = backend.master_slot_ranges()?;
+        if !masters.is_empty() {
+            return Ok(topology_tags(&masters, slices));
+        }
+    }
+    Ok(hypodispersion_tags(slices))
+}
