@@ -1,0 +1,202 @@
+"""``RedisStore``: a Redis-backed embedding table with a numpy API (no TensorFlow needed).
+
+The TensorFlow classes (``RedisTable``, ``dynamic_embedding``) are built on this one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from tfra_redis import _native
+from tfra_redis.config import RedisTableConfig
+
+_VALUE_DTYPES = ("float32", "float64", "float16", "bfloat16", "int32", "int64", "int8")
+_KEY_DTYPES = ("int64", "int32")
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype for a value dtype name; bfloat16 comes from ``ml_dtypes`` (a TF dep)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def dtype_name(dtype: Any) -> str:
+    """Normalises numpy, TF or string dtypes to our names (``float32``, ``int64``, ...)."""
+    if hasattr(dtype, "as_numpy_dtype"):  # a tf.DType, without importing TensorFlow
+        dtype = dtype.name
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    return {"float": "float32", "double": "float64", "half": "float16"}.get(name, name)
+
+
+def load_config(config: Any) -> _native.Config:
+    """Accepts a parsed config, a ``RedisTableConfig``, a dict, or a JSON file path."""
+    if isinstance(config, _native.Config):
+        return config
+    if isinstance(config, RedisTableConfig):
+        return config.load()
+    if isinstance(config, dict):
+        import json
+
+        return _native.Config.from_json(json.dumps(config), "<dict>")
+    if isinstance(config, (str, os.PathLike)):
+        return RedisTableConfig(redis_config_abs_dir=config).load()
+    if config is None:
+        return RedisTableConfig().load()
+    raise TypeError(
+        "config must be a RedisTableConfig, a dict, a JSON file path or a parsed Config, "
+        f"not {type(config).__name__}"
+    )
+
+
+class RedisStore:
+    """An embedding table in Redis: ids (int64 or int32) to rows of ``dim`` values.
+
+    Rows are laid out exactly as TFRA's Redis backend lays them out, so tables are shared with
+    TFRA in both directions. Every method releases the GIL while it talks to Redis.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        name: str,
+        dim: int,
+        key_dtype: Any = "int64",
+        value_dtype: Any = "float32",
+    ) -> None:
+        self.key_dtype = dtype_name(key_dtype)
+        self.value_dtype = dtype_name(value_dtype)
+        if self.key_dtype not in _KEY_DTYPES:
+            raise TypeError(f"key_dtype must be one of {_KEY_DTYPES}, got {self.key_dtype}")
+        if self.value_dtype not in _VALUE_DTYPES:
+            raise TypeError(f"value_dtype must be one of {_VALUE_DTYPES}, got {self.value_dtype}")
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self.name = name
+        self.dim = int(dim)
+        self.config = load_config(config)
+        self.np_value_dtype = numpy_dtype(self.value_dtype)
+        self._table = _native.Table(self.config, name, self.key_dtype, self.value_dtype, self.dim)
+
+    # -- conversions -------------------------------------------------------------------------
+
+    def _keys(self, keys: Any) -> np.ndarray:
+        keys = np.asarray(keys)
+        if keys.dtype.kind not in "iu":
+            raise TypeError(
+                f"keys of table {self.name!r} must be {self.key_dtype}, got {keys.dtype}"
+            )
+        if self.key_dtype == "int32" and not np.can_cast(keys.dtype, np.int32):
+            raise TypeError(f"keys of table {self.name!r} must be int32, got {keys.dtype}")
+        if keys.dtype == np.uint64 and keys.size and keys.max() > np.iinfo(np.int64).max:
+            raise ValueError("keys above 2**63-1 do not fit int64")
+        return np.ascontiguousarray(keys.reshape(-1), dtype=np.int64)
+
+    def _rows(self, values: Any, key_shape: tuple[int, ...], what: str) -> np.ndarray:
+        values = np.asarray(values)
+        want = (*key_shape, self.dim)
+        if values.shape != want:
+            raise ValueError(f"Expected shape {list(want)} for {what}, got {list(values.shape)}")
+        if values.dtype.kind not in "fiub" and values.dtype != self.np_value_dtype:
+            raise TypeError(f"{what} must be numeric, got {values.dtype}")
+        return np.ascontiguousarray(values, dtype=self.np_value_dtype)
+
+    def _bytes(self, rows: np.ndarray) -> np.ndarray:
+        return rows.reshape(-1).view(np.uint8)
+
+    # -- operations --------------------------------------------------------------------------
+
+    def find(
+        self, keys: Any, default: Any = 0, return_exists: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Rows for ``keys`` (any shape), shaped ``keys.shape + (dim,)``.
+
+        Missing ids get ``default``: a scalar, one row of ``dim`` values, or one row per id
+        (shape ``keys.shape + (dim,)``, TFRA's "full default" used by random initializers).
+        """
+        keys_arr = np.asarray(keys)
+        flat = self._keys(keys_arr)
+        n = flat.shape[0]
+        default = np.asarray(default, dtype=self.np_value_dtype)
+        if default.size == 1:
+            default = np.full((self.dim,), default.reshape(()), dtype=self.np_value_dtype)
+        if default.shape == (self.dim,):
+            default_bytes = default.view(np.uint8)
+        elif default.size == n * self.dim:
+            default_bytes = np.ascontiguousarray(default).reshape(-1).view(np.uint8)
+        else:
+            raise ValueError(
+                f"default must be a scalar, {self.dim} values, or {n} rows of {self.dim} "
+                f"values; got shape {list(default.shape)}"
+            )
+        out = np.empty((n, self.dim), dtype=self.np_value_dtype)
+        exists = np.empty((n,), dtype=np.bool_) if return_exists else None
+        self._table.find(flat, np.ascontiguousarray(default_bytes), self._bytes(out), exists)
+        out = out.reshape((*keys_arr.shape, self.dim))
+        if return_exists:
+            return out, exists.reshape(keys_arr.shape)
+        return out
+
+    def insert(self, keys: Any, values: Any) -> None:
+        """Upserts rows; ``values`` must have shape ``keys.shape + (dim,)``."""
+        keys_arr = np.asarray(keys)
+        flat = self._keys(keys_arr)
+        rows = self._rows(values, keys_arr.shape, "value")
+        self._table.insert(flat, self._bytes(rows))
+
+    def remove(self, keys: Any) -> None:
+        """Removes ids (missing ones are ignored)."""
+        self._table.remove(self._keys(keys))
+
+    def accum(self, keys: Any, values_or_deltas: Any, exists: Any) -> None:
+        """TFRA's BP-v2 update: adds deltas to ids flagged in ``exists`` that are still
+        present; sets unflagged ids that are absent; leaves the rest alone."""
+        keys_arr = np.asarray(keys)
+        flat = self._keys(keys_arr)
+        rows = self._rows(values_or_deltas, keys_arr.shape, "values_or_deltas")
+        flags = np.asarray(exists)
+        if flags.shape != keys_arr.shape:
+            raise ValueError(
+                f"Expected shape {list(keys_arr.shape)} for exists, got {list(flags.shape)}"
+            )
+        flags = np.ascontiguousarray(flags.reshape(-1), dtype=np.bool_)
+        self._table.accum(flat, self._bytes(rows), flags)
+
+    def size(self) -> int:
+        """Number of ids stored."""
+        return int(self._table.size())
+
+    def clear(self) -> None:
+        """Deletes every row of this table (its buckets)."""
+        self._table.clear()
+
+    def export(self) -> tuple[np.ndarray, np.ndarray]:
+        """All (ids, rows) at once; for tables that fit in memory."""
+        keys, raw = self._table.export()
+        values = raw.view(self.np_value_dtype).reshape(-1, self.dim)
+        return keys.astype(self.key_dtype, copy=False), values
+
+    def export_pages(self, sink: Callable[[np.ndarray, np.ndarray], None], page: int = 65536):
+        """Calls ``sink(ids, rows)`` page by page; memory stays bounded."""
+
+        def forward(keys: np.ndarray, raw: np.ndarray) -> None:
+            sink(keys.astype(self.key_dtype, copy=False), raw.view(self.np_value_dtype).reshape(-1, self.dim))
+
+        self._table.export_pages(page, forward)
+
+    @property
+    def bucket_keys(self) -> list[bytes]:
+        """The Redis keys of this table's buckets, in bucket order."""
+        return list(self._table.bucket_keys)
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisStore(name={self.name!r}, dim={self.dim}, key_dtype={self.key_dtype}, "
+            f"value_dtype={self.value_dtype}, buckets={self.bucket_keys!r})"
+        )

@@ -1,0 +1,340 @@
+//! `tfra_redis._native`: the thin PyO3 layer over the `tfra-redis` core crate. It converts numpy
+//! buffers to slices, releases the GIL around every Redis round trip, and maps errors to Python
+//! exception types. Everything else lives in the core crate.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use numpy::{PyReadonlyArray1, PyReadwriteArray1};
+use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use tfra_redis::codec::{Dim, KeyDtype, ValueDtype};
+use tfra_redis::config::{RedisConfig, resolve_config_path};
+use tfra_redis::table::{Defaults, TableSpec};
+
+pyo3::create_exception!(
+    _native,
+    RedisTableError,
+    PyException,
+    "Base class of every tfra-redis error."
+);
+pyo3::create_exception!(
+    _native,
+    ConfigError,
+    RedisTableError,
+    "The JSON config is invalid, has a bad field, or cannot be found."
+);
+pyo3::create_exception!(
+    _native,
+    RedisConnectionError,
+    RedisTableError,
+    "Redis cannot be reached, or the connection broke (retried until the deadline first)."
+);
+pyo3::create_exception!(
+    _native,
+    RedisTimeoutError,
+    RedisConnectionError,
+    "Redis did not answer within the configured socket timeout."
+);
+pyo3::create_exception!(
+    _native,
+    RedisAuthError,
+    RedisTableError,
+    "Redis refused the credentials or an ACL forbids a command."
+);
+pyo3::create_exception!(
+    _native,
+    RedisCommandError,
+    RedisTableError,
+    "Redis answered a command with an error."
+);
+pyo3::create_exception!(
+    _native,
+    RedisDataError,
+    RedisTableError,
+    "Data stored in Redis does not fit the table (e.g. rows of another dim)."
+);
+
+fn to_py(err: tfra_redis::Error) -> PyErr {
+    use tfra_redis::Error as E;
+    let msg = err.to_string();
+    match err {
+        E::ConfigSyntax { .. } | E::ConfigField { .. } | E::ConfigPath { .. } => {
+            ConfigError::new_err(msg)
+        }
+        E::ModeMismatch { .. } => ConfigError::new_err(msg),
+        E::Timeout { .. } => RedisTimeoutError::new_err(msg),
+        E::Connection { .. } => RedisConnectionError::new_err(msg),
+        E::Auth { .. } => RedisAuthError::new_err(msg),
+        E::Command { .. } => RedisCommandError::new_err(msg),
+        E::Data { .. } => RedisDataError::new_err(msg),
+        E::InvalidArgument(_) => PyValueError::new_err(msg),
+        _ => RedisTableError::new_err(msg),
+    }
+}
+
+/// A parsed, validated config.
+#[pyclass(frozen, module = "tfra_redis._native", name = "Config")]
+struct PyConfig {
+    inner: RedisConfig,
+    path: Option<String>,
+    warnings: Vec<String>,
+}
+
+#[pymethods]
+impl PyConfig {
+    /// Parses JSON text.
+    #[staticmethod]
+    #[pyo3(signature = (text, source = "<string>"))]
+    fn from_json(text: &str, source: &str) -> PyResult<Self> {
+        let (inner, warnings) = RedisConfig::from_json_str(text, source).map_err(to_py)?;
+        Ok(PyConfig {
+            inner,
+            path: None,
+            warnings,
+        })
+    }
+
+    /// Reads and parses a JSON file.
+    #[staticmethod]
+    fn from_path(path: &str) -> PyResult<Self> {
+        let (inner, warnings) = RedisConfig::from_path(Path::new(path)).map_err(to_py)?;
+        Ok(PyConfig {
+            inner,
+            path: Some(path.to_string()),
+            warnings,
+        })
+    }
+
+    /// The file path the config came from, if any.
+    #[getter]
+    fn path(&self) -> Option<String> {
+        self.path.clone()
+    }
+
+    /// Warnings found while parsing (e.g. unknown fields).
+    #[getter]
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
+    }
+
+    /// The full config as JSON text (TFRA's key names), password included.
+    fn to_json(&self) -> String {
+        self.inner.to_json().to_string()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("{:?}", self.inner)
+    }
+}
+
+/// Resolves the config path: the variable named by `env_name` > `TFRA_REDIS_CONFIG_PATH` >
+/// `abs_dir` (a file, or a directory holding `redis_config.json`).
+#[pyfunction]
+#[pyo3(signature = (env_name = None, abs_dir = None))]
+fn resolve_path(env_name: Option<&str>, abs_dir: Option<&str>) -> PyResult<String> {
+    resolve_config_path(env_name, abs_dir)
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(to_py)
+}
+
+/// An open Redis-backed table. Ids and rows cross as flat numpy buffers: ids as int64, rows as
+/// raw bytes (`uint8` views of the rows' own dtype), so every value dtype goes through one path
+/// without conversion.
+#[pyclass(frozen, module = "tfra_redis._native", name = "Table")]
+struct PyTable {
+    inner: Arc<tfra_redis::table::Table>,
+}
+
+#[pymethods]
+impl PyTable {
+    #[new]
+    fn new(
+        py: Python<'_>,
+        config: &PyConfig,
+        name: &str,
+        key_dtype: &str,
+        value_dtype: &str,
+        dim: usize,
+    ) -> PyResult<Self> {
+        let spec = TableSpec {
+            name: name.to_string(),
+            key_dtype: KeyDtype::parse(key_dtype).map_err(to_py)?,
+            value_dtype: ValueDtype::parse(value_dtype).map_err(to_py)?,
+            dim: Dim::new(dim).map_err(to_py)?,
+        };
+        let config = config.inner.clone();
+        let table = py
+            .detach(move || tfra_redis::table::Table::open(&config, spec))
+            .map_err(to_py)?;
+        Ok(PyTable {
+            inner: Arc::new(table),
+        })
+    }
+
+    /// Bytes per row.
+    #[getter]
+    fn row_bytes(&self) -> usize {
+        self.inner.row_bytes()
+    }
+
+    /// The runtime bucket keys, as bytes.
+    #[getter]
+    fn bucket_keys<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        self.inner
+            .buckets()
+            .iter()
+            .map(|b| PyBytes::new(py, b.as_bytes()))
+            .collect()
+    }
+
+    /// Looks up `keys` into `out` (row bytes). `default` holds one row or one row per key.
+    /// `exists`, when given, receives which keys were found.
+    #[pyo3(signature = (keys, default, out, exists = None))]
+    fn find(
+        &self,
+        py: Python<'_>,
+        keys: PyReadonlyArray1<'_, i64>,
+        default: PyReadonlyArray1<'_, u8>,
+        mut out: PyReadwriteArray1<'_, u8>,
+        exists: Option<PyReadwriteArray1<'_, bool>>,
+    ) -> PyResult<()> {
+        let keys = keys.as_slice()?;
+        let default = default.as_slice()?;
+        let out = out.as_slice_mut()?;
+        let mut exists = exists;
+        let exists = match exists.as_mut() {
+            Some(e) => Some(e.as_slice_mut()?),
+            None => None,
+        };
+        let defaults = if default.len() == self.inner.row_bytes() {
+            Defaults::Row(default)
+        } else {
+            Defaults::PerKey(default)
+        };
+        let table = &self.inner;
+        py.detach(|| table.find(keys, defaults, out, exists))
+            .map_err(to_py)
+    }
+
+    /// Upserts rows (`values` holds `len(keys)` rows of row bytes).
+    fn insert(
+        &self,
+        py: Python<'_>,
+        keys: PyReadonlyArray1<'_, i64>,
+        values: PyReadonlyArray1<'_, u8>,
+    ) -> PyResult<()> {
+        let keys = keys.as_slice()?;
+        let values = values.as_slice()?;
+        let table = &self.inner;
+        py.detach(|| table.insert(keys, values)).map_err(to_py)
+    }
+
+    /// Removes ids.
+    fn remove(&self, py: Python<'_>, keys: PyReadonlyArray1<'_, i64>) -> PyResult<()> {
+        let keys = keys.as_slice()?;
+        let table = &self.inner;
+        py.detach(|| table.remove(keys)).map_err(to_py)
+    }
+
+    /// BP-v2 accumulate: deltas for flagged ids, values for unflagged ones.
+    fn accum(
+        &self,
+        py: Python<'_>,
+        keys: PyReadonlyArray1<'_, i64>,
+        deltas: PyReadonlyArray1<'_, u8>,
+        exists: PyReadonlyArray1<'_, bool>,
+    ) -> PyResult<()> {
+        let keys = keys.as_slice()?;
+        let deltas = deltas.as_slice()?;
+        let exists = exists.as_slice()?;
+        let table = &self.inner;
+        py.detach(|| table.accum(keys, deltas, exists))
+            .map_err(to_py)
+    }
+
+    /// Number of ids stored.
+    fn size(&self, py: Python<'_>) -> PyResult<u64> {
+        let table = &self.inner;
+        py.detach(|| table.size()).map_err(to_py)
+    }
+
+    /// Deletes every bucket of the table.
+    fn clear(&self, py: Python<'_>) -> PyResult<()> {
+        let table = &self.inner;
+        py.detach(|| table.clear()).map_err(to_py)
+    }
+
+    /// Every pair: (int64 ids, row bytes).
+    fn export<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let table = &self.inner;
+        let (keys, values) = py.detach(|| table.export()).map_err(to_py)?;
+        let keys = numpy::PyArray1::from_vec(py, keys).into_any();
+        let values = numpy::PyArray1::from_vec(py, values).into_any();
+        Ok((keys, values))
+    }
+
+    /// Calls `sink(ids, row_bytes)` for each page of about `page` pairs.
+    fn export_pages(&self, py: Python<'_>, page: usize, sink: Py<PyAny>) -> PyResult<()> {
+        let table = self.inner.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<i64>, Vec<u8>)>(2);
+        // Redis is read on a worker thread without the GIL while this thread hands pages to
+        // Python, so the callback's work overlaps the next page's round trip.
+        let worker = std::thread::spawn(move || {
+            table.export_pages(page, |k, v| {
+                tx.send((k.to_vec(), v.to_vec())).map_err(|_| {
+                    tfra_redis::Error::InvalidArgument("export stopped by the consumer".into())
+                })
+            })
+        });
+        let mut callback_error = None;
+        let mut rx = rx;
+        loop {
+            // Receiver is Send but not Sync: move it into the detached closure and back.
+            let (next, back) = py.detach(move || (rx.recv(), rx));
+            rx = back;
+            let Ok((k, v)) = next else { break };
+            let keys = numpy::PyArray1::from_vec(py, k);
+            let values = numpy::PyArray1::from_vec(py, v);
+            if let Err(e) = sink.call1(py, (keys, values)) {
+                callback_error = Some(e);
+                break;
+            }
+        }
+        drop(rx);
+        let result = py.detach(|| worker.join());
+        if let Some(e) = callback_error {
+            return Err(e);
+        }
+        match result {
+            Ok(r) => r.map_err(to_py),
+            Err(_) => Err(RedisTableError::new_err("export worker panicked")),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Table(name={:?}, buckets={:?})",
+            self.inner.spec().name,
+            self.inner.bucket_names()
+        )
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<PyConfig>()?;
+    m.add_class::<PyTable>()?;
+    m.add_function(wrap_pyfunction!(resolve_path, m)?)?;
+    m.add("RedisTableError", py.get_type::<RedisTableError>())?;
+    m.add("ConfigError", py.get_type::<ConfigError>())?;
+    m.add("RedisConnectionError", py.get_type::<RedisConnectionError>())?;
+    m.add("RedisTimeoutError", py.get_type::<RedisTimeoutError>())?;
+    m.add("RedisAuthError", py.get_type::<RedisAuthError>())?;
+    m.add("RedisCommandError", py.get_type::<RedisCommandError>())?;
+    m.add("RedisDataError", py.get_type::<RedisDataError>())?;
+    Ok(())
+}
