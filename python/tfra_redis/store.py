@@ -6,6 +6,8 @@ The TensorFlow classes (``RedisTable``, ``dynamic_embedding``) are built on this
 from __future__ import annotations
 
 import os
+import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +71,7 @@ class RedisStore:
         dim: int,
         key_dtype: Any = "int64",
         value_dtype: Any = "float32",
+        manage_ttl: bool = True,
     ) -> None:
         self.key_dtype = dtype_name(key_dtype)
         self.value_dtype = dtype_name(value_dtype)
@@ -83,6 +86,12 @@ class RedisStore:
         self.config = load_config(config)
         self.np_value_dtype = numpy_dtype(self.value_dtype)
         self._table = _native.Table(self.config, name, self.key_dtype, self.value_dtype, self.dim)
+        for note in self._table.notes:
+            warnings.warn(f"tfra-redis: {note}", stacklevel=2)
+        # TFRA clears the TTL when a table opens (done in Rust) and sets
+        # expire_model_tag_in_seconds when it closes; here "closes" is close(), garbage
+        # collection or interpreter exit, whichever comes first.
+        self._closer = weakref.finalize(self, _close_quietly, self._table) if manage_ttl else None
 
     # -- conversions -------------------------------------------------------------------------
 
@@ -190,6 +199,40 @@ class RedisStore:
 
         self._table.export_pages(page, forward)
 
+    # -- persistence and lifecycle -----------------------------------------------------------
+
+    def save_files(self) -> list[str]:
+        """``table_store_mode`` 1: writes each bucket's DUMP payload to
+        ``model_lib_abs_dir/<model_tag_runtime>/<bucket key>.rdb`` (fsynced, older file kept)."""
+        return list(self._table.save_files())
+
+    def restore_files(self) -> int:
+        """``table_store_mode`` 1: restores the ``model_tag_import`` files into this table."""
+        return int(self._table.restore_files())
+
+    def import_model_tag(self) -> int:
+        """Copies the rows stored under ``model_tag_import`` into this table (an upsert)."""
+        return int(self._table.import_model_tag())
+
+    def rebucket(self) -> tuple[list[str], int]:
+        """Moves this table's rows found in other bucket layouts into the runtime layout."""
+        old, copied = self._table.rebucket()
+        return list(old), int(copied)
+
+    def persist(self) -> None:
+        """Removes any TTL from this table's buckets."""
+        self._table.persist()
+
+    def expire(self, seconds: int) -> None:
+        """Sets a TTL on this table's buckets."""
+        self._table.expire(int(seconds))
+
+    def close(self) -> None:
+        """Applies ``expire_model_tag_in_seconds`` to the buckets, as TFRA does when a table
+        is destroyed (a negative setting disables it; 0 deletes the buckets). Idempotent."""
+        if self._closer is not None:
+            self._closer()
+
     @property
     def bucket_keys(self) -> list[bytes]:
         """The Redis keys of this table's buckets, in bucket order."""
@@ -200,3 +243,10 @@ class RedisStore:
             f"RedisStore(name={self.name!r}, dim={self.dim}, key_dtype={self.key_dtype}, "
             f"value_dtype={self.value_dtype}, buckets={self.bucket_keys!r})"
         )
+
+
+def _close_quietly(table: _native.Table) -> None:
+    try:
+        table.close()
+    except Exception as err:  # at interpreter exit Redis may be gone; say so, do not raise
+        warnings.warn(f"tfra-redis: could not set the TTL on close: {err}", stacklevel=1)

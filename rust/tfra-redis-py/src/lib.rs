@@ -146,6 +146,7 @@ fn resolve_path(env_name: Option<&str>, abs_dir: Option<&str>) -> PyResult<Strin
 #[pyclass(frozen, module = "tfra_redis._native", name = "Table")]
 struct PyTable {
     inner: Arc<tfra_redis::table::Table>,
+    notes: Vec<String>,
 }
 
 #[pymethods]
@@ -166,12 +167,74 @@ impl PyTable {
             dim: Dim::new(dim).map_err(to_py)?,
         };
         let config = config.inner.clone();
-        let table = py
-            .detach(move || tfra_redis::table::Table::open(&config, spec))
+        let (table, notes) = py
+            .detach(move || tfra_redis::store::open_table(&config, spec))
             .map_err(to_py)?;
         Ok(PyTable {
             inner: Arc::new(table),
+            notes,
         })
+    }
+
+    /// What opening the table found or did (moved rows, misplaced data).
+    #[getter]
+    fn notes(&self) -> Vec<String> {
+        self.notes.clone()
+    }
+
+    /// Saves each bucket's DUMP payload under `model_lib_abs_dir/<model_tag_runtime>/`
+    /// (`table_store_mode` 1); returns the file paths.
+    fn save_files(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let table = &self.inner;
+        let paths = py
+            .detach(|| tfra_redis::store::save_files(table))
+            .map_err(to_py)?;
+        Ok(paths
+            .into_iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect())
+    }
+
+    /// Restores the import tag's files into the runtime buckets; returns how many were read.
+    fn restore_files(&self, py: Python<'_>) -> PyResult<usize> {
+        let table = &self.inner;
+        py.detach(|| tfra_redis::store::restore_files(table))
+            .map_err(to_py)
+    }
+
+    /// Copies rows stored under `model_tag_import` into the runtime layout.
+    fn import_model_tag(&self, py: Python<'_>) -> PyResult<u64> {
+        let table = &self.inner;
+        py.detach(|| tfra_redis::store::import_model_tag(table))
+            .map_err(to_py)
+    }
+
+    /// Moves rows of this table found in other bucket layouts into the runtime one; returns
+    /// (old bucket names, rows copied).
+    fn rebucket(&self, py: Python<'_>) -> PyResult<(Vec<String>, u64)> {
+        let table = &self.inner;
+        let r = py
+            .detach(|| tfra_redis::store::rebucket(table))
+            .map_err(to_py)?;
+        Ok((r.old_buckets, r.rows_copied))
+    }
+
+    /// Clears the TTL of the table's buckets.
+    fn persist(&self, py: Python<'_>) -> PyResult<()> {
+        let table = &self.inner;
+        py.detach(|| table.persist()).map_err(to_py)
+    }
+
+    /// Sets a TTL in seconds on the table's buckets.
+    fn expire(&self, py: Python<'_>, seconds: u64) -> PyResult<()> {
+        let table = &self.inner;
+        py.detach(|| table.expire(seconds)).map_err(to_py)
+    }
+
+    /// What TFRA does when a table closes: the configured TTL (`expire_model_tag_in_seconds`).
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let table = &self.inner;
+        py.detach(|| table.expire_per_config()).map_err(to_py)
     }
 
     /// Bytes per row.
@@ -331,7 +394,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(resolve_path, m)?)?;
     m.add("RedisTableError", py.get_type::<RedisTableError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
-    m.add("RedisConnectionError", py.get_type::<RedisConnectionError>())?;
+    m.add(
+        "RedisConnectionError",
+        py.get_type::<RedisConnectionError>(),
+    )?;
     m.add("RedisTimeoutError", py.get_type::<RedisTimeoutError>())?;
     m.add("RedisAuthError", py.get_type::<RedisAuthError>())?;
     m.add("RedisCommandError", py.get_type::<RedisCommandError>())?;

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// The JSON config could not be parsed at all.
-    #[error("invalid JSON in redis config {source_name}: {message} at line {line}, column {column}")]
+    #[error(
+        "invalid JSON in redis config {source_name}: {message} at line {line}, column {column}"
+    )]
     ConfigSyntax {
         /// Where the JSON came from (a path, or `<string>`).
         source_name: String,

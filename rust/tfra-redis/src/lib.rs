@@ -9,6 +9,8 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod layout;
+pub mod optim;
+pub mod store;
 pub mod table;
 
 pub use error::{Error, Result};

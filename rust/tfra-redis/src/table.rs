@@ -77,7 +77,13 @@ impl Table {
     pub fn open(config: &RedisConfig, spec: TableSpec) -> Result<Table> {
         let backend = backend::connect(config)?;
         let slices = config.storage_slice as usize;
-        let tags = runtime_tags(config, backend.as_ref(), slices)?;
+        let tags = layout_tags(
+            config,
+            backend.as_ref(),
+            slices,
+            &config.redis_hash_tags_runtime,
+            "redis_hash_tags_runtime",
+        )?;
         let prefix = KeyPrefix::new(
             &config.model_tag_runtime,
             embedding_name(&spec.name),
@@ -217,7 +223,9 @@ impl Table {
         let n = keys.len();
         self.check_len("the output", out.len(), n)?;
         match defaults {
-            Defaults::Row(r) if r.len() != self.row_bytes => self.check_len("default_value", r.len(), 1)?,
+            Defaults::Row(r) if r.len() != self.row_bytes => {
+                self.check_len("default_value", r.len(), 1)?
+            }
             Defaults::PerKey(r) => self.check_len("default_value", r.len(), n)?,
             _ => {}
         }
@@ -329,14 +337,18 @@ impl Table {
     fn row_len_error(&self, bucket: usize, key: i64, len: usize) -> Error {
         Error::Data {
             bucket: self.buckets[bucket].to_string(),
-            message: format!(
-                "key {key} holds {len} bytes, but rows of this table are {} bytes \
-                 (dim {} x {}); the stored data was written with another dim or dtype",
-                self.row_bytes,
-                self.spec.dim.get(),
-                self.spec.value_dtype.numpy_name()
-            ),
+            message: self.row_len_message(key, len),
         }
+    }
+
+    fn row_len_message(&self, key: i64, len: usize) -> String {
+        format!(
+            "key {key} holds {len} bytes, but rows of this table are {} bytes (dim {} x {}); \
+             the stored data was written with another dim or dtype",
+            self.row_bytes,
+            self.spec.dim.get(),
+            self.spec.value_dtype.numpy_name()
+        )
     }
 
     /// Upserts rows (raw little-endian bytes, `keys.len()` rows). Within one batch the last
@@ -440,15 +452,12 @@ impl Table {
 
     /// Number of ids: the sum of `HLEN` over all runtime buckets.
     pub fn size(&self) -> Result<u64> {
-        let backend = self.backend()?;
-        let cmds: Vec<Cmd> = self
-            .buckets
-            .iter()
-            .map(|b| redis::cmd("HLEN").arg(b.as_bytes()).clone())
-            .collect();
-        let replies = backend.run(&cmds, Role::Read, Retry::Idempotent)?;
         let mut total = 0u64;
-        for (b, r) in replies.into_iter().enumerate() {
+        for (b, r) in self
+            .per_bucket("HLEN", Role::Read, &[])?
+            .into_iter()
+            .enumerate()
+        {
             match r {
                 Value::Int(n) => total += n as u64,
                 _ => return Err(self.reply_error(b, "HLEN did not answer with an integer")),
@@ -459,14 +468,135 @@ impl Table {
 
     /// Deletes every runtime bucket.
     pub fn clear(&self) -> Result<()> {
+        self.per_bucket("DEL", Role::Write, &[]).map(|_| ())
+    }
+
+    /// The bucket keys of the import layout (`model_tag_import`, `storage_slice_import`,
+    /// `redis_hash_tags_import`), where restores and model-tag imports read from.
+    pub fn import_buckets(&self) -> Result<Vec<BucketKey>> {
+        let c = &self.config;
+        let backend = self.backend()?;
+        let tags = layout_tags(
+            c,
+            backend.as_ref(),
+            c.storage_slice_import as usize,
+            &c.redis_hash_tags_import,
+            "redis_hash_tags_import",
+        )?;
+        let prefix = KeyPrefix::new(
+            &c.model_tag_import,
+            embedding_name(&self.spec.name),
+            c.using_md5_prefix_name,
+        );
+        Ok(bucket_keys(&prefix, &tags))
+    }
+
+    /// The key prefix of the import layout.
+    pub fn import_prefix(&self) -> KeyPrefix {
+        KeyPrefix::new(
+            &self.config.model_tag_import,
+            embedding_name(&self.spec.name),
+            self.config.using_md5_prefix_name,
+        )
+    }
+
+    /// Runs one command per runtime bucket and returns the replies.
+    pub(crate) fn per_bucket(&self, name: &str, role: Role, extra: &[&[u8]]) -> Result<Vec<Value>> {
         let backend = self.backend()?;
         let cmds: Vec<Cmd> = self
             .buckets
             .iter()
-            .map(|b| redis::cmd("DEL").arg(b.as_bytes()).clone())
+            .map(|b| {
+                let mut cmd = redis::cmd(name);
+                cmd.arg(b.as_bytes());
+                for a in extra {
+                    cmd.arg(*a);
+                }
+                cmd
+            })
             .collect();
-        backend.run(&cmds, Role::Write, Retry::Idempotent)?;
-        Ok(())
+        backend.run(&cmds, role, Retry::Idempotent)
+    }
+
+    /// Clears any TTL on the table's buckets. TFRA does this when a table opens so that a model
+    /// in use never expires.
+    pub fn persist(&self) -> Result<()> {
+        self.per_bucket("PERSIST", Role::Write, &[]).map(|_| ())
+    }
+
+    /// Puts the configured TTL (`expire_model_tag_in_seconds`) on the table's buckets, as TFRA
+    /// does when a table closes; nothing when the setting is negative. 0 deletes the buckets.
+    pub fn expire_per_config(&self) -> Result<()> {
+        match self.config.expire_model_tag_in_seconds {
+            Some(secs) => self.expire(secs),
+            None => Ok(()),
+        }
+    }
+
+    /// Puts a TTL of `secs` seconds on the table's buckets.
+    pub fn expire(&self, secs: u64) -> Result<()> {
+        let secs = secs.to_string();
+        self.per_bucket("EXPIRE", Role::Write, &[secs.as_bytes()])
+            .map(|_| ())
+    }
+
+    /// Streams the pairs of any bucket hash (not necessarily one of this table's) in pages.
+    pub fn scan_bucket(
+        &self,
+        bucket: &[u8],
+        page: usize,
+        mut sink: impl FnMut(&[i64], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let backend = self.backend()?;
+        let kw = self.spec.key_dtype.width();
+        let rb = self.row_bytes;
+        let name = crate::layout::printable(bucket);
+        let mut cursor = 0u64;
+        loop {
+            let cmd = redis::cmd("HSCAN")
+                .arg(bucket)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(page.clamp(1, SCAN_COUNT * 64))
+                .clone();
+            let mut replies = backend.run(&[cmd], Role::Read, Retry::Idempotent)?;
+            let bad = |m: &str| Error::Data {
+                bucket: name.clone(),
+                message: m.to_string(),
+            };
+            let (next, items) = backend::parse_scan_reply(replies.remove(0))
+                .map_err(|_| bad("HSCAN answered with an unexpected shape"))?;
+            let mut keys = Vec::with_capacity(items.len() / 2);
+            let mut values = Vec::with_capacity(items.len() / 2 * rb);
+            for pair in items.chunks(2) {
+                let [field, value] = pair else {
+                    return Err(bad("HSCAN answered with an odd item count"));
+                };
+                let key = self.spec.key_dtype.decode(field).ok_or_else(|| {
+                    bad(&format!(
+                        "field {} is {} bytes, but {} keys are {kw} bytes",
+                        crate::layout::printable(field),
+                        field.len(),
+                        self.spec.key_dtype.name()
+                    ))
+                })?;
+                if value.len() != rb {
+                    return Err(Error::Data {
+                        bucket: name.clone(),
+                        message: self.row_len_message(key, value.len()),
+                    });
+                }
+                keys.push(key);
+                values.extend_from_slice(value);
+            }
+            if !keys.is_empty() {
+                sink(&keys, &values)?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     /// Streams every (id, row) pair, bucket by bucket, in pages of about `page` pairs, so memory
@@ -477,50 +607,8 @@ impl Table {
         page: usize,
         mut sink: impl FnMut(&[i64], &[u8]) -> Result<()>,
     ) -> Result<()> {
-        let backend = self.backend()?;
-        let kw = self.spec.key_dtype.width();
-        let rb = self.row_bytes;
-        for (b, bucket) in self.buckets.iter().enumerate() {
-            let mut cursor = 0u64;
-            loop {
-                let cmd = redis::cmd("HSCAN")
-                    .arg(bucket.as_bytes())
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(page.max(1).min(SCAN_COUNT * 64))
-                    .clone();
-                let mut replies = backend.run(&[cmd], Role::Read, Retry::Idempotent)?;
-                let (next, items) = backend::parse_scan_reply(replies.remove(0))
-                    .map_err(|_| self.reply_error(b, "HSCAN answered with an unexpected shape"))?;
-                let mut keys = Vec::with_capacity(items.len() / 2);
-                let mut values = Vec::with_capacity(items.len() / 2 * rb);
-                for pair in items.chunks(2) {
-                    let [field, value] = pair else {
-                        return Err(self.reply_error(b, "HSCAN answered with an odd item count"));
-                    };
-                    let key = self.spec.key_dtype.decode(field).ok_or_else(|| Error::Data {
-                        bucket: bucket.to_string(),
-                        message: format!(
-                            "field {} is {} bytes, but {} keys are {kw} bytes",
-                            crate::layout::printable(field),
-                            field.len(),
-                            self.spec.key_dtype.name()
-                        ),
-                    })?;
-                    if value.len() != rb {
-                        return Err(self.row_len_error(b, key, value.len()));
-                    }
-                    keys.push(key);
-                    values.extend_from_slice(value);
-                }
-                if !keys.is_empty() {
-                    sink(&keys, &values)?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+        for bucket in &self.buckets {
+            self.scan_bucket(bucket.as_bytes(), page, &mut sink)?;
         }
         Ok(())
     }
@@ -545,15 +633,17 @@ impl Table {
     }
 }
 
-/// The runtime hash tags: explicit ones from the config, else the cluster's topology (TFRA's
-/// default in cluster mode), else the fixed even spread.
-fn runtime_tags(config: &RedisConfig, backend: &dyn Backend, slices: usize) -> Result<Vec<HashTag>> {
-    if !config.redis_hash_tags_runtime.is_empty() {
-        return config
-            .redis_hash_tags_runtime
-            .iter()
-            .map(|t| HashTag::parse("redis_hash_tags_runtime", t))
-            .collect();
+/// Hash tags for a layout of `slices` buckets: explicit ones from the config, else the cluster's
+/// topology (TFRA's default in cluster mode), else the fixed even spread.
+pub(crate) fn layout_tags(
+    config: &RedisConfig,
+    backend: &dyn Backend,
+    slices: usize,
+    explicit: &[String],
+    field: &str,
+) -> Result<Vec<HashTag>> {
+    if !explicit.is_empty() {
+        return explicit.iter().map(|t| HashTag::parse(field, t)).collect();
     }
     if backend.mode() == ConnectionMode::Cluster && !config.redis_hash_tags_hypodispersion {
         let masters = backend.master_slot_ranges()?;

@@ -196,10 +196,7 @@ impl Cluster {
                 )
                 .map_err(|e| {
                     conn.broken = true;
-                    (
-                        classify(&e, &self.target, self.opts.socket_timeout),
-                        true,
-                    )
+                    (classify(&e, &self.target, self.opts.socket_timeout), true)
                 })?;
             parse_cluster_slots(reply).map_err(|e| (e, false))
         })

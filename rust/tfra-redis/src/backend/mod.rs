@@ -154,7 +154,15 @@ pub(crate) fn surely_not_executed(err: &redis::RedisError) -> bool {
     err.is_connection_refusal()
         || matches!(
             err.code(),
-            Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "LOADING")
+            Some(
+                "MOVED"
+                    | "ASK"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+                    | "MASTERDOWN"
+                    | "READONLY"
+                    | "LOADING"
+            )
         )
 }
 

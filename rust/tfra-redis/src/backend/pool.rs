@@ -48,7 +48,10 @@ impl<T: Target> r2d2::ManageConnection for Manager<T> {
     type Error = ManagerError;
 
     fn connect(&self) -> std::result::Result<Conn, ManagerError> {
-        let (inner, addr) = self.target.open().map_err(|e| ManagerError(e.to_string()))?;
+        let (inner, addr) = self
+            .target
+            .open()
+            .map_err(|e| ManagerError(e.to_string()))?;
         Ok(Conn {
             inner,
             addr,

@@ -66,7 +66,9 @@ impl SentinelNode {
                 .map_err(|e| classify(&e, addr, timeout))?;
             reply.ok_or_else(|| Error::Connection {
                 target: addr.to_string(),
-                message: format!("sentinel does not monitor a master named '{name}' (redis_master_name)"),
+                message: format!(
+                    "sentinel does not monitor a master named '{name}' (redis_master_name)"
+                ),
             })
         })
     }
@@ -104,7 +106,11 @@ impl SentinelNode {
     }
 }
 
-fn role_of(conn: &mut redis::Connection, addr: &str, timeout: std::time::Duration) -> Result<String> {
+fn role_of(
+    conn: &mut redis::Connection,
+    addr: &str,
+    timeout: std::time::Duration,
+) -> Result<String> {
     let reply: Value = redis::cmd("ROLE")
         .query(conn)
         .map_err(|e| classify(&e, addr, timeout))?;

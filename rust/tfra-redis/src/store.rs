@@ -1,0 +1,354 @@
+//! Persistence and lifecycle: `table_store_mode` 1 files, model-tag import and re-bucketing.
+//!
+//! TFRA's versions of these had real bugs (spec §4.3, §5.7): inserts from the wrong buffers,
+//! deletes racing ahead of copies, scans that swallowed other tables, files mapped to the wrong
+//! buckets. Here every move copies first, checks, and only then deletes, and only this table's
+//! exact bucket keys (`prefix{digits}`) are ever touched.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use redis::Value;
+
+use crate::backend::{Retry, Role};
+use crate::error::{Error, Result};
+use crate::layout::{BucketKey, KeyPrefix, bucket_glob, parse_bucket_tag, printable};
+use crate::table::Table;
+
+/// Rows copied per page when moving data between layouts.
+const COPY_PAGE: usize = 8192;
+
+/// The bucket keys that exist in Redis for exactly this prefix (never a table whose name merely
+/// starts with it), sorted.
+pub fn existing_buckets(table: &Table, prefix: &KeyPrefix) -> Result<Vec<Vec<u8>>> {
+    let backend = table.backend()?;
+    let mut found: Vec<Vec<u8>> = backend
+        .scan_match(&bucket_glob(prefix))?
+        .into_iter()
+        .filter(|k| parse_bucket_tag(prefix, k).is_some())
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// The directory of mode-1 files for a model tag: `model_lib_abs_dir/<model_tag>/`.
+pub fn model_lib_dir(table: &Table, model_tag: &str) -> PathBuf {
+    Path::new(&table.config().model_lib_abs_dir).join(model_tag)
+}
+
+/// The file of one bucket: `<dir>/<bucket key>.rdb` (TFRA's name; raw bytes for MD5 prefixes).
+pub fn bucket_file(dir: &Path, bucket: &BucketKey) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let mut name = bucket.as_bytes().to_vec();
+    name.extend_from_slice(b".rdb");
+    dir.join(std::ffi::OsStr::from_bytes(&name))
+}
+
+/// `table_store_mode` 1 save: each runtime bucket's `DUMP` payload to its file, written to a
+/// temporary file, fsynced and renamed into place, so a crash never leaves a half file under the
+/// real name. An older file is kept, renamed with a timestamp suffix as TFRA does. A bucket that
+/// does not exist gives an empty file (TFRA's convention, which its restore skips).
+pub fn save_files(table: &Table) -> Result<Vec<PathBuf>> {
+    let dir = model_lib_dir(table, &table.config().model_tag_runtime);
+    fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    let backend = table.backend()?;
+    let stamp = timestamp();
+    let mut written = Vec::new();
+    for bucket in table.buckets() {
+        let cmd = redis::cmd("DUMP").arg(bucket.as_bytes()).clone();
+        // The master, not a replica: a lagging replica would save stale rows.
+        let reply = backend
+            .run(&[cmd], Role::Write, Retry::Idempotent)?
+            .pop()
+            .unwrap_or(Value::Nil);
+        let payload = match reply {
+            Value::BulkString(b) => b,
+            Value::Nil => Vec::new(),
+            other => {
+                return Err(Error::Data {
+                    bucket: bucket.to_string(),
+                    message: format!("DUMP answered {other:?}"),
+                });
+            }
+        };
+        let path = bucket_file(&dir, bucket);
+        let tmp = path.with_extension(format!("rdb.tmp-{}", std::process::id()));
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(io("creating", &tmp))?;
+            f.write_all(&payload).map_err(io("writing", &tmp))?;
+            f.sync_all().map_err(io("syncing", &tmp))?;
+        }
+        if path.exists() {
+            let mut old = path.clone().into_os_string();
+            old.push(format!(".{stamp}"));
+            fs::rename(&path, &old).map_err(io("keeping the older", &path))?;
+        }
+        fs::rename(&tmp, &path).map_err(io("renaming into", &path))?;
+        written.push(path);
+    }
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("syncing", &dir))?;
+    Ok(written)
+}
+
+/// Local time is what TFRA used; UTC avoids a timezone dependency and still sorts.
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}-{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `table_store_mode` 1 restore from the import tag's files. When the import layout has as many
+/// buckets as the runtime one, an id's bucket index is the same in both (it depends on the count
+/// only; standalone keeps everything in bucket 0), so file i replaces runtime bucket i
+/// (`RESTORE ... REPLACE`, as TFRA, but mapped by index rather than by TFRA's shifted count of
+/// found files). Otherwise each file is restored into a scratch key and its pairs are re-bucketed
+/// into the runtime layout. Missing and empty files are skipped. Returns the files restored.
+pub fn restore_files(table: &Table) -> Result<usize> {
+    let dir = model_lib_dir(table, &table.config().model_tag_import);
+    let import = table.import_buckets()?;
+    let direct = import.len() == table.buckets().len();
+    let backend = table.backend()?;
+    let mut restored = 0;
+    for (i, bucket) in import.iter().enumerate() {
+        let path = bucket_file(&dir, bucket);
+        let payload = match fs::read(&path) {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("reading", &path)(e)),
+        };
+        if payload.is_empty() {
+            continue;
+        }
+        if direct {
+            let target = &table.buckets()[i];
+            let cmd = redis::cmd("RESTORE")
+                .arg(target.as_bytes())
+                .arg(0)
+                .arg(&payload)
+                .arg("REPLACE")
+                .clone();
+            backend
+                .run(&[cmd], Role::Write, Retry::Idempotent)
+                .map_err(|e| file_error(&path, target, e))?;
+        } else {
+            // The scratch key shares the bucket's hash tag, so in a cluster it lands on a node
+            // that can serve it, and carries the pid so two restoring processes cannot collide.
+            let scratch = format!(
+                "tfra-redis-restore:{}:{}",
+                std::process::id(),
+                printable(bucket.as_bytes())
+            )
+            .into_bytes();
+            let restore = redis::cmd("RESTORE")
+                .arg(&scratch)
+                .arg(0)
+                .arg(&payload)
+                .arg("REPLACE")
+                .clone();
+            backend
+                .run(&[restore], Role::Write, Retry::Idempotent)
+                .map_err(|e| file_error(&path, bucket, e))?;
+            let copied = table.scan_bucket(&scratch, COPY_PAGE, |k, v| table.insert(k, v));
+            let del = redis::cmd("DEL").arg(&scratch).clone();
+            backend.run(&[del], Role::Write, Retry::Idempotent)?;
+            copied?;
+        }
+        restored += 1;
+    }
+    Ok(restored)
+}
+
+fn file_error(path: &Path, bucket: &BucketKey, e: Error) -> Error {
+    Error::Data {
+        bucket: bucket.to_string(),
+        message: format!("restoring {} failed: {e}", path.display()),
+    }
+}
+
+/// What [`rebucket`] found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RebucketReport {
+    /// Buckets of this table that were not in the runtime layout.
+    pub old_buckets: Vec<String>,
+    /// Pairs copied into the runtime layout.
+    pub rows_copied: u64,
+}
+
+/// Moves every pair of this table that sits in buckets outside the runtime layout (another
+/// `storage_slice` or other hash tags, same model tag) into the runtime layout: copy, check
+/// that every copied id is readable in the new layout, and only then delete the old buckets.
+/// If the process dies at any point, running it again finishes the job and loses nothing,
+/// because the old buckets survive until their rows are confirmed in the new ones.
+pub fn rebucket(table: &Table) -> Result<RebucketReport> {
+    let runtime: BTreeSet<Vec<u8>> = table
+        .buckets()
+        .iter()
+        .map(|b| b.as_bytes().to_vec())
+        .collect();
+    let old: Vec<Vec<u8>> = existing_buckets(table, table.prefix())?
+        .into_iter()
+        .filter(|k| !runtime.contains(k))
+        .collect();
+    let mut report = RebucketReport {
+        old_buckets: old.iter().map(|k| printable(k)).collect(),
+        rows_copied: 0,
+    };
+    if old.is_empty() {
+        return Ok(report);
+    }
+    let rb = table.row_bytes();
+    for bucket in &old {
+        let mut ids = HashSet::new();
+        table.scan_bucket(bucket, COPY_PAGE, |k, v| {
+            table.insert(k, v)?;
+            ids.extend(k.iter().copied());
+            report.rows_copied += k.len() as u64;
+            Ok(())
+        })?;
+        // Verify before deleting: every id of the old bucket must now be found.
+        let ids: Vec<i64> = ids.into_iter().collect();
+        for chunk in ids.chunks(65536) {
+            let mut out = vec![0u8; chunk.len() * rb];
+            let mut exists = vec![false; chunk.len()];
+            let zero = vec![0u8; rb];
+            table.find(
+                chunk,
+                crate::table::Defaults::Row(&zero),
+                &mut out,
+                Some(&mut exists),
+            )?;
+            if let Some(pos) = exists.iter().position(|e| !e) {
+                return Err(Error::Data {
+                    bucket: printable(bucket),
+                    message: format!(
+                        "re-bucketing stopped: id {} was copied but is not readable in the new \
+                         layout; the old bucket is kept",
+                        chunk[pos]
+                    ),
+                });
+            }
+        }
+        let backend = table.backend()?;
+        let del = redis::cmd("DEL").arg(bucket).clone();
+        backend.run(&[del], Role::Write, Retry::Idempotent)?;
+    }
+    Ok(report)
+}
+
+/// Copies the rows stored under `model_tag_import` into this table's runtime layout (re-bucketed
+/// as needed), leaving the old tag's data in place. Idempotent: the copy is an upsert. Returns
+/// the number of pairs copied.
+pub fn import_model_tag(table: &Table) -> Result<u64> {
+    let config = table.config();
+    if config.model_tag_import == config.model_tag_runtime {
+        return Ok(0);
+    }
+    let mut copied = 0u64;
+    for bucket in existing_buckets(table, &table.import_prefix())? {
+        table.scan_bucket(&bucket, COPY_PAGE, |k, v| {
+            table.insert(k, v)?;
+            copied += k.len() as u64;
+            Ok(())
+        })?;
+    }
+    Ok(copied)
+}
+
+/// A warning when the runtime buckets hold nothing but other buckets of this table's prefix, or
+/// of the import tag, exist: the data is not where the config says, and the message names the
+/// setting that would open it.
+pub fn misplaced_data_hint(table: &Table) -> Result<Option<String>> {
+    if table.size()? > 0 {
+        return Ok(None);
+    }
+    let runtime: BTreeSet<Vec<u8>> = table
+        .buckets()
+        .iter()
+        .map(|b| b.as_bytes().to_vec())
+        .collect();
+    let others: Vec<String> = existing_buckets(table, table.prefix())?
+        .into_iter()
+        .filter(|k| !runtime.contains(k))
+        .map(|k| printable(&k))
+        .collect();
+    if !others.is_empty() {
+        return Ok(Some(format!(
+            "table {} is empty under its runtime buckets {:?}, but buckets {:?} of the same \
+             prefix exist: they were written with another storage_slice or other \
+             redis_hash_tags_runtime; set those to match, or re-bucket them into this layout \
+             (`tfra-redis rebucket`, or open with the import settings)",
+            table.spec().name,
+            table.bucket_names(),
+            others
+        )));
+    }
+    Ok(None)
+}
+
+/// Opens a table the way TFRA's constructor does, minus its bugs: connects, clears any TTL on
+/// the table's buckets, and, for the same model tag, moves rows left in another bucket layout
+/// into the runtime one. The move is considered when the import layout differs from the runtime
+/// one (TFRA's trigger) or when the runtime buckets are empty (a changed `storage_slice` or
+/// topology); a full key scan is paid only then. Returns notes worth showing the user.
+pub fn open_table(
+    config: &crate::config::RedisConfig,
+    spec: crate::table::TableSpec,
+) -> Result<(Table, Vec<String>)> {
+    let table = Table::open(config, spec)?;
+    let mut notes = Vec::new();
+    table.persist()?;
+    if config.model_tag_import == config.model_tag_runtime {
+        let layout_changed = table.import_buckets()? != table.buckets();
+        if layout_changed || table.size()? == 0 {
+            let report = rebucket(&table)?;
+            if !report.old_buckets.is_empty() {
+                notes.push(format!(
+                    "moved {} rows of table {} from buckets {:?} into {:?}",
+                    report.rows_copied,
+                    table.spec().name,
+                    report.old_buckets,
+                    table.bucket_names()
+                ));
+            }
+        }
+    } else if let Some(hint) = misplaced_data_hint(&table)? {
+        notes.push(hint);
+    }
+    Ok((table, notes))
+}
