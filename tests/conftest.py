@@ -1,0 +1,94 @@
+"""Shared fixtures: real Redis topologies on 127.0.0.1, started once per test session.
+
+The session fixtures are shared by every test, so a test that kills, pauses or reconfigures a
+server must start its own topology instead (see ``tests/test_servers.py``). Tests keep out of
+each other's way with `unique_name` table names, or by clearing a topology with `flushed`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tfra_redis import servers
+
+# The `acl_server` fixture: the default user's password, then alice (everything) and reader
+# (reads only). Tests read the password back from ``acl_server.password``.
+ACL_DEFAULT_PASSWORD = "adm1n"
+ACL_RULES = [
+    "alice on >s3cret ~* +@all",
+    "reader on >r3ad ~* +@read -@write",
+]
+
+
+@pytest.fixture(scope="session")
+def standalone_server() -> Iterator[servers.RedisServer]:
+    """One standalone redis-server without a password."""
+    with servers.standalone() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def acl_server() -> Iterator[servers.RedisServer]:
+    """A standalone redis-server with ``requirepass`` and the ACL users alice and reader."""
+    with servers.standalone(password=ACL_DEFAULT_PASSWORD, acl_users=ACL_RULES) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[servers.ClusterTopology]:
+    """A settled cluster: 3 masters (slots 0-5460, 5461-10922, 10923-16383), 1 replica each."""
+    with servers.cluster() as topology:
+        yield topology
+
+
+@pytest.fixture(scope="session")
+def sentinel() -> Iterator[servers.SentinelTopology]:
+    """A master, a replica and 3 sentinels monitoring ``mymaster`` with quorum 2."""
+    with servers.sentinel() as topology:
+        yield topology
+
+
+@pytest.fixture
+def flushed() -> Callable[..., None]:
+    """A function that empties the topologies given to it: ``flushed(cluster, acl_server)``."""
+
+    def flush(*topologies: servers.Topology) -> None:
+        for topology in topologies:
+            topology.flushall()
+
+    return flush
+
+
+_name_counter = itertools.count()
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> str:
+    """A table name no other test uses: the test's name plus a random suffix.
+
+    Redis keys carry the table name, so tests sharing a session server never see each other's rows.
+    """
+    base = re.sub(r"[^A-Za-z0-9]+", "_", request.node.name).strip("_")[:40]
+    return f"{base}_{next(_name_counter)}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def make_config() -> Callable[..., Path]:
+    """``make_config(tmp_path, topology, **overrides)`` writes a JSON config file, returns its path.
+
+    The file holds the topology's connection fields (``config_dict()``) updated with the overrides,
+    for example ``make_config(tmp_path, cluster, storage_slice=4, table_store_mode=2)``.
+    """
+    counter = itertools.count()
+
+    def write(directory: Path, topology: servers.Topology, **overrides: Any) -> Path:
+        path = Path(directory) / f"redis_config_{next(counter)}.json"
+        return servers.write_config_file(path, topology, **overrides)
+
+    return write
