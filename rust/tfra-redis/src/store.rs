@@ -332,7 +332,12 @@ pub fn open_table(
 ) -> Result<(Table, Vec<String>)> {
     let table = Table::open(config, spec)?;
     let mut notes = Vec::new();
-    table.persist()?;
+    match table.persist() {
+        Ok(()) => {}
+        // A read-only ACL user (an inference job, say) may not PERSIST; it can still read.
+        Err(e @ Error::Auth { .. }) => notes.push(format!("could not clear the TTL: {e}")),
+        Err(e) => return Err(e),
+    }
     if config.model_tag_import == config.model_tag_runtime {
         let layout_changed = table.import_buckets()? != table.buckets();
         if layout_changed || table.size()? == 0 {

@@ -97,7 +97,7 @@ impl Table {
         let row_bytes = spec.value_dtype.width() * spec.dim.get();
         Ok(Table {
             row_bytes,
-            chunk: (config.keys_sending_size as usize).max(1),
+            chunk: config.keys_sending_size.max(1),
             bucket_fn: BucketFn::from_flag(config.using_hash_storage_slice),
             data_buckets,
             prefix,
@@ -229,13 +229,13 @@ impl Table {
             Defaults::PerKey(r) => self.check_len("default_value", r.len(), n)?,
             _ => {}
         }
-        if let Some(e) = exists.as_deref() {
-            if e.len() != n {
-                return Err(Error::InvalidArgument(format!(
-                    "exists has {} entries for {n} keys",
-                    e.len()
-                )));
-            }
+        if let Some(e) = exists.as_deref()
+            && e.len() != n
+        {
+            return Err(Error::InvalidArgument(format!(
+                "exists has {} entries for {n} keys",
+                e.len()
+            )));
         }
         if n == 0 {
             return Ok(());

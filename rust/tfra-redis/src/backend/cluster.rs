@@ -19,6 +19,9 @@ use super::{Backend, Retry, Role, classify, parse_scan_reply, with_retry};
 use crate::config::ConnectionMode;
 use crate::error::{Error, Result};
 
+/// Each master's `(host, port)` and its slot ranges, sorted.
+type MasterRanges = BTreeMap<(String, u16), Vec<(u16, u16)>>;
+
 struct ClusterConn {
     inner: ClusterConnection,
     broken: bool,
@@ -185,7 +188,7 @@ impl Cluster {
     }
 
     /// Each master's address and its slot ranges, from `CLUSTER SLOTS`.
-    fn masters(&self) -> Result<BTreeMap<(String, u16), Vec<(u16, u16)>>> {
+    fn masters(&self) -> Result<MasterRanges> {
         with_retry(self.opts.retry_deadline, Retry::Idempotent, || {
             let mut conn = self.get()?;
             let reply = conn
@@ -220,7 +223,7 @@ fn as_string(v: &Value) -> Option<String> {
 }
 
 /// `CLUSTER SLOTS`: `[[start, end, [ip, port, id, ...], replicas...], ...]`.
-fn parse_cluster_slots(reply: Value) -> Result<BTreeMap<(String, u16), Vec<(u16, u16)>>> {
+fn parse_cluster_slots(reply: Value) -> Result<MasterRanges> {
     let bad = |why: &str| Error::Command {
         command: "CLUSTER SLOTS".into(),
         bucket: String::new(),
@@ -229,7 +232,7 @@ fn parse_cluster_slots(reply: Value) -> Result<BTreeMap<(String, u16), Vec<(u16,
     let Value::Array(ranges) = reply else {
         return Err(bad("not an array"));
     };
-    let mut masters: BTreeMap<(String, u16), Vec<(u16, u16)>> = BTreeMap::new();
+    let mut masters = MasterRanges::new();
     for r in ranges {
         let Value::Array(parts) = r else {
             return Err(bad("range is not an array"));

@@ -67,7 +67,8 @@ pub trait Backend: Send + Sync {
 /// multiplied connections by the number of tables. The process id is part of the cache key so
 /// that a forked child never reuses sockets inherited from its parent.
 pub fn connect(config: &RedisConfig) -> Result<Arc<dyn Backend>> {
-    static CACHE: OnceLock<Mutex<HashMap<(u32, String), Arc<dyn Backend>>>> = OnceLock::new();
+    type Cache = Mutex<HashMap<(u32, String), Arc<dyn Backend>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
     let opts = ConnectOptions::from_config(config);
     let key = (std::process::id(), opts.cache_key());
     let cache = CACHE.get_or_init(Default::default);
@@ -212,10 +213,12 @@ pub(crate) fn check_cluster_enabled(
     target: &str,
     timeout: Duration,
 ) -> Result<()> {
-    let info: String = redis::cmd("INFO")
-        .arg("cluster")
-        .query(conn)
-        .map_err(|e| classify(&e, target, timeout))?;
+    let info: String = match redis::cmd("INFO").arg("cluster").query(conn) {
+        Ok(info) => info,
+        // An ACL user without INFO rights can still use its tables; the check is a courtesy.
+        Err(e) if e.code() == Some("NOPERM") => return Ok(()),
+        Err(e) => return Err(classify(&e, target, timeout)),
+    };
     // Redis-compatible stores such as Pika answer INFO cluster with nothing: treat as plain.
     let enabled = info.lines().any(|l| l.trim() == "cluster_enabled:1");
     if enabled && !expect_cluster {
@@ -314,7 +317,7 @@ pub(crate) fn command_error(cmd: &Cmd, message: String) -> Error {
     args.next();
     let bucket = args
         .next()
-        .map(|b| crate::layout::printable(b))
+        .map(crate::layout::printable)
         .unwrap_or_default();
     Error::Command {
         command,
@@ -339,7 +342,23 @@ pub(crate) fn check_replies(cmds: &[Cmd], replies: &[Value]) -> Result<()> {
                 Some(d) => format!("{} {d}", e.code()),
                 None => e.code().to_string(),
             };
-            return Err(command_error(cmd, message));
+            let err = command_error(cmd, message);
+            if let (
+                true,
+                Error::Command {
+                    command,
+                    bucket,
+                    message,
+                },
+            ) = (matches!(e.code(), "NOPERM" | "NOAUTH" | "WRONGPASS"), &err)
+            {
+                // ACL refusals are the user's to fix, not a server fault: say so.
+                return Err(Error::Auth {
+                    target: format!("{command} {bucket}"),
+                    message: message.clone(),
+                });
+            }
+            return Err(err);
         }
     }
     Ok(())

@@ -1,0 +1,399 @@
+//! Every table operation against real servers in every mode, plus TFRA's fixture data.
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::json;
+use support::{Cluster, Sentinel, ServerOptions, Standalone};
+use tfra_redis::codec::{Dim, KeyDtype, ValueDtype};
+use tfra_redis::config::RedisConfig;
+use tfra_redis::store;
+use tfra_redis::table::{Defaults, Table, TableSpec};
+use tfra_redis::{Error, store::open_table};
+
+fn config(json: &str) -> RedisConfig {
+    RedisConfig::from_json_str(json, "<test>").unwrap().0
+}
+
+fn spec(name: &str, dim: usize) -> TableSpec {
+    TableSpec {
+        name: name.into(),
+        key_dtype: KeyDtype::I64,
+        value_dtype: ValueDtype::F32,
+        dim: Dim::new(dim).unwrap(),
+    }
+}
+
+fn bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn floats(b: &[u8]) -> Vec<f32> {
+    b.chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn row(k: i64, dim: usize) -> Vec<f32> {
+    (0..dim).map(|j| k as f32 * 0.5 + j as f32).collect()
+}
+
+fn find(t: &Table, keys: &[i64], default: f32) -> (Vec<f32>, Vec<bool>) {
+    let dim = t.spec().dim.get();
+    let mut out = vec![0u8; keys.len() * t.row_bytes()];
+    let mut exists = vec![false; keys.len()];
+    let d = bytes(&vec![default; dim]);
+    t.find(keys, Defaults::Row(&d), &mut out, Some(&mut exists))
+        .unwrap();
+    (floats(&out), exists)
+}
+
+/// The same checks in every mode: upsert, lookup with both kinds of defaults, remove, size,
+/// export, accum, clear, empty batches, and a batch larger than one pipeline window.
+fn exercise(config_json: &str, name: &str) {
+    let cfg = config(config_json);
+    let dim = 8;
+    let (t, _) = open_table(&cfg, spec(name, dim)).unwrap();
+    t.clear().unwrap();
+    assert_eq!(t.size().unwrap(), 0);
+
+    let n = 100_000i64;
+    let keys: Vec<i64> = (0..n).map(|k| k * 7919 - 50_000).collect();
+    let values: Vec<f32> = keys.iter().flat_map(|&k| row(k, dim)).collect();
+    t.insert(&keys, &bytes(&values)).unwrap();
+    assert_eq!(t.size().unwrap(), n as u64);
+
+    let (got, exists) = find(&t, &keys, -1.0);
+    assert!(exists.iter().all(|e| *e));
+    assert_eq!(got, values);
+
+    // Missing ids: one default row for all, or one per id.
+    let probe = [keys[0], 123_456_789, keys[5]];
+    let (got, exists) = find(&t, &probe, -3.0);
+    assert_eq!(exists, vec![true, false, true]);
+    assert_eq!(&got[dim..2 * dim], vec![-3.0; dim].as_slice());
+    let per_key: Vec<f32> = (0..3 * dim).map(|i| i as f32 + 1000.0).collect();
+    let mut out = vec![0u8; 3 * t.row_bytes()];
+    t.find(&probe, Defaults::PerKey(&bytes(&per_key)), &mut out, None)
+        .unwrap();
+    assert_eq!(&floats(&out)[dim..2 * dim], &per_key[dim..2 * dim]);
+    assert_eq!(&floats(&out)[..dim], row(keys[0], dim).as_slice());
+
+    // Duplicates in one batch: the last row wins.
+    t.insert(&[7, 7], &bytes(&[vec![1.0; dim], vec![2.0; dim]].concat()))
+        .unwrap();
+    assert_eq!(find(&t, &[7], 0.0).0, vec![2.0; dim]);
+
+    t.remove(&[keys[0], keys[1], 7, 999_999_999]).unwrap();
+    assert_eq!(t.size().unwrap(), n as u64 - 2);
+    assert_eq!(find(&t, &[keys[0]], 0.0).1, vec![false]);
+
+    let (ek, ev) = t.export().unwrap();
+    assert_eq!(ek.len(), n as usize - 2);
+    let ev = floats(&ev);
+    for (i, k) in ek.iter().enumerate().step_by(997) {
+        assert_eq!(&ev[i * dim..(i + 1) * dim], row(*k, dim).as_slice());
+    }
+
+    // accum: TFRA's BP-v2 rule.
+    let base = [10i64, 11, 12];
+    t.insert(&base, &bytes(&vec![1.0; 3 * dim])).unwrap();
+    t.remove(&[11]).unwrap();
+    let deltas = bytes(
+        &[
+            vec![0.5; dim],
+            vec![0.5; dim],
+            vec![4.0; dim],
+            vec![9.0; dim],
+        ]
+        .concat(),
+    );
+    t.accum(&[10, 11, 12, 13], &deltas, &[true, true, false, false])
+        .unwrap();
+    let (got, exists) = find(&t, &[10, 11, 12, 13], -1.0);
+    assert_eq!(exists, vec![true, false, true, true]);
+    assert_eq!(
+        &got[..dim],
+        vec![1.5; dim].as_slice(),
+        "present+flagged adds"
+    );
+    assert_eq!(
+        &got[2 * dim..3 * dim],
+        vec![1.0; dim].as_slice(),
+        "present+unflagged kept"
+    );
+    assert_eq!(
+        &got[3 * dim..],
+        vec![9.0; dim].as_slice(),
+        "absent+unflagged set"
+    );
+
+    // Empty batches are no-ops.
+    t.insert(&[], &[]).unwrap();
+    t.remove(&[]).unwrap();
+    t.find(&[], Defaults::Row(&bytes(&vec![0.0; dim])), &mut [], None)
+        .unwrap();
+
+    // Wrong value length: a clear error, nothing written.
+    let before = t.size().unwrap();
+    let err = t.insert(&[1, 2], &bytes(&vec![0.0; dim])).unwrap_err();
+    assert!(err.to_string().contains("Expected shape"), "{err}");
+    assert_eq!(t.size().unwrap(), before);
+
+    // Rows stored with another dim: the error names the key and the bucket.
+    let (wide, _) = open_table(&cfg, spec(name, dim + 1)).unwrap();
+    let mut out = vec![0u8; wide.row_bytes()];
+    let err = wide
+        .find(
+            &[10],
+            Defaults::Row(&bytes(&vec![0.0; dim + 1])),
+            &mut out,
+            None,
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Data { .. }), "{err}");
+    assert!(err.to_string().contains("key 10"), "{err}");
+
+    t.clear().unwrap();
+    assert_eq!(t.size().unwrap(), 0);
+}
+
+#[test]
+fn standalone_every_operation() {
+    let s = Standalone::start();
+    exercise(&s.config_json(json!({})), "ops");
+    // storage_slice > 1 in standalone: TFRA writes bucket 0 only.
+    let cfg = s.config_json(json!({"storage_slice": 4, "model_tag_runtime": "m4"}));
+    let (t, _) = open_table(&config(&cfg), spec("sliced", 2)).unwrap();
+    t.insert(&[1, 2, 3, 4, 5], &bytes(&[0.0; 10])).unwrap();
+    assert_eq!(s.server.cli(&["HLEN", "m4:sliced{3560}"]).trim(), "5");
+    assert_eq!(s.server.cli(&["EXISTS", "m4:sliced{4129}"]).trim(), "0");
+    assert_eq!(t.size().unwrap(), 5);
+}
+
+#[test]
+fn cluster_every_operation() {
+    let c = Cluster::start();
+    exercise(&c.config_json(json!({"storage_slice": 3})), "ops");
+    exercise(
+        &c.config_json(json!({"storage_slice": 6, "redis_hash_tags_hypodispersion": true})),
+        "ops_hypo",
+    );
+    exercise(
+        &c.config_json(json!({"storage_slice": 2, "using_hash_storage_slice": true})),
+        "ops_crc",
+    );
+    exercise(
+        &c.config_json(json!({"storage_slice": 3, "redis_read_access_slave": true})),
+        "ops_replica_reads",
+    );
+    // Topology-derived tags, as TFRA measured on the same slot layout.
+    let (t, _) = open_table(
+        &config(&c.config_json(json!({"storage_slice": 3}))),
+        spec("tags", 1),
+    )
+    .unwrap();
+    assert_eq!(
+        t.bucket_names(),
+        vec!["test:tags{3560}", "test:tags{18403}", "test:tags{18948}"]
+    );
+    // Keys spread over the buckets by their low 32 bits.
+    t.insert(&[0, 1, 2, 3], &bytes(&[0.0; 4])).unwrap();
+    let port = c
+        .node_for_slot(tfra_redis::layout::key_slot(b"test:tags{18403}"))
+        .port();
+    assert_eq!(
+        support::redis_cli(port, &["HLEN", "test:tags{18403}"]).trim(),
+        "1"
+    );
+}
+
+#[test]
+fn sentinel_every_operation() {
+    let s = Sentinel::start();
+    exercise(&s.config_json(json!({})), "ops");
+    exercise(
+        &s.config_json(json!({"redis_read_access_slave": true})),
+        "ops_replica",
+    );
+    let bad = s.config_json(json!({"redis_master_name": "nosuchmaster"}));
+    let err = open_table(&config(&bad), spec("x", 1)).unwrap_err();
+    assert!(err.to_string().contains("nosuchmaster"), "{err}");
+}
+
+#[test]
+fn acl_users_and_passwords() {
+    let s = Standalone::start_with(ServerOptions {
+        password: Some("topsecret".into()),
+        acl_users: vec![
+            "alice on >s3cret ~* +@all".into(),
+            "reader on >r3ad ~* +@read -@write".into(),
+        ],
+        ..Default::default()
+    });
+    exercise(&s.config_json(json!({})), "default_user");
+    let alice = s.config_json(json!({"redis_user": "alice", "redis_password": "s3cret"}));
+    exercise(&alice, "alice");
+
+    let reader = s.config_json(json!({"redis_user": "reader", "redis_password": "r3ad"}));
+    let (t, _) = open_table(&config(&reader), spec("alice", 2)).unwrap();
+    let err = t.insert(&[1], &bytes(&[0.0; 2])).unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("hset"),
+        "names the command: {err}"
+    );
+
+    let wrong = s.config_json(json!({"redis_user": "alice", "redis_password": "nope"}));
+    let err = open_table(&config(&wrong), spec("alice", 2)).unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err}");
+    assert!(!err.to_string().contains("nope"), "password leaked: {err}");
+}
+
+#[test]
+fn mode_mismatch_and_unreachable_server() {
+    let s = Standalone::start();
+    let as_cluster = s.config_json(json!({"redis_connection_mode": 0}));
+    let err = open_table(&config(&as_cluster), spec("x", 1)).unwrap_err();
+    assert!(matches!(err, Error::ModeMismatch { .. }), "{err}");
+
+    let port = support::find_free_port(false);
+    let dead = json!({"redis_connection_mode": 2, "redis_host_ip": ["127.0.0.1"],
+        "redis_host_port": [port], "redis_retry_deadline_ms": 0})
+    .to_string();
+    let start = std::time::Instant::now();
+    let err = open_table(&config(&dead), spec("x", 1)).unwrap_err();
+    assert!(matches!(err, Error::Connection { .. }), "{err}");
+    assert!(err.to_string().contains(&port.to_string()), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn cluster_config_on_standalone_and_reverse() {
+    let c = Cluster::start();
+    let mut cfg: serde_json::Value = serde_json::from_str(&c.config_json(json!({}))).unwrap();
+    cfg["redis_connection_mode"] = json!(2);
+    let err = open_table(&config(&cfg.to_string()), spec("x", 1)).unwrap_err();
+    assert!(matches!(err, Error::ModeMismatch { .. }), "{err}");
+}
+
+fn fixture_dir() -> std::path::PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = here.join("../../../shared/fixtures/tfra-0.8.1-standalone");
+    assert!(dir.exists(), "TFRA fixture missing at {}", dir.display());
+    dir
+}
+
+fn fixture_config(port: u16, model_lib: &Path) -> String {
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let mut cfg = manifest["tfra_config_used"].clone();
+    cfg["redis_host_port"] = json!([port]);
+    cfg["model_lib_abs_dir"] = json!(model_lib.to_string_lossy());
+    cfg.to_string()
+}
+
+fn check_fixture_rows(t: &Table) {
+    let keys: Vec<i64> = (0..1000).collect();
+    let (got, exists) = find(t, &keys, -7.0);
+    assert!(exists.iter().all(|e| *e), "every fixture row is found");
+    for k in 0..1000usize {
+        let kf = k as f32;
+        assert_eq!(&got[k * 4..k * 4 + 4], &[kf, kf * 0.5, -kf, kf + 0.25]);
+    }
+    assert_eq!(t.size().unwrap(), 1000);
+}
+
+#[test]
+fn reads_the_rdb_written_by_tfra() {
+    let work = tempdir("rdb");
+    std::fs::copy(fixture_dir().join("dump.rdb"), work.join("dump.rdb")).unwrap();
+    let s = Standalone::start_with(ServerOptions {
+        dir: Some(work.clone()),
+        dbfilename: Some("dump.rdb".into()),
+        ..Default::default()
+    });
+    let cfg = config(&fixture_config(s.port(), &work));
+    let (t, _) = open_table(&cfg, spec("fixture_table", 4)).unwrap();
+    assert_eq!(t.bucket_names()[0], "fixture:fixture_table{3560}");
+    check_fixture_rows(&t);
+    // Bytes we write are TFRA's bytes: rewriting key 695's row leaves the hash's DUMP payload
+    // unchanged.
+    let before = s
+        .server
+        .cli(&["DEBUG", "DIGEST-VALUE", "fixture:fixture_table{3560}"]);
+    t.insert(&[695], &bytes(&[695.0, 347.5, -695.0, 695.25]))
+        .unwrap();
+    let after = s
+        .server
+        .cli(&["DEBUG", "DIGEST-VALUE", "fixture:fixture_table{3560}"]);
+    assert_eq!(before, after);
+}
+
+#[test]
+fn restores_the_dump_files_written_by_tfra() {
+    let work = tempdir("model_lib");
+    let lib = work.join("model_lib");
+    copy_dir(&fixture_dir().join("model_lib"), &lib);
+    let s = Standalone::start();
+    let cfg = config(&fixture_config(s.port(), &lib));
+    let (t, _) = open_table(&cfg, spec("fixture_table", 4)).unwrap();
+    t.clear().unwrap();
+    assert_eq!(
+        store::restore_files(&t).unwrap(),
+        1,
+        "the empty file is skipped"
+    );
+    check_fixture_rows(&t);
+
+    // And our own save writes the same kind of payload back, keeping the older file.
+    let written = store::save_files(&t).unwrap();
+    assert_eq!(written.len(), 2);
+    let kept = std::fs::read_dir(lib.join("fixture"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".rdb.")
+        })
+        .count();
+    assert_eq!(kept, 2, "older files are kept with a timestamp suffix");
+    t.clear().unwrap();
+    store::restore_files(&t).unwrap();
+    check_fixture_rows(&t);
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tfra-redis-test-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+            let mut perm = std::fs::metadata(&target).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perm.set_readonly(false);
+            std::fs::set_permissions(&target, perm).unwrap();
+        }
+    }
+}
