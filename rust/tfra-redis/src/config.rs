@@ -444,7 +444,29 @@ impl RedisConfig {
                 message: format!("{} is empty", path.display()),
             });
         }
-        Self::from_json_str(&text, &path.display().to_string())
+        let (config, mut warnings) = Self::from_json_str(&text, &path.display().to_string())?;
+        if let Some(w) = Self::readable_secret_warning(path, &config) {
+            warnings.push(w);
+        }
+        Ok((config, warnings))
+    }
+
+    /// A password in a file that other users can read is a leak waiting to happen; say so (the file
+    /// still loads: refusing would break deployments that rely on container isolation instead).
+    fn readable_secret_warning(path: &Path, config: &RedisConfig) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        if config.redis_password.is_empty() && config.redis_sentinel_password.is_empty() {
+            return None;
+        }
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{} holds a Redis password and is readable by other users (mode {:o}); \
+             chmod 600 it",
+                path.display(),
+                mode & 0o777
+            )
+        })
     }
 
     /// Finds the config file (see [`resolve_config_path`]) and parses it. Returns the config, the

@@ -94,6 +94,7 @@ impl Cluster {
             let addr = format!("{host}:{port}");
             match connect_node(
                 opts.node_info(host, *port),
+                opts.tls.as_ref(),
                 opts.connect_timeout,
                 opts.socket_timeout,
             ) {
@@ -127,6 +128,12 @@ impl Cluster {
             if opts.user != "default" && !opts.user.is_empty() {
                 builder = builder.username(&opts.user);
             }
+        }
+        if let Some(files) = &opts.tls {
+            super::options::install_crypto_provider();
+            builder = builder
+                .tls(redis::TlsMode::Secure)
+                .certs(files.certificates());
         }
         if opts.read_from_replicas {
             builder = builder.read_routing_strategy(RandomReplicaStrategy);
@@ -264,7 +271,7 @@ fn parse_cluster_slots(reply: Value) -> Result<MasterRanges> {
 }
 
 impl Backend for Cluster {
-    fn run(&self, cmds: &[Cmd], _role: Role, retry: Retry) -> Result<Vec<Value>> {
+    fn run(&self, cmds: &[Cmd], role: Role, retry: Retry) -> Result<Vec<Value>> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
@@ -275,6 +282,23 @@ impl Backend for Cluster {
         with_retry(self.opts.retry_deadline, retry, || {
             let mut conn = self.get()?;
             match pipe.query::<Vec<Value>>(&mut conn.inner) {
+                Ok(replies) if role == Role::Write && self.opts.durable_replicas > 0 => {
+                    // WAIT goes to every master on the connections that carried the writes and
+                    // answers the smallest replica count among them.
+                    let acked: Result<i64, _> = redis::cmd("WAIT")
+                        .arg(self.opts.durable_replicas)
+                        .arg(self.opts.durable_timeout.as_millis() as u64)
+                        .query(&mut conn.inner);
+                    match acked {
+                        Ok(n) => super::check_durable(n, &self.opts, &self.target)
+                            .map(|()| replies)
+                            .map_err(|e| (e, false)),
+                        Err(e) => {
+                            conn.broken = true;
+                            Err((classify(&e, &self.target, self.opts.socket_timeout), false))
+                        }
+                    }
+                }
                 Ok(replies) => Ok(replies),
                 Err(e) => {
                     let not_executed = super::surely_not_executed(&e);

@@ -69,7 +69,7 @@ pub trait Backend: Send + Sync {
 pub fn connect(config: &RedisConfig) -> Result<Arc<dyn Backend>> {
     type Cache = Mutex<HashMap<(u32, String), Arc<dyn Backend>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
-    let opts = ConnectOptions::from_config(config);
+    let opts = ConnectOptions::from_config(config)?;
     let key = (std::process::id(), opts.cache_key());
     let cache = CACHE.get_or_init(Default::default);
     if let Some(found) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
@@ -238,6 +238,24 @@ pub(crate) fn check_cluster_enabled(
         });
     }
     Ok(())
+}
+
+/// Fails a write whose `WAIT` saw fewer replicas than `redis_durable_write_replicas`. The rows
+/// did reach the master, but a failover could still lose them, so the caller must not treat
+/// them as safe; the error is transient, and an idempotent write is sent again.
+pub(crate) fn check_durable(acked: i64, opts: &ConnectOptions, target: &str) -> Result<()> {
+    if acked >= i64::from(opts.durable_replicas) {
+        return Ok(());
+    }
+    Err(Error::Connection {
+        target: target.to_string(),
+        message: format!(
+            "durable write not confirmed: {acked} of {} replicas (redis_durable_write_replicas) \
+             acknowledged within {} ms (redis_durable_write_timeout_ms)",
+            opts.durable_replicas,
+            opts.durable_timeout.as_millis()
+        ),
+    })
 }
 
 /// Parses the reply of `SCAN`: `[cursor, [keys...]]`.

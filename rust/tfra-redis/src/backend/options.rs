@@ -3,9 +3,13 @@
 use std::time::Duration;
 
 use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+use redis::{
+    ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
+    TlsCertificates,
+};
 
 use crate::config::{ConnectionMode, RedisConfig};
+use crate::error::{Error, Result};
 
 /// Everything a backend needs to connect; built once from a [`RedisConfig`].
 #[derive(Clone)]
@@ -27,6 +31,59 @@ pub struct ConnectOptions {
     pub(crate) sentinel_connect_timeout: Duration,
     pub(crate) sentinel_socket_timeout: Duration,
     pub(crate) retry_deadline: Duration,
+    /// PEM bytes when TLS is on; `None` for plain TCP.
+    pub(crate) tls: Option<TlsFiles>,
+    pub(crate) durable_replicas: u32,
+    pub(crate) durable_timeout: Duration,
+}
+
+/// The PEM files named by the config, read once when the backend is built.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct TlsFiles {
+    ca: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsFiles {
+    fn read(c: &RedisConfig) -> Result<Option<TlsFiles>> {
+        if !c.redis_tls {
+            return Ok(None);
+        }
+        let read = |field: &str, path: &str| -> Result<Option<Vec<u8>>> {
+            if path.is_empty() {
+                return Ok(None);
+            }
+            std::fs::read(path).map(Some).map_err(|e| {
+                Error::field(field, format!("names {path:?}, which cannot be read: {e}"))
+            })
+        };
+        let ca = read("redis_tls_ca_cert", &c.redis_tls_ca_cert)?;
+        let cert = read("redis_tls_cert", &c.redis_tls_cert)?;
+        let key = read("redis_tls_key", &c.redis_tls_key)?;
+        Ok(Some(TlsFiles {
+            ca,
+            client: cert.zip(key),
+        }))
+    }
+
+    pub(crate) fn certificates(&self) -> TlsCertificates {
+        TlsCertificates {
+            client_tls: self.client.as_ref().map(|(cert, key)| ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+            root_cert: self.ca.clone(),
+        }
+    }
+}
+
+/// rustls needs a process-wide crypto provider before the first TLS connection.
+pub(crate) fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only means another library installed one already, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// redis-rs and std sockets treat a zero timeout as an error; TFRA's 0 meant "no limit".
@@ -39,9 +96,9 @@ fn timeout(ms: u64) -> Duration {
 }
 
 impl ConnectOptions {
-    /// Picks the connection settings out of a config.
-    pub fn from_config(c: &RedisConfig) -> Self {
-        ConnectOptions {
+    /// Picks the connection settings out of a config, reading the TLS files it names.
+    pub fn from_config(c: &RedisConfig) -> Result<Self> {
+        Ok(ConnectOptions {
             mode: c.redis_connection_mode,
             hosts: c
                 .redis_host_ip
@@ -66,13 +123,16 @@ impl ConnectOptions {
             sentinel_connect_timeout: timeout(c.redis_sentinel_connect_timeout),
             sentinel_socket_timeout: timeout(c.redis_sentinel_socket_timeout),
             retry_deadline: Duration::from_millis(c.redis_retry_deadline_ms),
-        }
+            tls: TlsFiles::read(c)?,
+            durable_replicas: c.redis_durable_write_replicas,
+            durable_timeout: Duration::from_millis(c.redis_durable_write_timeout_ms),
+        })
     }
 
     /// A string that is equal for two configs exactly when they can share connections.
     pub(crate) fn cache_key(&self) -> String {
         format!(
-            "{:?}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}",
+            "{:?}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{}|{}|{:?}",
             self.mode,
             self.hosts,
             self.master_name,
@@ -90,6 +150,9 @@ impl ConnectOptions {
             self.sentinel_connect_timeout,
             self.sentinel_socket_timeout,
             self.retry_deadline,
+            self.tls.is_some(),
+            self.durable_replicas,
+            self.durable_timeout,
         )
     }
 
@@ -115,9 +178,22 @@ impl ConnectOptions {
         r
     }
 
+    fn addr(&self, host: &str, port: u16) -> ConnectionAddr {
+        if self.tls.is_some() {
+            ConnectionAddr::TcpTls {
+                host: host.to_string(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.to_string(), port)
+        }
+    }
+
     /// Connection info for one data node.
     pub(crate) fn node_info(&self, host: &str, port: u16) -> ConnectionInfo {
-        ConnectionAddr::Tcp(host.to_string(), port)
+        self.addr(host, port)
             .into_connection_info()
             .expect("a TCP address is always a valid connection info")
             .set_redis_settings(self.redis_settings(self.db))
@@ -130,7 +206,7 @@ impl ConnectOptions {
         if !self.sentinel_password.is_empty() {
             r = r.set_password(&self.sentinel_password);
         }
-        ConnectionAddr::Tcp(host.to_string(), port)
+        self.addr(host, port)
             .into_connection_info()
             .expect("a TCP address is always a valid connection info")
             .set_redis_settings(r)
@@ -146,13 +222,20 @@ impl ConnectOptions {
     }
 }
 
-/// Connects one plain connection with the configured timeouts.
+/// Connects one plain connection with the configured timeouts (TLS when `tls` is given).
 pub(crate) fn connect_node(
     info: ConnectionInfo,
+    tls: Option<&TlsFiles>,
     connect_timeout: Duration,
     socket_timeout: Duration,
 ) -> redis::RedisResult<redis::Connection> {
-    let client = redis::Client::open(info)?;
+    let client = match tls {
+        Some(files) => {
+            install_crypto_provider();
+            redis::Client::build_with_tls(info, files.certificates())?
+        }
+        None => redis::Client::open(info)?,
+    };
     let conn = client.get_connection_with_timeout(connect_timeout)?;
     conn.set_read_timeout(Some(socket_timeout))?;
     conn.set_write_timeout(Some(socket_timeout))?;

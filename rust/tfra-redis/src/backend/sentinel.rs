@@ -35,6 +35,7 @@ impl SentinelNode {
             let addr = format!("{host}:{port}");
             let conn = connect_node(
                 self.opts.sentinel_info(host, *port),
+                self.opts.tls.as_ref(),
                 self.opts.sentinel_connect_timeout,
                 self.opts.sentinel_socket_timeout,
             );
@@ -145,6 +146,7 @@ impl Target for SentinelNode {
             let addr = format!("{host}:{port}");
             let conn = connect_node(
                 self.opts.node_info(&host, port),
+                self.opts.tls.as_ref(),
                 self.opts.connect_timeout,
                 self.opts.socket_timeout,
             )
@@ -198,6 +200,7 @@ fn first_host_is_sentinel(opts: &ConnectOptions) -> Result<bool> {
         let addr = format!("{host}:{port}");
         match connect_node(
             opts.sentinel_info(host, *port),
+            opts.tls.as_ref(),
             opts.sentinel_connect_timeout,
             opts.sentinel_socket_timeout,
         ) {

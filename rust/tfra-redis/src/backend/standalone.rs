@@ -21,6 +21,7 @@ impl Target for FixedNode {
         let addr = format!("{}:{}", self.host, self.port);
         let conn = connect_node(
             self.opts.node_info(&self.host, self.port),
+            self.opts.tls.as_ref(),
             self.opts.connect_timeout,
             self.opts.socket_timeout,
         )
@@ -73,6 +74,7 @@ pub(crate) fn run_on_pool<T: Target>(
     pool: &Pool<T>,
     cmds: &[Cmd],
     opts: &ConnectOptions,
+    role: Role,
     retry: Retry,
 ) -> Result<Vec<Value>> {
     // Packed once: a retry resends the same bytes instead of re-encoding every argument.
@@ -80,10 +82,20 @@ pub(crate) fn run_on_pool<T: Target>(
     for c in cmds {
         c.write_packed_command(&mut packed);
     }
+    // Durable writes: WAIT rides in the same pipeline, on the same connection, so it covers
+    // exactly these writes.
+    let durable = role == Role::Write && opts.durable_replicas > 0;
+    if durable {
+        redis::cmd("WAIT")
+            .arg(opts.durable_replicas)
+            .arg(opts.durable_timeout.as_millis() as u64)
+            .write_packed_command(&mut packed);
+    }
+    let expected = cmds.len() + usize::from(durable);
     with_retry(opts.retry_deadline, retry, || {
         let mut conn = pool.get().map_err(|e| (e, true))?;
-        match conn.inner.req_packed_commands(&packed, 0, cmds.len()) {
-            Ok(replies) => {
+        match conn.inner.req_packed_commands(&packed, 0, expected) {
+            Ok(mut replies) => {
                 // READONLY means we are talking to a demoted master after a failover: drop the
                 // connection so the next one is resolved again.
                 if replies.iter().any(|r| {
@@ -98,6 +110,14 @@ pub(crate) fn run_on_pool<T: Target>(
                         },
                         true,
                     ));
+                }
+                if durable {
+                    let acked = match replies.pop() {
+                        Some(Value::Int(n)) => n,
+                        _ => 0,
+                    };
+                    check_replies(cmds, &replies).map_err(|e| (e, false))?;
+                    super::check_durable(acked, opts, &conn.addr).map_err(|e| (e, false))?;
                 }
                 check_replies(cmds, &replies).map_err(|e| (e, false))?;
                 Ok(replies)
@@ -117,8 +137,8 @@ impl<W: Target, R: Target> Backend for PlainBackend<W, R> {
             return Ok(Vec::new());
         }
         match (&self.read, role) {
-            (Some(read), Role::Read) => run_on_pool(read, cmds, &self.opts, retry),
-            _ => run_on_pool(&self.write, cmds, &self.opts, retry),
+            (Some(read), Role::Read) => run_on_pool(read, cmds, &self.opts, role, retry),
+            _ => run_on_pool(&self.write, cmds, &self.opts, role, retry),
         }
     }
 
