@@ -195,7 +195,10 @@ class RedisStore:
         """Calls ``sink(ids, rows)`` page by page; memory stays bounded."""
 
         def forward(keys: np.ndarray, raw: np.ndarray) -> None:
-            sink(keys.astype(self.key_dtype, copy=False), raw.view(self.np_value_dtype).reshape(-1, self.dim))
+            sink(
+                keys.astype(self.key_dtype, copy=False),
+                raw.view(self.np_value_dtype).reshape(-1, self.dim),
+            )
 
         self._table.export_pages(page, forward)
 
