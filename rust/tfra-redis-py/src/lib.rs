@@ -392,6 +392,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyConfig>()?;
     m.add_class::<PyTable>()?;
     m.add_function(wrap_pyfunction!(resolve_path, m)?)?;
+    m.add_function(wrap_pyfunction!(apply_gradients, m)?)?;
     m.add("RedisTableError", py.get_type::<RedisTableError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add(
@@ -403,4 +404,36 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RedisCommandError", py.get_type::<RedisCommandError>())?;
     m.add("RedisDataError", py.get_type::<RedisDataError>())?;
     Ok(())
+}
+
+/// Applies one sparse optimizer step to the rows of `keys`: reads them (missing rows start from
+/// `init_rows`) and their slot rows, updates them with Keras' math, writes them back.
+/// `optimizer` is `sgd`, `adagrad`, `adam` or `ftrl`; `hyper` holds Keras' argument names
+/// (missing ones take Keras' defaults); `slots` are in `tfra_redis.optimizers` slot order;
+/// `grads` and `init_rows` are flat float32 rows; `step` is Keras' `iterations + 1`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn apply_gradients(
+    py: Python<'_>,
+    optimizer: &str,
+    hyper: std::collections::HashMap<String, f64>,
+    params: &Bound<'_, PyTable>,
+    slots: Vec<Bound<'_, PyTable>>,
+    keys: PyReadonlyArray1<'_, i64>,
+    grads: PyReadonlyArray1<'_, f32>,
+    init_rows: PyReadonlyArray1<'_, f32>,
+    step: u64,
+) -> PyResult<()> {
+    let hyper: Vec<(&str, f64)> = hyper.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let optimizer =
+        tfra_redis::optim::Optimizer::from_keras_name(optimizer, &hyper).map_err(to_py)?;
+    let params = &params.get().inner;
+    let slots: Vec<&tfra_redis::table::Table> = slots.iter().map(|s| &*s.get().inner).collect();
+    let keys = keys.as_slice()?;
+    let grads = grads.as_slice()?;
+    let init_rows = init_rows.as_slice()?;
+    py.detach(|| {
+        tfra_redis::optim::apply_gradients(&optimizer, params, &slots, keys, grads, init_rows, step)
+    })
+    .map_err(to_py)
 }

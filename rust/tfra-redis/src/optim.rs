@@ -81,53 +81,26 @@ impl Optimizer {
     /// `initial_accumulator_value`, `l1_regularization_strength`, ...). Missing ones take Keras'
     /// defaults; an unknown name or hyper-parameter is an error that names it.
     pub fn from_keras_name(name: &str, hyper: &[(&str, f64)]) -> Result<Optimizer> {
-        let (allowed, optimizer): (&[&str], fn(&dyn Fn(&str, f64) -> f64) -> Optimizer) =
-            match name.to_ascii_lowercase().as_str() {
-                "sgd" => (&["learning_rate"], |h| Optimizer::Sgd {
-                    lr: h("learning_rate", 0.01),
-                }),
-                "adagrad" => (
-                    &["learning_rate", "initial_accumulator_value", "epsilon"],
-                    |h| Optimizer::Adagrad {
-                        lr: h("learning_rate", 0.001),
-                        initial_accumulator: h("initial_accumulator_value", 0.1),
-                        epsilon: h("epsilon", 1e-7),
-                    },
-                ),
-                "adam" => (&["learning_rate", "beta_1", "beta_2", "epsilon"], |h| {
-                    Optimizer::Adam {
-                        lr: h("learning_rate", 0.001),
-                        beta1: h("beta_1", 0.9),
-                        beta2: h("beta_2", 0.999),
-                        epsilon: h("epsilon", 1e-7),
-                    }
-                }),
-                "ftrl" => (
-                    &[
-                        "learning_rate",
-                        "learning_rate_power",
-                        "initial_accumulator_value",
-                        "l1_regularization_strength",
-                        "l2_regularization_strength",
-                        "l2_shrinkage_regularization_strength",
-                        "beta",
-                    ],
-                    |h| Optimizer::Ftrl {
-                        lr: h("learning_rate", 0.001),
-                        lr_power: h("learning_rate_power", -0.5),
-                        initial_accumulator: h("initial_accumulator_value", 0.1),
-                        l1: h("l1_regularization_strength", 0.0),
-                        l2: h("l2_regularization_strength", 0.0),
-                        l2_shrinkage: h("l2_shrinkage_regularization_strength", 0.0),
-                        beta: h("beta", 0.0),
-                    },
-                ),
-                _ => {
-                    return Err(Error::InvalidArgument(format!(
-                        "unknown optimizer {name:?}; expected one of sgd, adagrad, adam, ftrl"
-                    )));
-                }
-            };
+        let kind = name.to_ascii_lowercase();
+        let allowed: &[&str] = match kind.as_str() {
+            "sgd" => &["learning_rate"],
+            "adagrad" => &["learning_rate", "initial_accumulator_value", "epsilon"],
+            "adam" => &["learning_rate", "beta_1", "beta_2", "epsilon"],
+            "ftrl" => &[
+                "learning_rate",
+                "learning_rate_power",
+                "initial_accumulator_value",
+                "l1_regularization_strength",
+                "l2_regularization_strength",
+                "l2_shrinkage_regularization_strength",
+                "beta",
+            ],
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown optimizer {name:?}; expected one of sgd, adagrad, adam, ftrl"
+                )));
+            }
+        };
         let mut seen = HashSet::new();
         for (key, _) in hyper {
             if !allowed.contains(key) {
@@ -142,13 +115,38 @@ impl Optimizer {
                 )));
             }
         }
-        let lookup = |key: &str, default: f64| {
+        let h = |key: &str, default: f64| {
             hyper
                 .iter()
                 .find(|(k, _)| *k == key)
                 .map_or(default, |(_, v)| *v)
         };
-        let optimizer = optimizer(&lookup);
+        // The defaults are the Keras constructors' defaults.
+        let optimizer = match kind.as_str() {
+            "sgd" => Optimizer::Sgd {
+                lr: h("learning_rate", 0.01),
+            },
+            "adagrad" => Optimizer::Adagrad {
+                lr: h("learning_rate", 0.001),
+                initial_accumulator: h("initial_accumulator_value", 0.1),
+                epsilon: h("epsilon", 1e-7),
+            },
+            "adam" => Optimizer::Adam {
+                lr: h("learning_rate", 0.001),
+                beta1: h("beta_1", 0.9),
+                beta2: h("beta_2", 0.999),
+                epsilon: h("epsilon", 1e-7),
+            },
+            _ => Optimizer::Ftrl {
+                lr: h("learning_rate", 0.001),
+                lr_power: h("learning_rate_power", -0.5),
+                initial_accumulator: h("initial_accumulator_value", 0.1),
+                l1: h("l1_regularization_strength", 0.0),
+                l2: h("l2_regularization_strength", 0.0),
+                l2_shrinkage: h("l2_shrinkage_regularization_strength", 0.0),
+                beta: h("beta", 0.0),
+            },
+        };
         optimizer.validate()?;
         Ok(optimizer)
     }
@@ -469,15 +467,15 @@ pub fn apply_gradients(
         .map(|s| to_bytes(&vec![opt.initial_slot_value(s); dim]))
         .collect();
 
+    let tables: Vec<&Table> = std::iter::once(params)
+        .chain(slots.iter().copied())
+        .collect();
     for start in (0..n).step_by(WINDOW_KEYS) {
         let end = (start + WINDOW_KEYS).min(n);
         let keys = &keys[start..end];
         let grads = &grads[start * dim..end * dim];
         let init = to_bytes(&init_rows[start * dim..end * dim]);
 
-        let tables: Vec<&Table> = std::iter::once(params)
-            .chain(slots.iter().copied())
-            .collect();
         let mut rows = on_each_table(&tables, |i, table| {
             let defaults = if i == 0 {
                 Defaults::PerKey(&init)
@@ -493,13 +491,10 @@ pub fn apply_gradients(
         let mut slot_refs: Vec<&mut [f32]> = slot_rows.iter_mut().map(Vec::as_mut_slice).collect();
         opt.update_rows(step, &mut param_rows[0], &mut slot_refs, grads);
 
-        // Slots first: if a write fails part-way, a row keeps its old value with slots that
-        // already moved on, which the next step absorbs, rather than a new value with stale slots.
-        let order: Vec<usize> = (1..tables.len()).chain([0]).collect();
-        let ordered: Vec<&Table> = order.iter().map(|&i| tables[i]).collect();
-        on_each_table(&ordered, |j, table| {
-            table.insert(keys, &to_bytes(&rows[order[j]]))
-        })?;
+        // The tables are written at once, not one after another: a failure part-way may leave
+        // some of a window's rows updated in one table and not in another, as a crash between
+        // two sequential writes would, so ordering them would buy nothing.
+        on_each_table(&tables, |i, table| table.insert(keys, &to_bytes(&rows[i])))?;
     }
     Ok(())
 }
