@@ -103,7 +103,11 @@ def test_close_sets_the_ttl_and_reopening_clears_it(request, kind, unique_name):
     assert all(990 <= ttl(topology, b) <= 1000 for b in buckets)
     store.close()  # idempotent
 
-    reopened = RedisStore(config, unique_name, 2, manage_ttl=False)
+    # A tool that only looks (manage_ttl=False) leaves the TTL alone ...
+    RedisStore(config, unique_name, 2, manage_ttl=False)
+    assert all(990 <= ttl(topology, b) <= 1000 for b in buckets)
+    # ... while opening the table for use clears it, as TFRA does.
+    reopened = RedisStore(config, unique_name, 2)
     assert [ttl(topology, b) for b in buckets] == [-1] * len(buckets)
     assert reopened.size() == 30
     reopened.clear()

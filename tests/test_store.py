@@ -530,7 +530,11 @@ def test_read_only_acl_user_writing_is_an_auth_error_naming_the_command(
     }
     # Opening clears the TTL (PERSIST), which a read-only user may not: a note, not an error.
     with pytest.warns(UserWarning, match="could not clear the TTL.*NOPERM"):
-        reader = RedisStore(reader_config, unique_name, 2, manage_ttl=False)
+        ttl_reader = RedisStore(reader_config, unique_name, 2)
+    with pytest.warns(UserWarning, match="could not set the TTL on close.*NOPERM"):
+        ttl_reader.close()
+    # Without TTL handling there is nothing to refuse.
+    reader = RedisStore(reader_config, unique_name, 2, manage_ttl=False)
     np.testing.assert_array_equal(reader.find([1]), [[3.0, 4.0]])
     assert reader.size() == 1
     with pytest.raises(tfra_redis.RedisAuthError) as info:

@@ -73,6 +73,8 @@ class RedisStore:
         value_dtype: Any = "float32",
         manage_ttl: bool = True,
     ) -> None:
+        """``manage_ttl=False`` opens the table without TFRA's TTL handling (no PERSIST on open,
+        no EXPIRE on close): for tools that only look at a table."""
         self.key_dtype = dtype_name(key_dtype)
         self.value_dtype = dtype_name(value_dtype)
         if self.key_dtype not in _KEY_DTYPES:
@@ -85,7 +87,9 @@ class RedisStore:
         self.dim = int(dim)
         self.config = load_config(config)
         self.np_value_dtype = numpy_dtype(self.value_dtype)
-        self._table = _native.Table(self.config, name, self.key_dtype, self.value_dtype, self.dim)
+        self._table = _native.Table(
+            self.config, name, self.key_dtype, self.value_dtype, self.dim, manage_ttl
+        )
         for note in self._table.notes:
             warnings.warn(f"tfra-redis: {note}", stacklevel=2)
         # TFRA clears the TTL when a table opens (done in Rust) and sets

@@ -100,7 +100,11 @@ impl PyConfig {
     /// Reads and parses a JSON file.
     #[staticmethod]
     fn from_path(path: &str) -> PyResult<Self> {
-        let (inner, warnings) = RedisConfig::from_path(Path::new(path)).map_err(to_py)?;
+        let (inner, warnings) = RedisConfig::from_path(Path::new(path)).map_err(|e| match e {
+            // An unreadable config file is a config problem, whatever the OS said.
+            tfra_redis::Error::Io { .. } => ConfigError::new_err(e.to_string()),
+            other => to_py(other),
+        })?;
         Ok(PyConfig {
             inner,
             path: Some(path.to_string()),
@@ -152,6 +156,7 @@ struct PyTable {
 #[pymethods]
 impl PyTable {
     #[new]
+    #[pyo3(signature = (config, name, key_dtype, value_dtype, dim, manage_ttl = true))]
     fn new(
         py: Python<'_>,
         config: &PyConfig,
@@ -159,6 +164,7 @@ impl PyTable {
         key_dtype: &str,
         value_dtype: &str,
         dim: usize,
+        manage_ttl: bool,
     ) -> PyResult<Self> {
         let spec = TableSpec {
             name: name.to_string(),
@@ -168,7 +174,13 @@ impl PyTable {
         };
         let config = config.inner.clone();
         let (table, notes) = py
-            .detach(move || tfra_redis::store::open_table(&config, spec))
+            .detach(move || {
+                let options = tfra_redis::store::OpenOptions {
+                    persist: manage_ttl,
+                    ..Default::default()
+                };
+                tfra_redis::store::open_table_with(&config, spec, options)
+            })
             .map_err(to_py)?;
         Ok(PyTable {
             inner: Arc::new(table),

@@ -5,8 +5,8 @@
 //! buckets. Here every move copies first, checks, and only then deletes, and only this table's
 //! exact bucket keys (`prefix{digits}`) are ever touched.
 
-use std::collections::{BTreeSet, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::collections::BTreeSet;
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -85,7 +85,7 @@ pub fn save_files(table: &Table) -> Result<Vec<PathBuf>> {
         let path = bucket_file(&dir, bucket);
         let tmp = path.with_extension(format!("rdb.tmp-{}", std::process::id()));
         {
-            let mut f = OpenOptions::new()
+            let mut f = fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
@@ -204,17 +204,20 @@ fn file_error(path: &Path, bucket: &BucketKey, e: Error) -> Error {
 /// What [`rebucket`] found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RebucketReport {
-    /// Buckets of this table that were not in the runtime layout.
+    /// Buckets of this table that were not in the runtime layout (now deleted).
     pub old_buckets: Vec<String>,
-    /// Pairs copied into the runtime layout.
+    /// Pairs copied into the runtime layout, from old buckets or from runtime buckets that
+    /// held rows belonging elsewhere.
     pub rows_copied: u64,
 }
 
-/// Moves every pair of this table that sits in buckets outside the runtime layout (another
-/// `storage_slice` or other hash tags, same model tag) into the runtime layout: copy, check
-/// that every copied id is readable in the new layout, and only then delete the old buckets.
-/// If the process dies at any point, running it again finishes the job and loses nothing,
-/// because the old buckets survive until their rows are confirmed in the new ones.
+/// Moves every pair of this table that is not where the runtime layout looks for it:
+/// pairs in buckets outside the layout (another `storage_slice`, other hash tags, same model
+/// tag) and pairs inside a runtime bucket that belong to another one (a bucket name the old and
+/// new layouts share, as topology tags often do). Each move copies first (never overwriting a
+/// row already in its new place, which may be newer), checks that every copied id is readable,
+/// and only then deletes the old copy; so if the process dies at any point, running it again
+/// finishes the job and loses nothing.
 pub fn rebucket(table: &Table) -> Result<RebucketReport> {
     let runtime: BTreeSet<Vec<u8>> = table
         .buckets()
@@ -229,46 +232,96 @@ pub fn rebucket(table: &Table) -> Result<RebucketReport> {
         old_buckets: old.iter().map(|k| printable(k)).collect(),
         rows_copied: 0,
     };
-    if old.is_empty() {
-        return Ok(report);
-    }
-    let rb = table.row_bytes();
     for bucket in &old {
-        let mut ids = HashSet::new();
+        let mut ids = Vec::new();
         table.scan_bucket(bucket, COPY_PAGE, |k, v| {
-            table.insert(k, v)?;
-            ids.extend(k.iter().copied());
+            table.insert_missing(k, v)?;
+            ids.extend_from_slice(k);
             report.rows_copied += k.len() as u64;
             Ok(())
         })?;
-        // Verify before deleting: every id of the old bucket must now be found.
-        let ids: Vec<i64> = ids.into_iter().collect();
-        for chunk in ids.chunks(65536) {
-            let mut out = vec![0u8; chunk.len() * rb];
-            let mut exists = vec![false; chunk.len()];
-            let zero = vec![0u8; rb];
-            table.find(
-                chunk,
-                crate::table::Defaults::Row(&zero),
-                &mut out,
-                Some(&mut exists),
-            )?;
-            if let Some(pos) = exists.iter().position(|e| !e) {
-                return Err(Error::Data {
-                    bucket: printable(bucket),
-                    message: format!(
-                        "re-bucketing stopped: id {} was copied but is not readable in the new \
-                         layout; the old bucket is kept",
-                        chunk[pos]
-                    ),
-                });
-            }
-        }
-        let backend = table.backend()?;
+        verify_readable(table, bucket, &ids)?;
         let del = redis::cmd("DEL").arg(bucket).clone();
-        backend.run(&[del], Role::Write, Retry::Idempotent)?;
+        table
+            .backend()?
+            .run(&[del], Role::Write, Retry::Idempotent)?;
+    }
+    for (b, bucket) in table.buckets().iter().enumerate() {
+        let mut stray = Vec::new();
+        table.scan_bucket(bucket.as_bytes(), COPY_PAGE, |k, v| {
+            let rb = table.row_bytes();
+            let (mut keys, mut rows) = (Vec::new(), Vec::new());
+            for (i, &key) in k.iter().enumerate() {
+                if table.bucket_of_key(key) != b {
+                    keys.push(key);
+                    rows.extend_from_slice(&v[i * rb..(i + 1) * rb]);
+                }
+            }
+            table.insert_missing(&keys, &rows)?;
+            report.rows_copied += keys.len() as u64;
+            stray.extend(keys);
+            Ok(())
+        })?;
+        if !stray.is_empty() {
+            verify_readable(table, bucket.as_bytes(), &stray)?;
+            table.remove_from_bucket(b, &stray)?;
+        }
     }
     Ok(report)
+}
+
+/// Fails unless every id is found where the runtime layout looks for it.
+fn verify_readable(table: &Table, from: &[u8], ids: &[i64]) -> Result<()> {
+    let rb = table.row_bytes();
+    let zero = vec![0u8; rb];
+    for chunk in ids.chunks(65536) {
+        let mut out = vec![0u8; chunk.len() * rb];
+        let mut exists = vec![false; chunk.len()];
+        table.find(
+            chunk,
+            crate::table::Defaults::Row(&zero),
+            &mut out,
+            Some(&mut exists),
+        )?;
+        if let Some(pos) = exists.iter().position(|e| !e) {
+            return Err(Error::Data {
+                bucket: printable(from),
+                message: format!(
+                    "re-bucketing stopped: id {} was copied but is not readable in the new \
+                     layout; the old copy is kept",
+                    chunk[pos]
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// True when some of this table's rows are not where the runtime layout looks for them:
+/// buckets of the same prefix outside the layout exist, or a sample of each runtime bucket
+/// holds ids that belong to another bucket.
+pub fn needs_rebucket(table: &Table) -> Result<bool> {
+    let runtime: BTreeSet<Vec<u8>> = table
+        .buckets()
+        .iter()
+        .map(|b| b.as_bytes().to_vec())
+        .collect();
+    if existing_buckets(table, table.prefix())?
+        .iter()
+        .any(|k| !runtime.contains(k))
+    {
+        return Ok(true);
+    }
+    for b in 0..table.buckets().len() {
+        if table
+            .sample_ids(b, 32)?
+            .iter()
+            .any(|&k| table.bucket_of_key(k) != b)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Copies the rows stored under `model_tag_import` into this table's runtime layout (re-bucketed
@@ -322,36 +375,67 @@ pub fn misplaced_data_hint(table: &Table) -> Result<Option<String>> {
 }
 
 /// Opens a table the way TFRA's constructor does, minus its bugs: connects, clears any TTL on
-/// the table's buckets, and, for the same model tag, moves rows left in another bucket layout
-/// into the runtime one. The move is considered when the import layout differs from the runtime
-/// one (TFRA's trigger) or when the runtime buckets are empty (a changed `storage_slice` or
-/// topology); a full key scan is paid only then. Returns notes worth showing the user.
+/// the table's buckets, and moves rows of this table left in another bucket layout (changed
+/// `storage_slice`, hash tags or cluster topology, or an interrupted earlier move) into the
+/// runtime one. Detecting that costs one `SCAN` over the keyspace and a 32-field sample per
+/// bucket. Returns notes worth showing the user.
 pub fn open_table(
     config: &crate::config::RedisConfig,
     spec: crate::table::TableSpec,
 ) -> Result<(Table, Vec<String>)> {
+    open_table_with(config, spec, OpenOptions::default())
+}
+
+/// What [`open_table_with`] does besides connecting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Clear the TTL of the table's buckets (TFRA does). Off for read-only tools, which must
+    /// not change a table's expiry by looking at it.
+    pub persist: bool,
+    /// Detect and move rows left in another bucket layout.
+    pub rebucket: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            persist: true,
+            rebucket: true,
+        }
+    }
+}
+
+/// [`open_table`] with the lifecycle steps chosen by the caller.
+pub fn open_table_with(
+    config: &crate::config::RedisConfig,
+    spec: crate::table::TableSpec,
+    options: OpenOptions,
+) -> Result<(Table, Vec<String>)> {
     let table = Table::open(config, spec)?;
     let mut notes = Vec::new();
-    match table.persist() {
+    let persisted = if options.persist {
+        table.persist()
+    } else {
+        Ok(())
+    };
+    match persisted {
         Ok(()) => {}
         // A read-only ACL user (an inference job, say) may not PERSIST; it can still read.
         Err(e @ Error::Auth { .. }) => notes.push(format!("could not clear the TTL: {e}")),
         Err(e) => return Err(e),
     }
-    if config.model_tag_import == config.model_tag_runtime {
-        let layout_changed = table.import_buckets()? != table.buckets();
-        if layout_changed || table.size()? == 0 {
-            let report = rebucket(&table)?;
-            if !report.old_buckets.is_empty() {
-                notes.push(format!(
-                    "moved {} rows of table {} from buckets {:?} into {:?}",
-                    report.rows_copied,
-                    table.spec().name,
-                    report.old_buckets,
-                    table.bucket_names()
-                ));
-            }
-        }
+    if !options.rebucket {
+        return Ok((table, notes));
+    }
+    if needs_rebucket(&table)? {
+        let report = rebucket(&table)?;
+        notes.push(format!(
+            "moved {} rows of table {} into its bucket layout {:?} (from {:?})",
+            report.rows_copied,
+            table.spec().name,
+            table.bucket_names(),
+            report.old_buckets
+        ));
     } else if let Some(hint) = misplaced_data_hint(&table)? {
         notes.push(hint);
     }

@@ -48,6 +48,10 @@ const SCAN_COUNT: usize = 1024;
 /// absent and not flagged -> set; absent and flagged (removed meanwhile) -> nothing.
 const ACCUM_LUA: &str = include_str!("accum.lua");
 
+/// `HSETNX` for many fields in one round trip: KEYS[1] = bucket, then field, value pairs.
+const SETNX_LUA: &str =
+    "for i = 1, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end return 0";
+
 /// An open table.
 pub struct Table {
     spec: TableSpec,
@@ -354,6 +358,17 @@ impl Table {
     /// Upserts rows (raw little-endian bytes, `keys.len()` rows). Within one batch the last
     /// row of a repeated id wins.
     pub fn insert(&self, keys: &[i64], values: &[u8]) -> Result<()> {
+        self.write_rows(keys, values, false)
+    }
+
+    /// Writes rows only for ids that are not stored yet (`HSETNX` semantics). Moving data
+    /// between layouts uses this, so a row written to the new layout meanwhile is never
+    /// overwritten by an older copy.
+    pub fn insert_missing(&self, keys: &[i64], values: &[u8]) -> Result<()> {
+        self.write_rows(keys, values, true)
+    }
+
+    fn write_rows(&self, keys: &[i64], values: &[u8], only_missing: bool) -> Result<()> {
         self.check_len("value", values.len(), keys.len())?;
         if keys.is_empty() {
             return Ok(());
@@ -365,7 +380,13 @@ impl Table {
             let cmds: Vec<Cmd> = window
                 .iter()
                 .map(|(b, pos)| {
-                    let mut cmd = redis::cmd("HSET");
+                    let mut cmd = if only_missing {
+                        let mut c = redis::cmd("EVAL");
+                        c.arg(SETNX_LUA).arg(1);
+                        c
+                    } else {
+                        redis::cmd("HSET")
+                    };
                     cmd.arg(self.buckets[*b].as_bytes());
                     for &i in pos {
                         let i = i as usize;
@@ -378,6 +399,48 @@ impl Table {
             backend.run(&cmds, Role::Write, Retry::Idempotent)?;
         }
         Ok(())
+    }
+
+    /// The bucket (index into [`Table::buckets`]) where `key` lives in this layout.
+    pub fn bucket_of_key(&self, key: i64) -> usize {
+        self.bucket_index(key)
+    }
+
+    /// Up to `n` random ids stored in runtime bucket `bucket` (`HRANDFIELD`), cheap evidence of
+    /// whether the bucket holds rows of another layout.
+    pub fn sample_ids(&self, bucket: usize, n: usize) -> Result<Vec<i64>> {
+        let backend = self.backend()?;
+        let cmd = redis::cmd("HRANDFIELD")
+            .arg(self.buckets[bucket].as_bytes())
+            .arg(n)
+            .clone();
+        let reply = backend
+            .run(&[cmd], Role::Read, Retry::Idempotent)?
+            .pop()
+            .unwrap_or(Value::Nil);
+        let Value::Array(items) = reply else {
+            return Ok(Vec::new());
+        };
+        Ok(items
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::BulkString(f) => self.spec.key_dtype.decode(&f),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Deletes ids from one given runtime bucket, wherever the layout would put them.
+    pub fn remove_from_bucket(&self, bucket: usize, keys: &[i64]) -> Result<()> {
+        let backend = self.backend()?;
+        let pos: Vec<u32> = (0..keys.len() as u32).collect();
+        let cmds: Vec<Cmd> = pos
+            .chunks(self.chunk)
+            .map(|c| self.fields_cmd("HDEL", bucket, keys, c))
+            .collect();
+        backend
+            .run(&cmds, Role::Write, Retry::Idempotent)
+            .map(|_| ())
     }
 
     /// Imports pairs: an upsert, as TFRA's import is (the table is not cleared first).

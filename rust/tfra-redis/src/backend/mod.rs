@@ -205,6 +205,29 @@ pub(crate) fn with_retry<T>(
     }
 }
 
+/// Sends a packed pipeline and reads `expected` replies, stopping at the first transport error.
+///
+/// redis-rs's `req_packed_commands` keeps reading after an error so that it can return every
+/// reply of a transaction; on a server that stopped answering that means one full socket
+/// timeout per command, so a paused server made a 100k-key lookup (64 commands) fail after
+/// 32 s instead of `redis_socket_timeout`. The connection is dropped after any error anyway.
+pub(crate) fn exchange(
+    conn: &mut redis::Connection,
+    packed: &[u8],
+    expected: usize,
+) -> redis::RedisResult<Vec<Value>> {
+    conn.send_packed_command(packed)?;
+    let mut replies = Vec::with_capacity(expected);
+    while replies.len() < expected {
+        match conn.recv_response()? {
+            // RESP3 push data is not a reply (we speak RESP2, but a server may still push).
+            Value::Push { .. } => continue,
+            reply => replies.push(reply),
+        }
+    }
+    Ok(replies)
+}
+
 /// Fails with a clear error when the server's mode does not match the configured one: TFRA
 /// users who pointed a standalone config at a cluster node got wrong commands and crashes.
 pub(crate) fn check_cluster_enabled(
@@ -333,6 +356,11 @@ pub(crate) fn command_error(cmd: &Cmd, message: String) -> Error {
     });
     let command = command_name(cmd);
     args.next();
+    // EVAL script numkeys key ...: the bucket is the first key, not the script text.
+    if command == "EVAL" || command == "EVALSHA" {
+        args.next();
+        args.next();
+    }
     let bucket = args
         .next()
         .map(crate::layout::printable)
