@@ -415,7 +415,7 @@ impl Table {
             .arg(n)
             .clone();
         let reply = backend
-            .run(&[cmd], Role::Read, Retry::Idempotent)?
+            .run(&[cmd], Role::Write, Retry::Idempotent)?
             .pop()
             .unwrap_or(Value::Nil);
         let Value::Array(items) = reply else {
@@ -516,8 +516,10 @@ impl Table {
     /// Number of ids: the sum of `HLEN` over all runtime buckets.
     pub fn size(&self) -> Result<u64> {
         let mut total = 0u64;
+        // The master, even with replica reads on: sizes feed checkpoints and re-bucketing
+        // checks, where a lagging replica's count would be wrong.
         for (b, r) in self
-            .per_bucket("HLEN", Role::Read, &[])?
+            .per_bucket("HLEN", Role::Write, &[])?
             .into_iter()
             .enumerate()
         {
@@ -622,7 +624,7 @@ impl Table {
                 .arg("COUNT")
                 .arg(page.clamp(1, SCAN_COUNT * 64))
                 .clone();
-            let mut replies = backend.run(&[cmd], Role::Read, Retry::Idempotent)?;
+            let mut replies = backend.run(&[cmd], Role::Write, Retry::Idempotent)?;
             let bad = |m: &str| Error::Data {
                 bucket: name.clone(),
                 message: m.to_string(),

@@ -185,7 +185,9 @@ fn cluster_every_operation() {
         "ops_crc",
     );
     exercise(
-        &c.config_json(json!({"storage_slice": 3, "redis_read_access_slave": true})),
+        // Replica reads are eventually consistent; WAIT makes the test's reads see its writes.
+        &c.config_json(json!({"storage_slice": 3, "redis_read_access_slave": true,
+            "redis_durable_write_replicas": 1})),
         "ops_replica_reads",
     );
     // Topology-derived tags, as TFRA measured on the same slot layout.
@@ -214,7 +216,8 @@ fn sentinel_every_operation() {
     let s = Sentinel::start();
     exercise(&s.config_json(json!({})), "ops");
     exercise(
-        &s.config_json(json!({"redis_read_access_slave": true})),
+        // Replica reads are eventually consistent; WAIT makes the test's reads see its writes.
+        &s.config_json(json!({"redis_read_access_slave": true, "redis_durable_write_replicas": 1})),
         "ops_replica",
     );
     let bad = s.config_json(json!({"redis_master_name": "nosuchmaster"}));
