@@ -1,0 +1,280 @@
+"""The main job: a small click-through-rate model whose embedding tables live in Redis.
+
+A synthetic dataset of (user id, item id) pairs with power-law id frequencies (over a million
+distinct ids) and clicks drawn from a hidden per-id preference. The model looks user and item ids
+up in two Redis-backed embedding tables, concatenates the rows and feeds a small MLP; Keras'
+``fit`` trains the MLP and, through ``DynamicEmbeddingModel``, writes the embedding rows and their
+Adam slots back to Redis every step.
+
+Redis: ``--config FILE`` (a TFRA-style JSON config), else ``$TFRA_REDIS_CONFIG_PATH``; with
+neither, a private redis-server is started on a free port and stopped at the end.
+
+    python examples/train_ctr.py                      # private server, default sizes
+    python examples/train_ctr.py --config redis.json  # your Redis
+    python examples/train_ctr.py --compare-in-memory  # also time the same model in memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+USER_VOCAB = 4_000_000
+ITEM_VOCAB = 500_000
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="TFRA-style Redis JSON config (default: private server)")
+    p.add_argument("--samples", type=int, default=2_000_000, help="training examples")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--dim", type=int, default=16, help="embedding size")
+    p.add_argument("--learning-rate", type=float, default=0.01)
+    p.add_argument("--model-tag", default="ctr_example", help="model_tag_runtime of the tables")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--compare-in-memory",
+        action="store_true",
+        help="also train the same model with in-memory embeddings and compare step times",
+    )
+    p.add_argument("--report-json", help="write the final report here as JSON")
+    return p.parse_args(argv)
+
+
+def hidden_preference(ids: np.ndarray, salt: float) -> np.ndarray:
+    """A fixed pseudo-random score per id: what the embeddings have to learn."""
+    return np.sin(ids.astype(np.float64) * 12.9898 + salt) * 2.0
+
+
+def make_dataset(samples: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Ids with power-law frequencies (rank = vocab * u**a) and clicks from the hidden score."""
+    rng = np.random.default_rng(seed)
+    users = (USER_VOCAB * rng.random(samples) ** 3).astype(np.int64)
+    items = (ITEM_VOCAB * rng.random(samples) ** 2).astype(np.int64)
+    logit = hidden_preference(users, 0.3) + hidden_preference(items, 1.7) - 0.5
+    clicks = (rng.random(samples) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+    return {"user": users, "item": items}, clicks
+
+
+@contextlib.contextmanager
+def redis_config(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[Path, str]]:
+    """Yields (config file, description): the given one, or a private server's."""
+    given = args.config or os.environ.get("TFRA_REDIS_CONFIG_PATH")
+    if given:
+        yield Path(given), f"config {given}"
+        return
+    from tfra_redis import servers
+
+    with servers.standalone() as server:
+        path = workdir / "redis_config.json"
+        # A throwaway server: no TTL bookkeeping (it is stopped before the tables are
+        # garbage-collected), nothing saved.
+        config = {
+            **server.config_dict(),
+            "table_store_mode": 2,
+            "expire_model_tag_in_seconds": -1,
+        }
+        path.write_text(json.dumps(config))
+        yield path, f"private redis-server on 127.0.0.1:{server.port} (pid {server.pid})"
+
+
+def with_model_tag(config_path: Path, tag: str, workdir: Path) -> Path:
+    """A copy of the config with this run's model tag, so the example never touches other
+    tables of the same Redis."""
+    config = json.loads(config_path.read_text())
+    config["model_tag_runtime"] = config["model_tag_import"] = tag
+    out = workdir / "run_config.json"
+    out.write_text(json.dumps(config))
+    out.chmod(0o600)
+    return out
+
+
+def build_model(tf, keras, de, dim: int, creator, learning_rate: float):
+    """Two Redis-backed embeddings -> concat -> MLP -> click probability."""
+    user_in = keras.Input(shape=(), dtype="int64", name="user")
+    item_in = keras.Input(shape=(), dtype="int64", name="item")
+    init = keras.initializers.RandomNormal(0.0, 0.05, seed=1)
+    user_emb = de.keras.layers.Embedding(dim, initializer=init, name="user_emb", kv_creator=creator)
+    item_emb = de.keras.layers.Embedding(dim, initializer=init, name="item_emb", kv_creator=creator)
+    x = keras.layers.Concatenate()([user_emb(user_in), item_emb(item_in)])
+    x = keras.layers.Dense(64, activation="relu")(x)
+    out = keras.layers.Dense(1, activation="sigmoid")(x)
+    model = de.DynamicEmbeddingModel({"user": user_in, "item": item_in}, out)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc")],
+    )
+    return model, (user_emb, item_emb)
+
+
+def build_in_memory_model(keras, dim: int, learning_rate: float):
+    """The same model with ordinary Keras embeddings over the whole vocabulary."""
+    user_in = keras.Input(shape=(), dtype="int64", name="user")
+    item_in = keras.Input(shape=(), dtype="int64", name="item")
+    init = keras.initializers.RandomNormal(0.0, 0.05, seed=1)
+    user = keras.layers.Embedding(USER_VOCAB, dim, embeddings_initializer=init)(user_in)
+    item = keras.layers.Embedding(ITEM_VOCAB, dim, embeddings_initializer=init)(item_in)
+    x = keras.layers.Concatenate()([user, item])
+    x = keras.layers.Dense(64, activation="relu")(x)
+    out = keras.layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model({"user": user_in, "item": item_in}, out)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc")],
+    )
+    return model
+
+
+class StepTimer:
+    """A Keras callback recording the wall time of every training step."""
+
+    def __init__(self, keras):
+        outer = self
+
+        class _Callback(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                outer._start = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None):
+                outer.times.append(time.perf_counter() - outer._start)
+
+        self.times: list[float] = []
+        self._start = 0.0
+        self.callback = _Callback()
+
+    def median_ms(self, skip: int = 3) -> float:
+        times = self.times[skip:] or self.times
+        return float(np.median(times) * 1000.0)
+
+
+def redis_memory(config_path: Path) -> str:
+    """used_memory of the configured servers (standalone or cluster seeds), best effort."""
+    from tfra_redis import servers
+
+    config = json.loads(config_path.read_text())
+    if config.get("redis_connection_mode", 1) == 1:
+        return "n/a (Sentinel: ask the master)"
+    total = 0
+    seen = set()
+    for host, port in zip(config["redis_host_ip"], config["redis_host_port"], strict=True):
+        try:
+            with servers.RespConnection(
+                host, port, password=config.get("redis_password") or None, timeout=2.0
+            ) as conn:
+                info = servers.parse_info(conn.execute("INFO", "memory"))
+                replication = servers.parse_info(conn.execute("INFO", "replication"))
+        except (OSError, servers.RedisReplyError) as err:
+            return f"n/a ({err})"
+        if replication.get("role") == "master" and (host, port) not in seen:
+            seen.add((host, port))
+            total += int(info.get("used_memory", 0))
+    return f"{total / 2**20:.1f} MiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print("generating the dataset ...", flush=True)
+    features, labels = make_dataset(args.samples, args.seed)
+    distinct = len(np.unique(features["user"])) + len(np.unique(features["item"]))
+    print(
+        f"{args.samples:,} examples, {distinct:,} distinct ids "
+        f"({len(np.unique(features['user'])):,} users, {len(np.unique(features['item'])):,} "
+        f"items), click rate {labels.mean():.3f}",
+        flush=True,
+    )
+    split = int(len(labels) * 0.9)
+    train = ({k: v[:split] for k, v in features.items()}, labels[:split])
+    valid = ({k: v[split:] for k, v in features.items()}, labels[split:])
+
+    import keras
+    import tensorflow as tf
+
+    import tfra_redis as tfra
+
+    de = tfra.dynamic_embedding
+    report: dict = {"samples": args.samples, "distinct_ids": distinct, "epochs": []}
+    with tempfile.TemporaryDirectory(prefix="tfra-redis-example-") as tmp:
+        workdir = Path(tmp)
+        with redis_config(args, workdir) as (config_path, where):
+            print(f"embeddings in Redis: {where}", flush=True)
+            run_config = with_model_tag(config_path, args.model_tag, workdir)
+            creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=run_config))
+            model, layers = build_model(tf, keras, de, args.dim, creator, args.learning_rate)
+            for layer in layers:
+                layer.params.clear()  # a fresh start for this model tag
+            timer = StepTimer(keras)
+            history = model.fit(
+                train[0],
+                train[1],
+                batch_size=args.batch_size,
+                epochs=args.epochs,
+                validation_data=valid,
+                callbacks=[timer.callback],
+                verbose=1,
+            )
+            for epoch in range(args.epochs):
+                report["epochs"].append({k: float(v[epoch]) for k, v in history.history.items()})
+            rows = {layer.name: int(layer.params.size()) for layer in layers}
+            report["rows_in_redis"] = rows
+            report["redis_memory"] = redis_memory(run_config)
+            report["step_ms_redis"] = timer.median_ms()
+            report["batch_size"] = args.batch_size
+            for layer in layers:
+                layer.params.clear()
+
+        if args.compare_in_memory:
+            print("training the same model with in-memory embeddings ...", flush=True)
+            mem_model = build_in_memory_model(keras, args.dim, args.learning_rate)
+            mem_timer = StepTimer(keras)
+            mem_model.fit(
+                train[0],
+                train[1],
+                batch_size=args.batch_size,
+                epochs=1,
+                callbacks=[mem_timer.callback],
+                verbose=1,
+            )
+            report["step_ms_in_memory"] = mem_timer.median_ms()
+
+    print("\n== report")
+    print(f"{'epoch':>5} {'loss':>8} {'auc':>7} {'val_loss':>9} {'val_auc':>8}")
+    for i, e in enumerate(report["epochs"], 1):
+        print(
+            f"{i:>5} {e['loss']:>8.4f} {e['auc']:>7.4f} "
+            f"{e.get('val_loss', float('nan')):>9.4f} {e.get('val_auc', float('nan')):>8.4f}"
+        )
+    for name, n in report["rows_in_redis"].items():
+        print(f"rows in Redis, {name}: {n:,}")
+    print(f"Redis memory used: {report['redis_memory']}")
+    print(f"median step time, batch {args.batch_size}: {report['step_ms_redis']:.1f} ms (Redis)")
+    if "step_ms_in_memory" in report:
+        ratio = report["step_ms_redis"] / report["step_ms_in_memory"]
+        print(
+            f"median step time, batch {args.batch_size}: {report['step_ms_in_memory']:.1f} ms "
+            f"(in-memory embeddings); Redis / in-memory = {ratio:.2f}x"
+        )
+    if args.report_json:
+        Path(args.report_json).write_text(json.dumps(report, indent=2))
+    first, last = report["epochs"][0]["loss"], report["epochs"][-1]["loss"]
+    if args.epochs > 1 and not last < first:
+        print(f"warning: the loss did not fall ({first:.4f} -> {last:.4f})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
