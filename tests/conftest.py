@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tfra_redis import servers
 
 # The `acl_server` fixture: the default user's password, then alice (everything) and reader

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from tfra_redis import RedisStore, servers
 from tfra_redis.cli import MAGIC
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from tfra_redis import RedisStore, servers
 
 TOPOLOGIES = ["standalone", "cluster"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from tfra_redis import RedisStore, _native
 from tfra_redis.optimizers import (
     SGD,

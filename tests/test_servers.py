@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tfra_redis import servers
 
 # The RDB that the real TFRA 0.8.1 wrote (see shared/fixtures/README.md): one hash of 1000 rows.

@@ -13,6 +13,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import pytest
+
 import tfra_redis
 from tfra_redis import RedisStore, RedisTableConfig, servers
 from tfra_redis.store import numpy_dtype
