@@ -1,0 +1,156 @@
+"""``de.keras.layers.Embedding``: a Keras 3 layer over a Redis-backed :class:`Variable`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfra_redis.dynamic_embedding.variable import Variable, embedding_lookup
+
+__all__ = ["Embedding"]
+
+# TFRA's layer takes these keyword arguments for its other backends; they mean nothing here.
+_IGNORED_KWARGS = ("distribute_strategy", "keep_distribution", "short_file_name", "combiner")
+
+
+def _serialize_initializer(initializer: Any) -> Any:
+    if initializer is None or isinstance(initializer, (int, float)):
+        return initializer
+    if isinstance(initializer, keras.initializers.Initializer):
+        return keras.initializers.serialize(initializer)
+    if isinstance(initializer, (list, tuple, np.ndarray)):
+        return np.asarray(initializer).tolist()
+    return None
+
+
+class Embedding(keras.layers.Layer):
+    """Looks ids (any shape) up in a Redis-backed embedding: output ``ids.shape +
+    [embedding_size]``. Trained by ``DynamicEmbeddingModel`` (or any loop using
+    ``de.record_lookups``), not by the Keras optimizer.
+
+    The variable is named ``<name>-parameter`` and its optimizer slots
+    ``<name>-parameter_DynamicEmbedding_<name>-shadow_<slot>``, as in TFRA.
+
+    ``model.save_weights``/``load_weights`` save the rows as the config's ``table_store_mode``
+    says: 0 the rows (restored as an upsert), 2 only a manifest, 1 DUMP files.
+
+    Args:
+        embedding_size: the row size (``dim``).
+        key_dtype, value_dtype: ``tf.int64``/``tf.int32`` ids; value dtype of the rows.
+        initializer: rows of ids never seen: a number, ``dim`` values, or an initializer
+            (random ones draw one row per id).
+        devices, init_capacity, restrict_policy, bp_v2: as in ``de.get_variable``.
+        name: the layer name.
+        with_unique: look each distinct id up once (``tf.unique``).
+        kv_creator: the table creator, e.g. ``de.RedisTableCreator(config)``.
+        checkpoint: whether checkpoints include the rows.
+    """
+
+    def __init__(
+        self,
+        embedding_size: int,
+        key_dtype: Any = tf.int64,
+        value_dtype: Any = tf.float32,
+        initializer: Any = None,
+        devices: Any = None,
+        name: str = "DynamicEmbeddingLayer",
+        with_unique: bool = True,
+        kv_creator: Any = None,
+        restrict_policy: Any = None,
+        init_capacity: int = 0,
+        checkpoint: bool = True,
+        bp_v2: bool = False,
+        trainable: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        for key in _IGNORED_KWARGS:
+            kwargs.pop(key, None)
+        super().__init__(name=name, trainable=trainable, **kwargs)
+        self.embedding_size = int(embedding_size)
+        self.key_dtype = tf.as_dtype(key_dtype)
+        self.value_dtype = tf.as_dtype(value_dtype)
+        self.initializer = initializer
+        self.with_unique = bool(with_unique)
+        self.init_capacity = init_capacity
+        # numpy_function ops cannot be XLA-compiled; Keras turns jit_compile off for us.
+        self.supports_jit = False
+        self.params = Variable(
+            key_dtype=self.key_dtype,
+            value_dtype=self.value_dtype,
+            dim=self.embedding_size,
+            devices=devices,
+            name=f"{name}-parameter",
+            initializer=initializer,
+            trainable=trainable,
+            checkpoint=checkpoint,
+            init_size=init_capacity,
+            kv_creator=kv_creator,
+            restrict_policy=restrict_policy,
+            bp_v2=bp_v2,
+            shadow_name=f"DynamicEmbedding/{name}-shadow",
+        )
+        self.built = True
+
+    def call(self, ids: Any) -> tf.Tensor:
+        ids = tf.convert_to_tensor(ids)
+        if ids.dtype != self.key_dtype:
+            if not ids.dtype.is_integer:
+                raise TypeError(
+                    f"{self.name}: ids must be integers ({self.key_dtype.name}), got "
+                    f"{ids.dtype.name}"
+                )
+            ids = tf.cast(ids, self.key_dtype)
+        return embedding_lookup(
+            self.params, ids, with_unique=self.with_unique, trainable=self.trainable
+        )
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        return tuple(input_shape) + (self.embedding_size,)
+
+    def compute_output_spec(self, ids: Any) -> keras.KerasTensor:
+        return keras.KerasTensor(self.compute_output_shape(ids.shape), dtype=self.value_dtype.name)
+
+    # -- Keras weights files ------------------------------------------------------------------
+
+    def save_own_variables(self, store: Any) -> None:
+        if not self.params.checkpoint:
+            return
+        keys, values, manifest = self.params.table.save_rows()
+        store["keys"] = keys
+        store["values"] = values
+        store["manifest"] = np.frombuffer(manifest, dtype=np.uint8)
+
+    def load_own_variables(self, store: Any) -> None:
+        if not self.params.checkpoint or "manifest" not in store:
+            return
+        self.params.table.restore_rows(
+            np.asarray(store["keys"]),
+            np.asarray(store["values"]),
+            np.asarray(store["manifest"], dtype=np.uint8).tobytes(),
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "embedding_size": self.embedding_size,
+                "key_dtype": self.key_dtype.name,
+                "value_dtype": self.value_dtype.name,
+                "initializer": _serialize_initializer(self.initializer),
+                "with_unique": self.with_unique,
+                "init_capacity": self.init_capacity,
+                "checkpoint": self.params.checkpoint,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Embedding:
+        config = dict(config)
+        initializer = config.get("initializer")
+        if isinstance(initializer, dict):
+            config["initializer"] = keras.initializers.deserialize(initializer)
+        return cls(**config)

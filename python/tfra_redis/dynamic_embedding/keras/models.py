@@ -1,0 +1,9 @@
+"""Keras models that train Redis-backed embeddings (``de.keras.models.DynamicEmbeddingModel``)."""
+
+from tfra_redis.dynamic_embedding.training import (
+    DynamicEmbeddingModel,
+    DynamicEmbeddingTrainer,
+    EmbeddingOptimizer,
+)
+
+__all__ = ["DynamicEmbeddingModel", "DynamicEmbeddingTrainer", "EmbeddingOptimizer"]

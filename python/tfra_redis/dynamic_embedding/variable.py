@@ -1,0 +1,470 @@
+"""``de.Variable``, ``de.get_variable`` and ``de.embedding_lookup`` over Redis tables."""
+
+from __future__ import annotations
+
+import numbers
+import weakref
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfra_redis.creator import RedisTableCreator
+from tfra_redis.dynamic_embedding.recording import current_recorder
+from tfra_redis.table import RedisTable
+
+__all__ = ["Variable", "embedding_lookup", "get_variable"]
+
+# TFRA's de.Variable accepts these (key, value) pairs with int keys (spec section 5.1); the
+# store has no string keys.
+_VALUE_DTYPES = {
+    tf.int64: (tf.float32, tf.float16, tf.bfloat16, tf.int32, tf.int8, tf.int64, tf.float64),
+    tf.int32: (tf.float32, tf.int32, tf.float64, tf.bfloat16),
+}
+
+
+def _keras_initializers() -> Any:
+    try:
+        import keras
+
+        return keras.initializers
+    except ImportError:  # pragma: no cover - keras ships with TensorFlow 2.16+
+        return None
+
+
+class _RowInitializer:
+    """Turns any of TFRA's initializer spellings into default rows.
+
+    A number, a list of ``dim`` values, a tensor or a constant initializer give one row shared
+    by every missing key. A random initializer gives one row per key (TFRA's "full default"):
+    Keras' ``RandomNormal``/``RandomUniform``/``TruncatedNormal`` draw from a
+    ``tf.random.Generator`` (seeded from the initializer's seed), because Keras 3 initializers
+    return the same values on every call; other callables are called with ``shape=[n, dim]``.
+    """
+
+    def __init__(self, initializer: Any, dim: int, value_dtype: tf.DType) -> None:
+        self.dim = dim
+        self.value_dtype = value_dtype
+        self.initializer = initializer
+        self._generator: tf.random.Generator | None = None
+        self._draw = None
+        self.per_key = False
+        row = self._constant_row(initializer)
+        if row is None:
+            self.per_key = True
+            self._draw = self._random_draw(initializer)
+            row = np.zeros((dim,), dtype=value_dtype.as_numpy_dtype)
+        self.default_row = row
+
+    def _constant_row(self, init: Any) -> np.ndarray | None:
+        keras_init = _keras_initializers()
+        if init is None:
+            value: Any = 0
+        elif keras_init is not None and isinstance(init, keras_init.Zeros):
+            value = 0
+        elif keras_init is not None and isinstance(init, keras_init.Ones):
+            value = 1
+        elif keras_init is not None and isinstance(init, keras_init.Constant):
+            value = np.asarray(init.get_config()["value"])
+        elif isinstance(init, (tf.zeros_initializer, tf.ones_initializer, tf.constant_initializer)):
+            value = init(shape=[self.dim], dtype=tf.float32).numpy()
+        elif isinstance(init, (numbers.Number, list, tuple, np.ndarray, np.generic)):
+            value = np.asarray(init)
+        elif tf.is_tensor(init):
+            with tf.init_scope():
+                value = np.asarray(init.numpy() if hasattr(init, "numpy") else init)
+        else:
+            return None
+        value = np.asarray(value)
+        if value.size == self.dim:
+            row = value.reshape(self.dim)
+        elif value.size >= 1:
+            row = np.full((self.dim,), value.reshape(-1)[0])
+        else:
+            raise ValueError(f"initializer {init!r} gives no value for rows of dim {self.dim}")
+        return row.astype(self.value_dtype.as_numpy_dtype)
+
+    def _random_draw(self, init: Any) -> Any:
+        keras_init = _keras_initializers()
+        draw_dtype = self.value_dtype if self.value_dtype.is_floating else tf.float32
+        if keras_init is not None and isinstance(
+            init, (keras_init.RandomNormal, keras_init.RandomUniform, keras_init.TruncatedNormal)
+        ):
+            config = init.get_config()
+            seed = getattr(init, "_init_seed", None)
+            if seed is not None and not isinstance(seed, numbers.Integral):
+                # A keras.random.SeedGenerator advances on every call: call the initializer.
+                return lambda shape: init(shape=shape, dtype=draw_dtype)
+            with tf.init_scope():
+                self._generator = (
+                    tf.random.Generator.from_seed(int(seed))
+                    if seed is not None
+                    else tf.random.Generator.from_non_deterministic_state()
+                )
+            generator = self._generator
+            if isinstance(init, keras_init.RandomNormal):
+                return lambda shape: generator.normal(
+                    shape, config["mean"], config["stddev"], dtype=draw_dtype
+                )
+            if isinstance(init, keras_init.TruncatedNormal):
+                return lambda shape: generator.truncated_normal(
+                    shape, config["mean"], config["stddev"], dtype=draw_dtype
+                )
+            return lambda shape: generator.uniform(
+                shape, config["minval"], config["maxval"], dtype=draw_dtype
+            )
+        if not callable(init):
+            raise TypeError(
+                f"initializer must be a number, a list of dim values, a tensor or a callable "
+                f"initializer, got {type(init).__name__}"
+            )
+
+        def draw(shape: Any) -> tf.Tensor:
+            try:
+                return init(shape=shape, dtype=draw_dtype)
+            except TypeError:
+                return init(shape)
+
+        return draw
+
+    def rows(self, n: Any) -> tf.Tensor:
+        """``[n, dim]`` default rows (one per key); ``n`` may be a scalar tensor."""
+        shape = tf.stack([tf.cast(n, tf.int32), tf.constant(self.dim, tf.int32)])
+        rows = tf.convert_to_tensor(self._draw(shape))
+        rows = tf.reshape(tf.cast(rows, self.value_dtype), shape)
+        if isinstance(n, int):
+            rows.set_shape([n, self.dim])
+        else:
+            rows.set_shape([None, self.dim])
+        return rows
+
+
+class Variable(tf.__internal__.tracking.Trackable):
+    """A dynamic embedding: int ids to rows of ``dim`` values, stored in Redis (TFRA's
+    ``de.Variable``). Ids never seen get rows from ``initializer``.
+
+    Normally created with :func:`get_variable`. All shards of a TFRA variable share one Redis
+    hash, so one table is created whatever ``devices`` says.
+    """
+
+    def __init__(
+        self,
+        key_dtype: Any = tf.int64,
+        value_dtype: Any = tf.float32,
+        dim: int = 1,
+        devices: Any = None,
+        partitioner: Any = None,
+        shared_name: str | None = None,
+        name: str = "DynamicEmbedding_Variable",
+        initializer: Any = None,
+        trainable: bool = True,
+        checkpoint: bool = True,
+        init_size: int = 0,
+        kv_creator: Any = None,
+        restrict_policy: Any = None,
+        bp_v2: bool = False,
+        shadow_name: str | None = None,
+    ) -> None:
+        self._key_dtype = tf.as_dtype(key_dtype)
+        self._value_dtype = tf.as_dtype(value_dtype)
+        if self._key_dtype not in _VALUE_DTYPES:
+            raise TypeError(
+                f"key_dtype of a Redis-backed Variable must be int64 or int32, got "
+                f"{self._key_dtype.name}"
+            )
+        if self._value_dtype not in _VALUE_DTYPES[self._key_dtype]:
+            raise TypeError(
+                f"value_dtype {self._value_dtype.name} is not supported with "
+                f"{self._key_dtype.name} keys; supported: "
+                f"{[d.name for d in _VALUE_DTYPES[self._key_dtype]]}"
+            )
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if restrict_policy is not None:
+            raise NotImplementedError("restrict_policy is not supported by tfra-redis yet")
+        self._dim = int(dim)
+        self._name = name
+        self._devices = list(devices) if devices else ["/CPU:0"]
+        self._partitioner = partitioner
+        self._shared_name = shared_name
+        self._trainable = bool(trainable)
+        self._checkpoint = bool(checkpoint)
+        self._init_size = init_size
+        self._kv_creator = kv_creator if kv_creator is not None else RedisTableCreator()
+        self._restrict_policy = None
+        self._bp_v2 = bool(bp_v2)
+        self._shadow_name = shadow_name
+        self._row_init = _RowInitializer(initializer, self._dim, self._value_dtype)
+        self._initializer = initializer
+        table = self._kv_creator.create(
+            key_dtype=self._key_dtype,
+            value_dtype=self._value_dtype,
+            default_value=self._row_init.default_row,
+            name=self._table_name(0, 1),
+            checkpoint=self._checkpoint,
+            init_size=init_size,
+            device=self._devices[0] if devices else "",
+        )
+        self._tables = [table]
+        self._track_trackable(table, name="table", overwrite=True)
+
+    def _table_name(self, index: int, count: int) -> str:
+        # TFRA: <name with / as _>_mht_<i>of<N>; Redis keys use the part before _mht_.
+        return f"{self._name.replace('/', '_')}_mht_{index + 1}of{count}"
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def key_dtype(self) -> tf.DType:
+        return self._key_dtype
+
+    @property
+    def value_dtype(self) -> tf.DType:
+        return self._value_dtype
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def devices(self) -> list[str]:
+        return list(self._devices)
+
+    @property
+    def tables(self) -> list[RedisTable]:
+        return list(self._tables)
+
+    @property
+    def table(self) -> RedisTable:
+        """The Redis table (TFRA keeps one per device; they share one Redis hash)."""
+        return self._tables[0]
+
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @property
+    def checkpoint(self) -> bool:
+        return self._checkpoint
+
+    @property
+    def initializer(self) -> Any:
+        return self._initializer
+
+    @property
+    def kv_creator(self) -> Any:
+        return self._kv_creator
+
+    @property
+    def restrict_policy(self) -> Any:
+        return self._restrict_policy
+
+    @property
+    def bp_v2(self) -> bool:
+        return self._bp_v2
+
+    @property
+    def shadow_name(self) -> str:
+        """The name TFRA gives the trainable shadow of this variable; slot tables carry it."""
+        return self._shadow_name if self._shadow_name is not None else f"{self._name}_shadow"
+
+    @property
+    def default_value(self) -> np.ndarray:
+        """The shared default row (used when the initializer is a constant)."""
+        return self._row_init.default_row
+
+    def __repr__(self) -> str:
+        return (
+            f"de.Variable(name={self._name!r}, dim={self._dim}, key_dtype={self._key_dtype.name}, "
+            f"value_dtype={self._value_dtype.name}, table={self.table.store.name!r})"
+        )
+
+    # -- defaults -----------------------------------------------------------------------------
+
+    def default_rows(self, keys: tf.Tensor) -> tf.Tensor | None:
+        """Per-key default rows shaped ``keys.shape + [dim]``, or ``None`` when every missing
+        key shares :attr:`default_value`."""
+        if not self._row_init.per_key:
+            return None
+        count = keys.shape.num_elements()
+        rows = self._row_init.rows(count if count is not None else tf.size(keys))
+        if keys.shape.rank == 1:
+            return rows
+        out = tf.reshape(rows, tf.concat([tf.shape(keys), [self._dim]], 0))
+        out.set_shape(keys.shape.concatenate([self._dim]))
+        return out
+
+    # -- ops ----------------------------------------------------------------------------------
+
+    def lookup(self, keys: Any, return_exists: bool = False, name: str | None = None) -> Any:
+        """Rows for ``keys`` (any shape): ``keys.shape + [dim]``; missing keys get initializer
+        rows. With ``return_exists`` also a bool tensor saying which keys were stored."""
+        keys = self.table._convert_keys(keys, "lookup")
+        return self.table.lookup(
+            keys,
+            dynamic_default_values=self.default_rows(keys),
+            return_exists=return_exists,
+            name=name,
+        )
+
+    def upsert(self, keys: Any, values: Any, name: str | None = None) -> Any:
+        """Inserts or updates rows; ``values`` has shape ``keys.shape + [dim]``."""
+        return self.table.insert(keys, values, name=name)
+
+    def accum(
+        self,
+        keys: Any,
+        old_values: Any,
+        new_values: Any,
+        exists: Any,
+        name: str | None = None,
+    ) -> Any:
+        """TFRA's BP-v2 write: adds ``new - old`` to keys that existed at lookup time and still
+        do, and inserts ``new`` for keys that did not exist and still do not."""
+        keys = self.table._convert_keys(keys, "accum")
+        old = self.table._convert_values(old_values, keys, "old_values", "accum")
+        new = self.table._convert_values(new_values, keys, "new_values", "accum")
+        exists = tf.convert_to_tensor(exists, dtype=tf.bool)
+        flags = tf.reshape(exists, tf.concat([tf.shape(exists), [1]], 0))
+        deltas = tf.where(flags, new - old, new)
+        return self.table.accum(keys, deltas, exists, name=name)
+
+    def remove(self, keys: Any, name: str | None = None) -> Any:
+        """Removes keys; missing ones are ignored."""
+        return self.table.remove(keys, name=name)
+
+    def clear(self, name: str | None = None) -> Any:
+        """Removes every row."""
+        return self.table.clear(name=name)
+
+    def size(self, index: int | None = None, name: str | None = None) -> tf.Tensor:
+        """The number of ids stored (an int64 scalar)."""
+        return self.table.size(name=name)
+
+    def export(self, name: str | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """All ``(ids, rows)``; the table must fit in memory."""
+        return self.table.export(name=name)
+
+    def restrict(self, num_reserved: int, **kwargs: Any) -> Any:
+        raise NotImplementedError("restrict policies are not supported by tfra-redis yet")
+
+
+# Variables by full name, like TF1's variable store; weak, so a dropped variable frees its name.
+_VARIABLES: weakref.WeakValueDictionary[str, Variable] = weakref.WeakValueDictionary()
+
+
+def get_variable(
+    name: str,
+    key_dtype: Any = tf.int64,
+    value_dtype: Any = tf.float32,
+    dim: int = 1,
+    devices: Any = None,
+    partitioner: Any = None,
+    shared_name: str | None = "get_variable",
+    initializer: Any = None,
+    trainable: bool = True,
+    checkpoint: bool = True,
+    init_size: int = 0,
+    kv_creator: Any = None,
+    restrict_policy: Any = None,
+    bp_v2: bool = False,
+    KVCreator: Any = None,  # noqa: N803 - the spelling of the seed design note
+    reuse: Any = None,
+    shadow_name: str | None = None,
+) -> Variable:
+    """Gets an existing :class:`Variable` with this name (prefixed by the current
+    ``tf.compat.v1.variable_scope``) or creates one (TFRA's ``de.get_variable``).
+
+    ``KVCreator=`` is accepted as an alias of ``kv_creator=``. ``reuse=False`` (or a TF1 graph
+    variable scope with ``reuse=False``) refuses an existing name with ``ValueError``;
+    ``reuse=True`` requires one.
+    """
+    if KVCreator is not None:
+        if kv_creator is not None and kv_creator is not KVCreator:
+            raise ValueError("pass kv_creator or KVCreator, not both")
+        kv_creator = KVCreator
+    scope = tf.compat.v1.get_variable_scope()
+    full_name = f"{scope.name}/{name}" if scope.name else name
+    if reuse is None and not tf.executing_eagerly() and not tf.inside_function():
+        reuse = scope.reuse  # TF1 graph mode: the scope decides
+    existing = _VARIABLES.get(full_name)
+    if existing is not None:
+        if reuse is False:
+            raise ValueError(
+                f"Variable {full_name} already exists, disallowed. Did you mean to set "
+                "reuse=True or reuse=tf.AUTO_REUSE in VarScope?"
+            )
+        return existing
+    if reuse is True:
+        raise ValueError(
+            f"Variable {full_name} does not exist, or was not created with "
+            "tf.get_variable(). Did you mean to set reuse=tf.AUTO_REUSE in VarScope?"
+        )
+    variable = Variable(
+        key_dtype=key_dtype,
+        value_dtype=value_dtype,
+        dim=dim,
+        devices=devices,
+        partitioner=partitioner,
+        shared_name=shared_name,
+        name=full_name,
+        initializer=initializer,
+        trainable=trainable,
+        checkpoint=checkpoint,
+        init_size=init_size,
+        kv_creator=kv_creator,
+        restrict_policy=restrict_policy,
+        bp_v2=bp_v2,
+        shadow_name=shadow_name,
+    )
+    _VARIABLES[full_name] = variable
+    return variable
+
+
+def embedding_lookup(
+    params: Variable,
+    ids: Any,
+    partition_strategy: Any = None,
+    name: str | None = None,
+    validate_indices: Any = None,
+    max_norm: float | None = None,
+    return_trainable: bool = False,
+    with_unique: bool = True,
+    trainable: bool = True,
+) -> Any:
+    """Rows of ``ids`` (any rank): shape ``ids.shape + [dim]``.
+
+    Duplicate ids are looked up once (``tf.unique``). Inside :func:`record_lookups` (as in
+    ``DynamicEmbeddingModel.train_step``) the unique rows of a trainable variable are watched
+    and recorded, so the loss can be differentiated with respect to them. With
+    ``return_trainable`` also returns those unique rows.
+    """
+    if not isinstance(params, Variable):
+        raise TypeError(f"params must be a de.Variable, got {type(params).__name__}")
+    ids = params.table._convert_keys(ids, "embedding_lookup")
+    out_shape = ids.shape.concatenate([params.dim])
+    flat = tf.reshape(ids, [-1])
+    if with_unique:
+        unique_ids, index = tf.unique(flat)
+    else:
+        unique_ids, index = flat, None
+    rows = params.lookup(unique_ids, name=name)
+    recorder = current_recorder()
+    if recorder is not None and trainable and params.trainable:
+        if index is None:  # the optimizer needs unique ids
+            unique_ids, index = tf.unique(flat)
+            rows = tf.math.unsorted_segment_max(rows, index, tf.size(unique_ids))
+        recorder.record(params, unique_ids, rows)
+    embeddings = rows if index is None else tf.gather(rows, index)
+    if ids.shape.rank != 1:
+        embeddings = tf.reshape(embeddings, tf.concat([tf.shape(ids), [params.dim]], 0))
+    embeddings.set_shape(out_shape)
+    if max_norm is not None:
+        embeddings = tf.clip_by_norm(embeddings, max_norm, axes=[-1])
+    if return_trainable:
+        return embeddings, rows
+    return embeddings
