@@ -89,6 +89,9 @@ def make_config() -> Callable[..., Path]:
     counter = itertools.count()
 
     def write(directory: Path, topology: servers.Topology, **overrides: Any) -> Path:
+        # Tables may outlive the session's servers (TensorFlow keeps references until exit);
+        # closing them must not try to set a TTL then. Lifecycle tests set their own value.
+        overrides.setdefault("expire_model_tag_in_seconds", -1)
         path = Path(directory) / f"redis_config_{next(counter)}.json"
         return servers.write_config_file(path, topology, **overrides)
 

@@ -6,6 +6,7 @@ The TensorFlow classes (``RedisTable``, ``dynamic_embedding``) are built on this
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 import weakref
 from collections.abc import Callable
@@ -255,5 +256,9 @@ class RedisStore:
 def _close_quietly(table: _native.Table) -> None:
     try:
         table.close()
-    except Exception as err:  # at interpreter exit Redis may be gone; say so, do not raise
-        warnings.warn(f"tfra-redis: could not set the TTL on close: {err}", stacklevel=1)
+    except Exception as err:
+        # Tables still open at interpreter exit are closed after the main thread has ended,
+        # often after the servers they used are gone (a test's, a demo's): nothing to report
+        # then. Earlier, a failed close is worth a warning, never an exception.
+        if threading.main_thread().is_alive():
+            warnings.warn(f"tfra-redis: could not set the TTL on close: {err}", stacklevel=1)

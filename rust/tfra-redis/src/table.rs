@@ -567,6 +567,16 @@ impl Table {
 
     /// Runs one command per runtime bucket and returns the replies.
     pub(crate) fn per_bucket(&self, name: &str, role: Role, extra: &[&[u8]]) -> Result<Vec<Value>> {
+        self.per_bucket_with(name, role, extra, Retry::Idempotent)
+    }
+
+    fn per_bucket_with(
+        &self,
+        name: &str,
+        role: Role,
+        extra: &[&[u8]],
+        retry: Retry,
+    ) -> Result<Vec<Value>> {
         let backend = self.backend()?;
         let cmds: Vec<Cmd> = self
             .buckets
@@ -580,7 +590,7 @@ impl Table {
                 cmd
             })
             .collect();
-        backend.run(&cmds, role, Retry::Idempotent)
+        backend.run(&cmds, role, retry)
     }
 
     /// Clears any TTL on the table's buckets. TFRA does this when a table opens so that a model
@@ -591,9 +601,15 @@ impl Table {
 
     /// Puts the configured TTL (`expire_model_tag_in_seconds`) on the table's buckets, as TFRA
     /// does when a table closes; nothing when the setting is negative. 0 deletes the buckets.
+    /// One attempt only: a close must not hold a process at exit for a whole retry deadline
+    /// when Redis is gone.
     pub fn expire_per_config(&self) -> Result<()> {
         match self.config.expire_model_tag_in_seconds {
-            Some(secs) => self.expire(secs),
+            Some(secs) => {
+                let secs = secs.to_string();
+                self.per_bucket_with("EXPIRE", Role::Write, &[secs.as_bytes()], Retry::Never)
+                    .map(|_| ())
+            }
             None => Ok(()),
         }
     }

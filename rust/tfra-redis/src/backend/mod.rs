@@ -39,6 +39,9 @@ pub enum Retry {
     /// Applying the batch twice would be wrong (accum deltas): retry only when the failure
     /// proves the batch was not executed (connection refused, MOVED/ASK, TRYAGAIN).
     AtMostOnce,
+    /// One attempt only: for best-effort work such as setting a TTL when a table closes, which
+    /// must not keep a process from exiting for a whole retry deadline.
+    Never,
 }
 
 /// One Redis deployment (a server, a Sentinel group or a cluster).
@@ -192,7 +195,8 @@ pub(crate) fn with_retry<T>(
         match attempt() {
             Ok(v) => return Ok(v),
             Err((err, not_executed)) => {
-                let may_retry = err.is_transient()
+                let may_retry = retry != Retry::Never
+                    && err.is_transient()
                     && !matches!(err, Error::Timeout { .. })
                     && (retry == Retry::Idempotent || not_executed);
                 if !may_retry || start.elapsed() + wait > deadline {
