@@ -8,9 +8,11 @@ is called directly, which saves the op's overhead. Outputs get static shapes (``
 Checkpoints follow the config's ``table_store_mode`` (TFRA's rule, spec section 5.7):
 
 * 0: the rows go into the checkpoint as ``-keys``/``-values`` and are upserted on restore;
-* 1: the buckets are DUMPed to files under ``model_lib_abs_dir`` (needs the store's
-  ``save_files``/``restore_files``);
-* 2: the rows stay in Redis; the checkpoint holds empty tensors.
+* 1: the buckets are DUMPed to files under ``model_lib_abs_dir`` and RESTOREd from the
+  ``model_tag_import`` files;
+* 2: the rows stay in Redis; the checkpoint holds empty tensors. Restoring (in mode 2, or in
+  mode 0 from an empty checkpoint) copies the rows of ``model_tag_import`` into
+  ``model_tag_runtime`` when they differ, leaving the old tag's rows in place.
 
 In every mode the checkpoint also holds ``-manifest``, a small JSON document naming the table.
 """
@@ -420,13 +422,7 @@ class RedisTable(tf.__internal__.tracking.Trackable):
             keys, values = self._store.export()
             keys = keys.astype(self._key_dtype.as_numpy_dtype, copy=False)
         elif self._store_mode == 1:
-            save_files = getattr(self._store, "save_files", None)
-            if save_files is None:
-                raise NotImplementedError(
-                    f"table_store_mode 1 (DUMP files under model_lib_abs_dir) is not available "
-                    f"yet for table {self._name!r}; use table_store_mode 0 or 2"
-                )
-            save_files()
+            self._store.save_files()
         elif self._store_mode != 2:
             raise ValueError(f"invalid redis_connection_params.table_store_mode {self._store_mode}")
         manifest["rows"] = int(keys.shape[0]) if self._store_mode == 0 else self._store.size()
@@ -443,17 +439,14 @@ class RedisTable(tf.__internal__.tracking.Trackable):
                     f"the checkpoint of table {saved.get('name')!r} has dim {saved['dim']}, "
                     f"but table {self._name!r} has dim {self._dim}"
                 )
-        if self._store_mode == 0:
-            if keys.size:
-                self._store.insert(keys, values)
+        if self._store_mode == 0 and keys.size:
+            self._store.insert(keys, values)
         elif self._store_mode == 1:
-            restore_files = getattr(self._store, "restore_files", None)
-            if restore_files is None:
-                raise NotImplementedError(
-                    f"table_store_mode 1 (DUMP files under model_lib_abs_dir) is not available "
-                    f"yet for table {self._name!r}; use table_store_mode 0 or 2"
-                )
-            restore_files()
+            self._store.restore_files()
+        else:
+            # TFRA's rule: with nothing in the checkpoint (mode 2, or mode 0 with no rows), a
+            # new model tag starts from the rows of model_tag_import, which stay in place.
+            self._store.import_model_tag()
 
     def _serialize_to_tensors(self) -> dict[str, Any]:
         if not self._checkpoint:
