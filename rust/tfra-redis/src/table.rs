@@ -331,6 +331,16 @@ impl Table {
         cmd
     }
 
+    /// Appends `field row` argument pairs for the keys at `pos`.
+    fn push_pairs(&self, cmd: &mut Cmd, keys: &[i64], rows: &[u8], pos: &[u32]) {
+        let rb = self.row_bytes;
+        for &i in pos {
+            let i = i as usize;
+            cmd.arg(self.spec.key_dtype.field(keys[i]).as_ref())
+                .arg(&rows[i * rb..(i + 1) * rb]);
+        }
+    }
+
     fn reply_error(&self, bucket: usize, message: &str) -> Error {
         Error::Data {
             bucket: self.buckets[bucket].to_string(),
@@ -375,7 +385,6 @@ impl Table {
         }
         let backend = self.backend()?;
         let plan = self.plan(keys);
-        let rb = self.row_bytes;
         for window in Self::windows(&plan) {
             let cmds: Vec<Cmd> = window
                 .iter()
@@ -388,11 +397,7 @@ impl Table {
                         redis::cmd("HSET")
                     };
                     cmd.arg(self.buckets[*b].as_bytes());
-                    for &i in pos {
-                        let i = i as usize;
-                        cmd.arg(self.spec.key_dtype.field(keys[i]).as_ref())
-                            .arg(&values[i * rb..(i + 1) * rb]);
-                    }
+                    self.push_pairs(&mut cmd, keys, values, pos);
                     cmd
                 })
                 .collect();
@@ -488,7 +493,6 @@ impl Table {
         }
         let backend = self.backend()?;
         let plan = self.plan(keys);
-        let rb = self.row_bytes;
         for window in Self::windows(&plan) {
             let cmds: Vec<Cmd> = window
                 .iter()
@@ -500,11 +504,7 @@ impl Table {
                         .arg(self.buckets[*b].as_bytes())
                         .arg(self.spec.value_dtype.tf_name())
                         .arg(flags);
-                    for &i in pos {
-                        let i = i as usize;
-                        cmd.arg(self.spec.key_dtype.field(keys[i]).as_ref())
-                            .arg(&deltas[i * rb..(i + 1) * rb]);
-                    }
+                    self.push_pairs(&mut cmd, keys, deltas, pos);
                     cmd
                 })
                 .collect();
