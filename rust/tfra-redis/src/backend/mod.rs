@@ -267,6 +267,38 @@ pub(crate) fn check_cluster_enabled(
     Ok(())
 }
 
+/// True for commands that never change data. Reads that must see the latest writes go to the
+/// master as `Role::Write` batches (HLEN, HSCAN); they need no durable-write `WAIT`. Without
+/// this check, a table could not even be opened with `redis_durable_write_replicas` set while
+/// no replica was connected, because opening scans the buckets.
+pub(crate) fn is_read_only(cmd: &Cmd) -> bool {
+    const READS: [&[u8]; 19] = [
+        b"HMGET",
+        b"HGET",
+        b"HLEN",
+        b"HSCAN",
+        b"HRANDFIELD",
+        b"HEXISTS",
+        b"HSTRLEN",
+        b"HKEYS",
+        b"HVALS",
+        b"HGETALL",
+        b"SCAN",
+        b"DUMP",
+        b"EXISTS",
+        b"TTL",
+        b"PTTL",
+        b"TYPE",
+        b"DBSIZE",
+        b"INFO",
+        b"PING",
+    ];
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(name)) => READS.iter().any(|r| name.eq_ignore_ascii_case(r)),
+        _ => false,
+    }
+}
+
 /// Fails a write whose `WAIT` saw fewer replicas than `redis_durable_write_replicas`. The rows
 /// did reach the master, but a failover could still lose them, so the caller must not treat
 /// them as safe; the error is transient, and an idempotent write is sent again.
@@ -412,4 +444,19 @@ pub(crate) fn check_replies(cmds: &[Cmd], replies: &[Value]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_reads_skip_the_durable_wait() {
+        assert!(is_read_only(redis::cmd("hmget").arg("b").arg("f")));
+        assert!(is_read_only(redis::cmd("HSCAN").arg("b").arg(0)));
+        assert!(is_read_only(redis::cmd("HRANDFIELD").arg("b").arg(32)));
+        assert!(!is_read_only(redis::cmd("HSET").arg("b").arg("f").arg("v")));
+        assert!(!is_read_only(redis::cmd("EVAL").arg("return 1").arg(0)));
+        assert!(!is_read_only(redis::cmd("PERSIST").arg("b")));
+    }
 }

@@ -66,6 +66,17 @@ impl TlsFiles {
         }))
     }
 
+    /// Identifies the CA and client certificate contents. Part of the backend cache key: with
+    /// only "TLS on" in the key, a config naming another CA (or no client certificate) reused
+    /// the connections of an earlier config and skipped its own certificate checks.
+    fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.ca.hash(&mut h);
+        self.client.hash(&mut h);
+        h.finish()
+    }
+
     pub(crate) fn certificates(&self) -> TlsCertificates {
         TlsCertificates {
             client_tls: self.client.as_ref().map(|(cert, key)| ClientTlsConfig {
@@ -115,7 +126,8 @@ impl ConnectOptions {
             connect_timeout: timeout(c.redis_connect_timeout),
             socket_timeout: timeout(c.redis_socket_timeout),
             pool_size: c.redis_conn_pool_size.max(1),
-            // r2d2 panics on a zero wait; TFRA's default of 1e8 ms means "wait forever".
+            // At least 1 ms, as TFRA waits a moment for a busy pool; its default of 1e8 ms
+            // means "wait forever" (only while every connection is busy, see pool.rs).
             pool_wait: Duration::from_millis(c.redis_wait_timeout.max(1)),
             lifetime: (c.redis_connection_lifetime > 0)
                 .then(|| Duration::from_secs(60 * c.redis_connection_lifetime)),
@@ -132,7 +144,7 @@ impl ConnectOptions {
     /// A string that is equal for two configs exactly when they can share connections.
     pub(crate) fn cache_key(&self) -> String {
         format!(
-            "{:?}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{}|{}|{:?}",
+            "{:?}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}",
             self.mode,
             self.hosts,
             self.master_name,
@@ -150,7 +162,7 @@ impl ConnectOptions {
             self.sentinel_connect_timeout,
             self.sentinel_socket_timeout,
             self.retry_deadline,
-            self.tls.is_some(),
+            self.tls.as_ref().map(TlsFiles::fingerprint),
             self.durable_replicas,
             self.durable_timeout,
         )
@@ -167,8 +179,14 @@ impl ConnectOptions {
 
     /// The RESP handshake settings for data nodes. TFRA sends no AUTH for user `default` with
     /// an empty password, `AUTH pass` for `default`, and `AUTH user pass` otherwise.
+    ///
+    /// No `CLIENT SETINFO`: redis-rs sends two of them in the handshake and waits the full
+    /// connect timeout for each reply, so a server that accepts TCP but does not answer (paused,
+    /// overloaded) took twice `redis_connect_timeout` to be reported.
     pub(crate) fn redis_settings(&self, db: i64) -> RedisConnectionInfo {
-        let mut r = RedisConnectionInfo::default().set_db(db);
+        let mut r = RedisConnectionInfo::default()
+            .set_db(db)
+            .set_skip_set_lib_name();
         if !self.password.is_empty() {
             r = r.set_password(&self.password);
             if self.user != "default" && !self.user.is_empty() {
@@ -202,7 +220,7 @@ impl ConnectOptions {
 
     /// Connection info for one sentinel (its own password, never a db).
     pub(crate) fn sentinel_info(&self, host: &str, port: u16) -> ConnectionInfo {
-        let mut r = RedisConnectionInfo::default();
+        let mut r = RedisConnectionInfo::default().set_skip_set_lib_name();
         if !self.sentinel_password.is_empty() {
             r = r.set_password(&self.sentinel_password);
         }

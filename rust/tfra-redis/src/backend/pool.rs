@@ -1,13 +1,27 @@
-//! r2d2 pools of plain connections, sized and timed by the config.
+//! Pools of plain connections, sized and timed by the config.
 //!
-//! We write our own `ManageConnection` instead of redis-rs's built-in one because that one
-//! connects without a timeout and PINGs on every checkout; ours connects with the configured
-//! timeouts, never PINGs, and evicts a connection once any command on it failed.
+//! This used to be r2d2 with our own `ManageConnection`. We replaced it with this small pool
+//! because of what the reliability tests found:
+//! - **fork.** r2d2 runs background threads (3 per pool) that take `parking_lot` locks. A
+//!   `fork()` while one of them held a lock left the lock taken forever in the child, and the
+//!   child's first new pool then deadlocked on its first lock. The r2d2 threads of a pool whose
+//!   server is down wake up all the time, because r2d2 retries the connect in the background
+//!   forever, so this happened often. This pool has no threads, and it uses only `std` locks
+//!   (futexes, no global state), so a child that builds new pools (the backend cache is keyed
+//!   by pid) meets no lock held by a thread that does not exist.
+//! - **waiting.** r2d2 waits the whole `connection_timeout` when connects fail.
+//!   `redis_wait_timeout` defaults to TFRA's ~28 hours, so a thread that found every
+//!   connection checked out while the server went away hung. Here only "every connection is
+//!   busy" waits. A connect happens on the calling thread, and its error (kept as a `Timeout`
+//!   when the server accepts TCP but does not answer) goes straight back to the caller.
+//!
+//! Like before, nothing is opened up front, a checkout never PINGs, and a connection is evicted
+//! once a command on it failed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use redis::ConnectionLike;
-use std::time::Duration;
 
 use super::options::ConnectOptions;
 use crate::error::{Error, Result};
@@ -26,103 +40,228 @@ pub(crate) struct Conn {
     pub(crate) inner: redis::Connection,
     pub(crate) addr: String,
     pub(crate) broken: bool,
+    /// When a batch last went through it; see [`Conn::probe_if_idle`].
+    pub(crate) last_used: Instant,
+    created: Instant,
 }
 
-pub(crate) struct Manager<T: Target> {
-    target: Arc<T>,
-}
+/// How long a connection may sit in the pool before a non-idempotent batch PINGs it first.
+const PROBE_AFTER_IDLE: Duration = Duration::from_millis(100);
 
-#[derive(Debug)]
-pub(crate) struct ManagerError(pub(crate) String);
-
-impl std::fmt::Display for ManagerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl Conn {
+    /// Checks a connection that sat idle before a batch that must not run twice (accum).
+    ///
+    /// A server restart closes every pooled connection, and we only notice when a batch fails
+    /// on one. For an idempotent batch that is harmless (it is sent again), but a failed accum
+    /// may or may not have run, so it cannot be retried: after a restart the first accum on
+    /// each stale connection failed. A PING that fails proves nothing ran, so the caller may
+    /// retry on a fresh connection. Busy connections (used within 100 ms) skip the round trip.
+    pub(crate) fn probe_if_idle(
+        &mut self,
+        socket_timeout: Duration,
+    ) -> std::result::Result<(), Error> {
+        if self.last_used.elapsed() < PROBE_AFTER_IDLE {
+            return Ok(());
+        }
+        match redis::cmd("PING").query::<redis::Value>(&mut self.inner) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.broken = true;
+                Err(super::classify(&e, &self.addr, socket_timeout))
+            }
+        }
     }
 }
 
-impl std::error::Error for ManagerError {}
-
-impl<T: Target> r2d2::ManageConnection for Manager<T> {
-    type Connection = Conn;
-    type Error = ManagerError;
-
-    fn connect(&self) -> std::result::Result<Conn, ManagerError> {
-        let (inner, addr) = self
-            .target
-            .open()
-            .map_err(|e| ManagerError(e.to_string()))?;
-        Ok(Conn {
-            inner,
-            addr,
-            broken: false,
-        })
-    }
-
-    fn is_valid(&self, _conn: &mut Conn) -> std::result::Result<(), ManagerError> {
-        Ok(())
-    }
-
-    fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.broken || !conn.inner.is_open()
-    }
+struct Slots {
+    idle: Vec<Conn>,
+    /// Connections that exist or are being opened: idle + checked out + connecting.
+    open: u32,
 }
 
 /// A pool plus what we need to explain its failures.
 pub(crate) struct Pool<T: Target> {
-    pool: r2d2::Pool<Manager<T>>,
     target: Arc<T>,
+    slots: Mutex<Slots>,
+    freed: Condvar,
+    max_size: u32,
     wait: Duration,
+    lifetime: Option<Duration>,
+}
+
+/// A checked-out connection; goes back to the pool when dropped, unless it is broken.
+pub(crate) struct Pooled<'a, T: Target> {
+    pool: &'a Pool<T>,
+    conn: Option<Conn>,
+}
+
+impl<T: Target> std::ops::Deref for Pooled<'_, T> {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        self.conn.as_ref().expect("present until drop")
+    }
+}
+
+impl<T: Target> std::ops::DerefMut for Pooled<'_, T> {
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("present until drop")
+    }
+}
+
+impl<T: Target> Drop for Pooled<'_, T> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.put_back(conn);
+        }
+    }
 }
 
 impl<T: Target> Pool<T> {
-    /// Builds the pool lazily: no connection is opened until the first checkout, so opening a
-    /// table does not pay for `redis_conn_pool_size` connections up front.
+    /// Builds the pool; no connection is opened until the first checkout, so opening a table
+    /// does not pay for `redis_conn_pool_size` connections up front.
     pub(crate) fn new(target: T, opts: &ConnectOptions) -> Self {
-        let target = Arc::new(target);
-        let pool = r2d2::Pool::builder()
-            .max_size(opts.pool_size)
-            .min_idle(Some(0))
-            .connection_timeout(opts.pool_wait)
-            .max_lifetime(opts.lifetime)
-            .idle_timeout(None)
-            .test_on_check_out(false)
-            .build_unchecked(Manager {
-                target: target.clone(),
-            });
         Pool {
-            pool,
-            target,
+            target: Arc::new(target),
+            slots: Mutex::new(Slots {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            freed: Condvar::new(),
+            max_size: opts.pool_size.max(1),
             wait: opts.pool_wait,
+            lifetime: opts.lifetime,
         }
     }
 
-    /// Checks a connection out. When no connection can be made, the error is the one the last
-    /// connect attempt gave (r2d2 keeps it), not just "timed out".
-    pub(crate) fn get(&self) -> Result<r2d2::PooledConnection<Manager<T>>> {
-        // r2d2 waits the whole `connection_timeout` when connects fail; try one direct connect
-        // first when the pool is empty so an unreachable server is reported at once.
-        let state = self.pool.state();
-        if state.connections == 0 {
-            let conn = Manager {
-                target: self.target.clone(),
-            };
-            let c = r2d2::ManageConnection::connect(&conn).map_err(|e| Error::Connection {
-                target: self.target.describe(),
-                message: e.0,
-            })?;
-            drop(c);
+    fn lock(&self) -> MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn usable(&self, conn: &Conn) -> bool {
+        !conn.broken
+            && conn.inner.is_open()
+            && self.lifetime.is_none_or(|l| conn.created.elapsed() < l)
+    }
+
+    fn put_back(&self, conn: Conn) {
+        let mut slots = self.lock();
+        if self.usable(&conn) {
+            slots.idle.push(conn);
+        } else {
+            slots.open -= 1;
+            drop(slots);
+            drop(conn); // closes the socket, outside the lock
         }
-        self.pool.get().map_err(|e| Error::Connection {
-            target: self.target.describe(),
-            message: format!(
-                "no pooled connection within redis_wait_timeout ({} ms): {e}",
-                self.wait.as_millis()
-            ),
-        })
+        self.freed.notify_one();
+    }
+
+    /// Checks a connection out: the most recently used idle one, else a new one (connected on
+    /// this thread, its error returned as is), else waits up to `redis_wait_timeout` for one
+    /// to come back.
+    pub(crate) fn get(&self) -> Result<Pooled<'_, T>> {
+        let deadline = Instant::now() + self.wait;
+        let mut slots = self.lock();
+        loop {
+            while let Some(conn) = slots.idle.pop() {
+                if self.usable(&conn) {
+                    return Ok(Pooled {
+                        pool: self,
+                        conn: Some(conn),
+                    });
+                }
+                slots.open -= 1;
+            }
+            if slots.open < self.max_size {
+                slots.open += 1;
+                drop(slots);
+                return match self.target.open() {
+                    Ok((inner, addr)) => {
+                        let now = Instant::now();
+                        Ok(Pooled {
+                            pool: self,
+                            conn: Some(Conn {
+                                inner,
+                                addr,
+                                broken: false,
+                                last_used: now,
+                                created: now,
+                            }),
+                        })
+                    }
+                    Err(e) => {
+                        self.lock().open -= 1;
+                        self.freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Connection {
+                    target: self.target.describe(),
+                    message: format!(
+                        "all {} pooled connections stayed busy for redis_wait_timeout ({} ms); \
+                         raise redis_conn_pool_size or redis_wait_timeout",
+                        self.max_size,
+                        self.wait.as_millis()
+                    ),
+                });
+            }
+            slots = self
+                .freed
+                .wait_timeout(slots, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     pub(crate) fn target(&self) -> &T {
         &self.target
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A target whose connects always fail, counting the attempts.
+    struct Unreachable(AtomicU32);
+
+    impl Target for Unreachable {
+        fn open(&self) -> Result<(redis::Connection, String)> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Err(Error::Timeout {
+                target: "nowhere:1".into(),
+                timeout_ms: 5,
+                message: "handshake".into(),
+            })
+        }
+        fn describe(&self) -> String {
+            "nowhere:1".into()
+        }
+    }
+
+    fn opts(pool_size: u32, wait_ms: u64) -> ConnectOptions {
+        let c = crate::config::RedisConfig {
+            redis_conn_pool_size: pool_size,
+            redis_wait_timeout: wait_ms,
+            ..Default::default()
+        };
+        ConnectOptions::from_config(&c).unwrap()
+    }
+
+    #[test]
+    fn connect_errors_come_back_as_they_are_and_free_the_slot() {
+        let pool = Pool::new(Unreachable(AtomicU32::new(0)), &opts(1, 100_000_000));
+        for _ in 0..3 {
+            // With a 28-hour wait, a failed connect must neither wait nor leak its slot.
+            let started = Instant::now();
+            let err = pool.get().err().expect("cannot connect");
+            assert!(matches!(err, Error::Timeout { .. }), "{err}");
+            assert!(started.elapsed() < Duration::from_secs(1));
+        }
+        assert_eq!(pool.target().0.load(Ordering::Relaxed), 3);
+        assert_eq!(pool.lock().open, 0);
     }
 }

@@ -198,29 +198,49 @@ fn first_host_is_sentinel(opts: &ConnectOptions) -> Result<bool> {
     let mut failures = Vec::new();
     for (host, port) in &opts.hosts {
         let addr = format!("{host}:{port}");
-        match connect_node(
+        let (err, connected) = match connect_node(
             opts.sentinel_info(host, *port),
             opts.tls.as_ref(),
             opts.sentinel_connect_timeout,
             opts.sentinel_socket_timeout,
         ) {
-            Ok(mut c) => {
-                let info: String = redis::cmd("INFO")
-                    .arg("server")
-                    .query(&mut c)
-                    .map_err(|e| classify(&e, &addr, opts.sentinel_socket_timeout))?;
-                return Ok(info.lines().any(|l| l.trim() == "redis_mode:sentinel"));
-            }
-            Err(e) => failures.push(format!(
-                "{addr}: {}",
-                classify(&e, &addr, opts.sentinel_connect_timeout)
-            )),
+            Ok(mut c) => match redis::cmd("INFO").arg("server").query::<String>(&mut c) {
+                Ok(info) => return Ok(says_sentinel(&info)),
+                Err(e) => (classify(&e, &addr, opts.sentinel_socket_timeout), true),
+            },
+            Err(e) => (classify(&e, &addr, opts.sentinel_connect_timeout), false),
+        };
+        // A password-protected plain server refuses the sentinel credentials (NOAUTH or
+        // WRONGPASS), so the fallback below never happened for TFRA's default mode pointed at
+        // such a server. Ask again with the data credentials: a server that accepts them and
+        // is no sentinel is a plain server (and a sentinel that shares the password is found
+        // to be one).
+        if matches!(err, Error::Auth { .. })
+            && !opts.password.is_empty()
+            && let Ok(mut c) = connect_node(
+                opts.node_info(host, *port),
+                opts.tls.as_ref(),
+                opts.sentinel_connect_timeout,
+                opts.sentinel_socket_timeout,
+            )
+            && let Ok(info) = redis::cmd("INFO").arg("server").query::<String>(&mut c)
+        {
+            return Ok(says_sentinel(&info));
         }
+        if connected {
+            // The host answered, just not to INFO: no other host will tell us more.
+            return Err(err);
+        }
+        failures.push(format!("{addr}: {err}"));
     }
     Err(Error::Connection {
         target: format!("sentinel group '{}'", opts.master_name),
         message: format!("no sentinel reachable: {}", failures.join("; ")),
     })
+}
+
+fn says_sentinel(info: &str) -> bool {
+    info.lines().any(|l| l.trim() == "redis_mode:sentinel")
 }
 
 /// Opens Sentinel mode. TFRA's default mode is Sentinel, and its own tests (and the seed's

@@ -1,7 +1,7 @@
 //! One Redis server (TFRA's `redis_connection_mode` 2). Sentinel mode reuses this backend with a
 //! target that asks the sentinels where the master is.
 
-use redis::{Cmd, ConnectionLike, Value};
+use redis::{Cmd, Value};
 
 use super::options::{ConnectOptions, connect_node};
 use super::pool::{Pool, Target};
@@ -14,18 +14,37 @@ pub(crate) struct FixedNode {
     host: String,
     port: u16,
     opts: ConnectOptions,
+    /// Send `READONLY` after connecting: a cluster replica serves reads only after it.
+    readonly: bool,
+}
+
+impl FixedNode {
+    /// A target for one node; `readonly` for reads from a cluster replica.
+    pub(crate) fn new(host: &str, port: u16, opts: &ConnectOptions, readonly: bool) -> Self {
+        FixedNode {
+            host: host.to_string(),
+            port,
+            opts: opts.clone(),
+            readonly,
+        }
+    }
 }
 
 impl Target for FixedNode {
     fn open(&self) -> Result<(redis::Connection, String)> {
         let addr = format!("{}:{}", self.host, self.port);
-        let conn = connect_node(
+        let mut conn = connect_node(
             self.opts.node_info(&self.host, self.port),
             self.opts.tls.as_ref(),
             self.opts.connect_timeout,
             self.opts.socket_timeout,
         )
         .map_err(|e| classify(&e, &addr, self.opts.connect_timeout))?;
+        if self.readonly {
+            redis::cmd("READONLY")
+                .exec(&mut conn)
+                .map_err(|e| classify(&e, &addr, self.opts.socket_timeout))?;
+        }
         Ok((conn, addr))
     }
 
@@ -52,11 +71,7 @@ impl Standalone {
         let (host, port) = opts.hosts.first().cloned().ok_or_else(|| {
             Error::InvalidArgument("redis_host_ip is empty: no server to connect to".into())
         })?;
-        let node = FixedNode {
-            host,
-            port,
-            opts: opts.clone(),
-        };
+        let node = FixedNode::new(&host, port, &opts, false);
         let (mut conn, addr) = node.open()?;
         super::check_cluster_enabled(&mut conn, false, &addr, opts.socket_timeout)?;
         Ok(PlainBackend {
@@ -84,7 +99,8 @@ pub(crate) fn run_on_pool<T: Target>(
     }
     // Durable writes: WAIT rides in the same pipeline, on the same connection, so it covers
     // exactly these writes.
-    let durable = role == Role::Write && opts.durable_replicas > 0;
+    let durable =
+        role == Role::Write && opts.durable_replicas > 0 && !cmds.iter().all(super::is_read_only);
     if durable {
         redis::cmd("WAIT")
             .arg(opts.durable_replicas)
@@ -94,7 +110,13 @@ pub(crate) fn run_on_pool<T: Target>(
     let expected = cmds.len() + usize::from(durable);
     with_retry(opts.retry_deadline, retry, || {
         let mut conn = pool.get().map_err(|e| (e, true))?;
-        match conn.inner.req_packed_commands(&packed, 0, expected) {
+        if retry == Retry::AtMostOnce {
+            conn.probe_if_idle(opts.socket_timeout)
+                .map_err(|e| (e, true))?;
+        }
+        let result = super::exchange(&mut conn.inner, &packed, expected);
+        conn.last_used = std::time::Instant::now();
+        match result {
             Ok(mut replies) => {
                 // READONLY means we are talking to a demoted master after a failover: drop the
                 // connection so the next one is resolved again.
