@@ -367,8 +367,6 @@ def test_checkpoint_mode_2_keeps_rows_in_redis_only(creator_for, unique_name, tm
 
 
 def test_checkpoint_mode_1_dump_files(creator_for, unique_name, tmp_path):
-    if not hasattr(tfra.RedisStore, "save_files"):
-        pytest.skip("table_store_mode 1 needs RedisStore.save_files (not built yet)")
     model_lib = tmp_path / "model_lib"
     model = _trained_model(
         creator_for(table_store_mode=1, model_lib_abs_dir=str(model_lib)), unique_name
