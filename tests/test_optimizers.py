@@ -127,8 +127,8 @@ def test_lazy_steps_match_keras_math_in_numpy(tables, name):
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_dense_steps_match_the_keras_optimizer_on_a_variable(tables, name):
-    tf = pytest.importorskip("tensorflow")
     import keras
+    import tensorflow as tf
 
     ours = OPTIMIZERS[name]()
     keras_opt = getattr(keras.optimizers, ours.keras_name)(**ours.get_config())
@@ -165,8 +165,8 @@ def test_dense_steps_match_the_keras_optimizer_on_a_variable(tables, name):
 def test_keras_indexed_slices_updates_are_lazy_too(tables, name):
     """Keras applies IndexedSlices gradients to the given rows only for SGD and Adagrad, so a
     batch touching some rows matches Keras exactly."""
-    tf = pytest.importorskip("tensorflow")
     import keras
+    import tensorflow as tf
 
     ours = OPTIMIZERS[name]()
     keras_opt = getattr(keras.optimizers, ours.keras_name)(**ours.get_config())
@@ -270,7 +270,8 @@ def test_native_names_unknown_optimizers_and_hyper_parameters(standalone_server,
 
 
 def test_from_keras_refuses_what_it_cannot_mirror():
-    keras = pytest.importorskip("keras")
+    import keras
+
     with pytest.raises(ValueError, match="momentum"):
         from_keras(keras.optimizers.SGD(momentum=0.9))
     with pytest.raises(ValueError, match="amsgrad"):
@@ -299,7 +300,8 @@ def test_sum_duplicates_adds_rows_of_repeated_ids():
 
 
 def test_optimizer_defaults_are_keras_defaults():
-    keras = pytest.importorskip("keras")
+    import keras
+
     for cls in (SGD, Adagrad, Adam, Ftrl):
         keras_config = getattr(keras.optimizers, cls.keras_name)().get_config()
         for key, value in cls().get_config().items():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -654,7 +653,6 @@ def make_pki(directory: Path, name: str) -> dict[str, Path]:
     return {p.stem + p.suffix.replace(".", "_"): p for p in d.iterdir()}
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_tls_with_client_certificates(tmp_path, unique_name):
     pki = make_pki(tmp_path, "good")
     other = make_pki(tmp_path, "other")
