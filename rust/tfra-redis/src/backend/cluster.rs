@@ -278,7 +278,7 @@ impl Cluster {
             Err(err) => return NodeOutcome::Failed { err, sent: false },
         };
         if retry == Retry::AtMostOnce
-            && let Err(err) = conn.probe_if_idle(self.opts.socket_timeout)
+            && let Err(err) = conn.probe(self.opts.socket_timeout)
         {
             return NodeOutcome::Failed { err, sent: false };
         }

@@ -40,29 +40,21 @@ pub(crate) struct Conn {
     pub(crate) inner: redis::Connection,
     pub(crate) addr: String,
     pub(crate) broken: bool,
-    /// When a batch last went through it; see [`Conn::probe_if_idle`].
+    /// When a batch last went through it; see [`Conn::probe`].
     pub(crate) last_used: Instant,
     created: Instant,
 }
 
-/// How long a connection may sit in the pool before a non-idempotent batch PINGs it first.
-const PROBE_AFTER_IDLE: Duration = Duration::from_millis(100);
-
 impl Conn {
-    /// Checks a connection that sat idle before a batch that must not run twice (accum).
+    /// Checks a connection before a batch that must not run twice (accum).
     ///
     /// A server restart closes every pooled connection, and we only notice when a batch fails
     /// on one. For an idempotent batch that is harmless (it is sent again), but a failed accum
     /// may or may not have run, so it cannot be retried: after a restart the first accum on
     /// each stale connection failed. A PING that fails proves nothing ran, so the caller may
-    /// retry on a fresh connection. Busy connections (used within 100 ms) skip the round trip.
-    pub(crate) fn probe_if_idle(
-        &mut self,
-        socket_timeout: Duration,
-    ) -> std::result::Result<(), Error> {
-        if self.last_used.elapsed() < PROBE_AFTER_IDLE {
-            return Ok(());
-        }
+    /// retry on a fresh connection. Every such batch pays the round trip: skipping it for
+    /// recently used connections lost the race against a fast restart in CI.
+    pub(crate) fn probe(&mut self, socket_timeout: Duration) -> std::result::Result<(), Error> {
         match redis::cmd("PING").query::<redis::Value>(&mut self.inner) {
             Ok(_) => Ok(()),
             Err(e) => {

@@ -111,8 +111,7 @@ pub(crate) fn run_on_pool<T: Target>(
     with_retry(opts.retry_deadline, retry, || {
         let mut conn = pool.get().map_err(|e| (e, true))?;
         if retry == Retry::AtMostOnce {
-            conn.probe_if_idle(opts.socket_timeout)
-                .map_err(|e| (e, true))?;
+            conn.probe(opts.socket_timeout).map_err(|e| (e, true))?;
         }
         let result = super::exchange(&mut conn.inner, &packed, expected);
         conn.last_used = std::time::Instant::now();
