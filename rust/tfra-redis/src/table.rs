@@ -383,25 +383,32 @@ impl Table {
         if keys.is_empty() {
             return Ok(());
         }
+        self.write_windows(keys, Retry::Idempotent, |b, pos| {
+            let mut cmd = if only_missing {
+                let mut c = redis::cmd("EVAL");
+                c.arg(SETNX_LUA).arg(1);
+                c
+            } else {
+                redis::cmd("HSET")
+            };
+            cmd.arg(self.buckets[b].as_bytes());
+            self.push_pairs(&mut cmd, keys, values, pos);
+            cmd
+        })
+    }
+
+    /// Runs one write command per (bucket, chunk of keys) built by `make`, window by window.
+    fn write_windows(
+        &self,
+        keys: &[i64],
+        retry: Retry,
+        make: impl Fn(usize, &[u32]) -> Cmd,
+    ) -> Result<()> {
         let backend = self.backend()?;
         let plan = self.plan(keys);
         for window in Self::windows(&plan) {
-            let cmds: Vec<Cmd> = window
-                .iter()
-                .map(|(b, pos)| {
-                    let mut cmd = if only_missing {
-                        let mut c = redis::cmd("EVAL");
-                        c.arg(SETNX_LUA).arg(1);
-                        c
-                    } else {
-                        redis::cmd("HSET")
-                    };
-                    cmd.arg(self.buckets[*b].as_bytes());
-                    self.push_pairs(&mut cmd, keys, values, pos);
-                    cmd
-                })
-                .collect();
-            backend.run(&cmds, Role::Write, Retry::Idempotent)?;
+            let cmds: Vec<Cmd> = window.iter().map(|(b, pos)| make(*b, pos)).collect();
+            backend.run(&cmds, Role::Write, retry)?;
         }
         Ok(())
     }
@@ -458,16 +465,9 @@ impl Table {
         if keys.is_empty() {
             return Ok(());
         }
-        let backend = self.backend()?;
-        let plan = self.plan(keys);
-        for window in Self::windows(&plan) {
-            let cmds: Vec<Cmd> = window
-                .iter()
-                .map(|(b, pos)| self.fields_cmd("HDEL", *b, keys, pos))
-                .collect();
-            backend.run(&cmds, Role::Write, Retry::Idempotent)?;
-        }
-        Ok(())
+        self.write_windows(keys, Retry::Idempotent, |b, pos| {
+            self.fields_cmd("HDEL", b, keys, pos)
+        })
     }
 
     /// Adds deltas to present rows and sets absent ones, per TFRA's BP-v2 rule (see
@@ -491,26 +491,17 @@ impl Table {
         if keys.is_empty() {
             return Ok(());
         }
-        let backend = self.backend()?;
-        let plan = self.plan(keys);
-        for window in Self::windows(&plan) {
-            let cmds: Vec<Cmd> = window
-                .iter()
-                .map(|(b, pos)| {
-                    let flags: Vec<u8> = pos.iter().map(|&i| exists[i as usize] as u8).collect();
-                    let mut cmd = redis::cmd("EVAL");
-                    cmd.arg(ACCUM_LUA)
-                        .arg(1)
-                        .arg(self.buckets[*b].as_bytes())
-                        .arg(self.spec.value_dtype.tf_name())
-                        .arg(flags);
-                    self.push_pairs(&mut cmd, keys, deltas, pos);
-                    cmd
-                })
-                .collect();
-            backend.run(&cmds, Role::Write, Retry::AtMostOnce)?;
-        }
-        Ok(())
+        self.write_windows(keys, Retry::AtMostOnce, |b, pos| {
+            let flags: Vec<u8> = pos.iter().map(|&i| exists[i as usize] as u8).collect();
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(ACCUM_LUA)
+                .arg(1)
+                .arg(self.buckets[b].as_bytes())
+                .arg(self.spec.value_dtype.tf_name())
+                .arg(flags);
+            self.push_pairs(&mut cmd, keys, deltas, pos);
+            cmd
+        })
     }
 
     /// Number of ids: the sum of `HLEN` over all runtime buckets.
