@@ -71,20 +71,12 @@ impl ConnectionMode {
     }
 
     fn from_json(key: &str, value: &Value) -> Result<Self> {
-        let code = json_integer(key, value)?;
-        // TFRA's wording, kept so that messages users already search for still match.
-        i64::try_from(code)
-            .ok()
-            .and_then(Self::from_code)
-            .ok_or_else(|| {
-                Error::field(
-                    key,
-                    format!(
-                        "is {code}: {code} is illegal redis_connection_mode \
-                         (0 = Cluster, 1 = Sentinel, 2 = Standalone)"
-                    ),
-                )
-            })
+        coded_field(
+            key,
+            value,
+            Self::from_code,
+            "redis_connection_mode (0 = Cluster, 1 = Sentinel, 2 = Standalone)",
+        )
     }
 }
 
@@ -118,20 +110,28 @@ impl StoreMode {
     }
 
     fn from_json(key: &str, value: &Value) -> Result<Self> {
-        let code = json_integer(key, value)?;
-        i64::try_from(code)
-            .ok()
-            .and_then(Self::from_code)
-            .ok_or_else(|| {
-                Error::field(
-                    key,
-                    format!(
-                        "is {code}: {code} is illegal table_store_mode \
-                         (0 = Tensor, 1 = Files, 2 = Nothing)"
-                    ),
-                )
-            })
+        coded_field(
+            key,
+            value,
+            Self::from_code,
+            "table_store_mode (0 = Tensor, 1 = Files, 2 = Nothing)",
+        )
     }
+}
+
+/// An integer field whose values name an enum variant. The message keeps TFRA's wording
+/// ("<n> is illegal redis_connection_mode") so that messages users already search for match.
+fn coded_field<T>(
+    key: &str,
+    value: &Value,
+    from_code: fn(i64) -> Option<T>,
+    what: &str,
+) -> Result<T> {
+    let code = json_integer(key, value)?;
+    i64::try_from(code)
+        .ok()
+        .and_then(from_code)
+        .ok_or_else(|| Error::field(key, format!("is {code}: {code} is illegal {what}")))
 }
 
 /// The whole backend config. `Default` gives TFRA's C++ defaults (what applies when a key is
