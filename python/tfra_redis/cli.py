@@ -736,36 +736,34 @@ def cmd_rebucket(args: argparse.Namespace, config: Any, out: Output) -> int:
     return EXIT_OK
 
 
-def cmd_expire(args: argparse.Namespace, config: Any, out: Output) -> int:
-    if args.seconds < 0:
-        raise UsageError("--seconds must be >= 0 (0 deletes the table); use persist to clear")
+def _set_ttl(args: argparse.Namespace, config: Any, out: Output, seconds: int | None) -> int:
+    """EXPIRE (``seconds``) or PERSIST (``None``) the table's buckets and report it."""
     config = _with_model_tag(config, args.model_tag)
     store, notes = _open_store(config, args, out)
-    store.expire(args.seconds)
-    result = {**_table_summary(store, config), "ttl_seconds": args.seconds, "notes": notes}
+    if seconds is None:
+        store.persist()
+    else:
+        store.expire(seconds)
+    result = {**_table_summary(store, config), "ttl_seconds": seconds, "notes": notes}
+    done = "cleared" if seconds is None else f"{seconds}s set"
     out.result(
         result,
         lambda r: (
-            f"TTL {r['ttl_seconds']}s set on the {len(r['buckets'])} bucket(s) of "
-            f"{r['table']}: {', '.join(r['buckets'])}"
-        ),
-    )
-    return EXIT_OK
-
-
-def cmd_persist(args: argparse.Namespace, config: Any, out: Output) -> int:
-    config = _with_model_tag(config, args.model_tag)
-    store, notes = _open_store(config, args, out)
-    store.persist()
-    result = {**_table_summary(store, config), "ttl_seconds": None, "notes": notes}
-    out.result(
-        result,
-        lambda r: (
-            f"TTL cleared on the {len(r['buckets'])} bucket(s) of {r['table']}: "
+            f"TTL {done} on the {len(r['buckets'])} bucket(s) of {r['table']}: "
             f"{', '.join(r['buckets'])}"
         ),
     )
     return EXIT_OK
+
+
+def cmd_expire(args: argparse.Namespace, config: Any, out: Output) -> int:
+    if args.seconds < 0:
+        raise UsageError("--seconds must be >= 0 (0 deletes the table); use persist to clear")
+    return _set_ttl(args, config, out, args.seconds)
+
+
+def cmd_persist(args: argparse.Namespace, config: Any, out: Output) -> int:
+    return _set_ttl(args, config, out, None)
 
 
 def cmd_bench(args: argparse.Namespace, config: Any, out: Output) -> int:
