@@ -57,6 +57,9 @@ impl Conn {
     pub(crate) fn probe(&mut self, socket_timeout: Duration) -> std::result::Result<(), Error> {
         match redis::cmd("PING").query::<redis::Value>(&mut self.inner) {
             Ok(_) => Ok(()),
+            // Any answer proves the socket is alive, even a refusal (an ACL user without
+            // PING rights gets NOPERM); only a transport failure means the connection is dead.
+            Err(e) if e.code().is_some() => Ok(()),
             Err(e) => {
                 self.broken = true;
                 Err(super::classify(&e, &self.addr, socket_timeout))
