@@ -69,7 +69,7 @@ pub fn save_files(table: &Table) -> Result<Vec<PathBuf>> {
         let cmd = redis::cmd("DUMP").arg(bucket.as_bytes()).clone();
         // The master, not a replica: a lagging replica would save stale rows.
         let reply = backend
-            .run(&[cmd], Role::Write, Retry::Idempotent)?
+            .run_values(&[cmd], Role::Write, Retry::Idempotent)?
             .pop()
             .unwrap_or(Value::Nil);
         let payload = match reply {
@@ -164,7 +164,7 @@ pub fn restore_files(table: &Table) -> Result<usize> {
                 .arg("REPLACE")
                 .clone();
             backend
-                .run(&[cmd], Role::Write, Retry::Idempotent)
+                .run_values(&[cmd], Role::Write, Retry::Idempotent)
                 .map_err(|e| file_error(&path, target, e))?;
         } else {
             // The scratch key shares the bucket's hash tag, so in a cluster it lands on a node
@@ -182,11 +182,11 @@ pub fn restore_files(table: &Table) -> Result<usize> {
                 .arg("REPLACE")
                 .clone();
             backend
-                .run(&[restore], Role::Write, Retry::Idempotent)
+                .run_values(&[restore], Role::Write, Retry::Idempotent)
                 .map_err(|e| file_error(&path, bucket, e))?;
             let copied = table.scan_bucket(&scratch, COPY_PAGE, |k, v| table.insert(k, v));
             let del = redis::cmd("DEL").arg(&scratch).clone();
-            backend.run(&[del], Role::Write, Retry::Idempotent)?;
+            backend.run_values(&[del], Role::Write, Retry::Idempotent)?;
             copied?;
         }
         restored += 1;
@@ -244,7 +244,7 @@ pub fn rebucket(table: &Table) -> Result<RebucketReport> {
         let del = redis::cmd("DEL").arg(bucket).clone();
         table
             .backend()?
-            .run(&[del], Role::Write, Retry::Idempotent)?;
+            .run_values(&[del], Role::Write, Retry::Idempotent)?;
     }
     for (b, bucket) in table.buckets().iter().enumerate() {
         let mut stray = Vec::new();

@@ -1,11 +1,12 @@
 //! The embedding table: find, insert, remove, accum, size, clear, export and import over the
 //! bucket hashes TFRA lays out. It knows embeddings and nothing about which Redis mode is used.
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
 use redis::{Cmd, Value};
 
-use crate::backend::{self, Backend, Retry, Role};
+use crate::backend::{self, Backend, Batch, Retry, Role};
 use crate::codec::{Dim, KeyDtype, ValueDtype};
 use crate::config::{ConnectionMode, RedisConfig};
 use crate::error::{Error, Result};
@@ -51,6 +52,33 @@ const ACCUM_LUA: &str = include_str!("accum.lua");
 /// `HSETNX` for many fields in one round trip: KEYS[1] = bucket, then field, value pairs.
 const SETNX_LUA: &str =
     "for i = 1, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end return 0";
+
+thread_local! {
+    /// The command buffer of this thread's last call, reused by its next one: a fresh buffer
+    /// of tens of MB per insert paid a page fault for every 4 KB of rows.
+    static SPARE_BATCH: RefCell<Batch> = RefCell::new(Batch::new());
+}
+
+/// Buffers larger than this are freed after the call instead of kept for the next one.
+const MAX_SPARE_BATCH: usize = 64 << 20;
+
+/// Runs `f` with this thread's spare batch (or a new one when it is in use further up the
+/// stack).
+fn with_batch<T>(f: impl FnOnce(&mut Batch) -> T) -> T {
+    let mut batch = SPARE_BATCH
+        .with(|s| s.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)))
+        .unwrap_or_default();
+    let out = f(&mut batch);
+    batch.clear();
+    if batch.capacity() <= MAX_SPARE_BATCH {
+        SPARE_BATCH.with(|s| {
+            if let Ok(mut spare) = s.try_borrow_mut() {
+                *spare = batch;
+            }
+        });
+    }
+    out
+}
 
 /// An open table.
 pub struct Table {
@@ -282,62 +310,83 @@ impl Table {
     ) -> Result<()> {
         let backend = self.backend()?;
         let plan = self.plan(keys);
+        with_batch(|batch| {
+            for window in Self::windows(&plan) {
+                batch.clear();
+                for (b, pos) in window {
+                    self.fields_cmd(batch, "HMGET", *b, keys, pos);
+                }
+                let replies = backend.run_batch(batch, Role::Read, Retry::Idempotent)?;
+                self.copy_rows(window, replies, keys, defaults, out, exists.as_deref_mut())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Copies the rows of one window's `HMGET` replies into `out` (defaults for nils).
+    fn copy_rows(
+        &self,
+        window: &[(usize, Vec<u32>)],
+        replies: Vec<backend::Reply>,
+        keys: &[i64],
+        defaults: Defaults<'_>,
+        out: &mut [u8],
+        mut exists: Option<&mut [bool]>,
+    ) -> Result<()> {
         let rb = self.row_bytes;
-        for window in Self::windows(&plan) {
-            let cmds: Vec<Cmd> = window
-                .iter()
-                .map(|(b, pos)| self.fields_cmd("HMGET", *b, keys, pos))
-                .collect();
-            let replies = backend.run(&cmds, Role::Read, Retry::Idempotent)?;
-            for ((b, pos), reply) in window.iter().zip(replies) {
-                let Value::Array(items) = reply else {
-                    return Err(self.reply_error(*b, "HMGET did not answer with an array"));
+        for ((b, pos), reply) in window.iter().zip(replies) {
+            // Rows are copied straight from the reply bytes into `out`.
+            let copied = reply.for_each_bulk(|k, item| {
+                let Some(&i) = pos.get(k) else {
+                    return Err(self.reply_error(*b, "HMGET answered with the wrong count"));
                 };
-                if items.len() != pos.len() {
+                let i = i as usize;
+                let found = match item {
+                    Some(bytes) if bytes.len() == rb => {
+                        out[i * rb..(i + 1) * rb].copy_from_slice(bytes);
+                        true
+                    }
+                    Some(bytes) => return Err(self.row_len_error(*b, keys[i], bytes.len())),
+                    None => {
+                        self.write_default(defaults, i, out);
+                        false
+                    }
+                };
+                if let Some(e) = exists.as_deref_mut() {
+                    e[i] = found;
+                }
+                Ok(())
+            });
+            match copied {
+                Ok(Ok(n)) if n == pos.len() => {}
+                Ok(Ok(_)) => {
                     return Err(self.reply_error(*b, "HMGET answered with the wrong count"));
                 }
-                for (&i, item) in pos.iter().zip(items) {
-                    let i = i as usize;
-                    match item {
-                        Value::BulkString(bytes) => {
-                            if bytes.len() != rb {
-                                return Err(self.row_len_error(*b, keys[i], bytes.len()));
-                            }
-                            out[i * rb..(i + 1) * rb].copy_from_slice(&bytes);
-                            if let Some(e) = exists.as_deref_mut() {
-                                e[i] = true;
-                            }
-                        }
-                        Value::Nil => {
-                            self.write_default(defaults, i, out);
-                            if let Some(e) = exists.as_deref_mut() {
-                                e[i] = false;
-                            }
-                        }
-                        _ => return Err(self.reply_error(*b, "HMGET answered with a non-string")),
-                    }
+                Ok(Err(e)) => return Err(e),
+                Err(backend::Unexpected(what)) => {
+                    return Err(self.reply_error(*b, &format!("HMGET reply: {what}")));
                 }
             }
         }
         Ok(())
     }
 
-    fn fields_cmd(&self, name: &str, bucket: usize, keys: &[i64], pos: &[u32]) -> Cmd {
-        let mut cmd = redis::cmd(name);
-        cmd.arg(self.buckets[bucket].as_bytes());
+    /// Adds `name bucket field...` for the keys at `pos` (HMGET, HDEL).
+    fn fields_cmd(&self, batch: &mut Batch, name: &str, bucket: usize, keys: &[i64], pos: &[u32]) {
+        batch.command(name, 1 + pos.len());
+        batch.key(self.buckets[bucket].as_bytes());
         for &i in pos {
-            cmd.arg(self.spec.key_dtype.field(keys[i as usize]).as_ref());
+            batch.arg(self.spec.key_dtype.field(keys[i as usize]).as_ref());
         }
-        cmd
     }
 
     /// Appends `field row` argument pairs for the keys at `pos`.
-    fn push_pairs(&self, cmd: &mut Cmd, keys: &[i64], rows: &[u8], pos: &[u32]) {
+    fn push_pairs(&self, batch: &mut Batch, keys: &[i64], rows: &[u8], pos: &[u32]) {
         let rb = self.row_bytes;
         for &i in pos {
             let i = i as usize;
-            cmd.arg(self.spec.key_dtype.field(keys[i]).as_ref())
-                .arg(&rows[i * rb..(i + 1) * rb]);
+            batch.arg(self.spec.key_dtype.field(keys[i]).as_ref());
+            batch.arg(&rows[i * rb..(i + 1) * rb]);
         }
     }
 
@@ -383,17 +432,18 @@ impl Table {
         if keys.is_empty() {
             return Ok(());
         }
-        self.write_windows(keys, Retry::Idempotent, |b, pos| {
-            let mut cmd = if only_missing {
-                let mut c = redis::cmd("EVAL");
-                c.arg(SETNX_LUA).arg(1);
-                c
+        self.write_windows(keys, Retry::Idempotent, |batch, b, pos| {
+            let bucket = self.buckets[b].as_bytes();
+            if only_missing {
+                batch.command("EVAL", 3 + 2 * pos.len());
+                batch.arg(SETNX_LUA.as_bytes());
+                batch.arg(b"1");
+                batch.key(bucket);
             } else {
-                redis::cmd("HSET")
-            };
-            cmd.arg(self.buckets[b].as_bytes());
-            self.push_pairs(&mut cmd, keys, values, pos);
-            cmd
+                batch.command("HSET", 1 + 2 * pos.len());
+                batch.key(bucket);
+            }
+            self.push_pairs(batch, keys, values, pos);
         })
     }
 
@@ -402,15 +452,20 @@ impl Table {
         &self,
         keys: &[i64],
         retry: Retry,
-        make: impl Fn(usize, &[u32]) -> Cmd,
+        make: impl Fn(&mut Batch, usize, &[u32]),
     ) -> Result<()> {
         let backend = self.backend()?;
         let plan = self.plan(keys);
-        for window in Self::windows(&plan) {
-            let cmds: Vec<Cmd> = window.iter().map(|(b, pos)| make(*b, pos)).collect();
-            backend.run(&cmds, Role::Write, retry)?;
-        }
-        Ok(())
+        with_batch(|batch| {
+            for window in Self::windows(&plan) {
+                batch.clear();
+                for (b, pos) in window {
+                    make(batch, *b, pos);
+                }
+                backend.run_batch(batch, Role::Write, retry)?;
+            }
+            Ok(())
+        })
     }
 
     /// The bucket (index into [`Table::buckets`]) where `key` lives in this layout.
@@ -427,7 +482,7 @@ impl Table {
             .arg(n)
             .clone();
         let reply = backend
-            .run(&[cmd], Role::Write, Retry::Idempotent)?
+            .run_values(&[cmd], Role::Write, Retry::Idempotent)?
             .pop()
             .unwrap_or(Value::Nil);
         let Value::Array(items) = reply else {
@@ -446,12 +501,12 @@ impl Table {
     pub fn remove_from_bucket(&self, bucket: usize, keys: &[i64]) -> Result<()> {
         let backend = self.backend()?;
         let pos: Vec<u32> = (0..keys.len() as u32).collect();
-        let cmds: Vec<Cmd> = pos
-            .chunks(self.chunk)
-            .map(|c| self.fields_cmd("HDEL", bucket, keys, c))
-            .collect();
+        let mut batch = Batch::new();
+        for chunk in pos.chunks(self.chunk) {
+            self.fields_cmd(&mut batch, "HDEL", bucket, keys, chunk);
+        }
         backend
-            .run(&cmds, Role::Write, Retry::Idempotent)
+            .run_batch(&batch, Role::Write, Retry::Idempotent)
             .map(|_| ())
     }
 
@@ -465,8 +520,8 @@ impl Table {
         if keys.is_empty() {
             return Ok(());
         }
-        self.write_windows(keys, Retry::Idempotent, |b, pos| {
-            self.fields_cmd("HDEL", b, keys, pos)
+        self.write_windows(keys, Retry::Idempotent, |batch, b, pos| {
+            self.fields_cmd(batch, "HDEL", b, keys, pos)
         })
     }
 
@@ -491,16 +546,15 @@ impl Table {
         if keys.is_empty() {
             return Ok(());
         }
-        self.write_windows(keys, Retry::AtMostOnce, |b, pos| {
+        self.write_windows(keys, Retry::AtMostOnce, |batch, b, pos| {
             let flags: Vec<u8> = pos.iter().map(|&i| exists[i as usize] as u8).collect();
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(ACCUM_LUA)
-                .arg(1)
-                .arg(self.buckets[b].as_bytes())
-                .arg(self.spec.value_dtype.tf_name())
-                .arg(flags);
-            self.push_pairs(&mut cmd, keys, deltas, pos);
-            cmd
+            batch.command("EVAL", 5 + 2 * pos.len());
+            batch.arg(ACCUM_LUA.as_bytes());
+            batch.arg(b"1");
+            batch.key(self.buckets[b].as_bytes());
+            batch.arg(self.spec.value_dtype.tf_name().as_bytes());
+            batch.arg(&flags);
+            self.push_pairs(batch, keys, deltas, pos);
         })
     }
 
@@ -581,7 +635,7 @@ impl Table {
                 cmd
             })
             .collect();
-        backend.run(&cmds, role, retry)
+        backend.run_values(&cmds, role, retry)
     }
 
     /// Clears any TTL on the table's buckets. TFRA does this when a table opens so that a model
@@ -631,7 +685,7 @@ impl Table {
                 .arg("COUNT")
                 .arg(page.clamp(1, SCAN_COUNT * 64))
                 .clone();
-            let mut replies = backend.run(&[cmd], Role::Write, Retry::Idempotent)?;
+            let mut replies = backend.run_values(&[cmd], Role::Write, Retry::Idempotent)?;
             let bad = |m: &str| Error::Data {
                 bucket: name.clone(),
                 message: m.to_string(),

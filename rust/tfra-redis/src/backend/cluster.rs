@@ -19,12 +19,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use redis::{Cmd, Value};
+use redis::Value;
 
+use super::batch::Batch;
 use super::options::{ConnectOptions, connect_node};
 use super::pool::Pool;
+use super::reply::Reply;
 use super::standalone::FixedNode;
-use super::{Backend, Retry, Role, check_replies, classify, exchange, scan_connection, with_retry};
+use super::{Backend, Retry, Role, check_replies, classify, scan_connection, with_retry};
 use crate::config::ConnectionMode;
 use crate::error::{Error, Result};
 
@@ -98,39 +100,11 @@ impl SlotMap {
     }
 }
 
-/// The key a command is routed by: its first key (`EVAL script numkeys key ...` has it third).
-fn routing_key(cmd: &Cmd) -> &[u8] {
-    let mut args = cmd.args_iter().filter_map(|a| match a {
-        redis::Arg::Simple(b) => Some(b),
-        _ => None,
-    });
-    let name = args.next().unwrap_or_default();
-    if [
-        &b"EVAL"[..],
-        b"EVALSHA",
-        b"EVAL_RO",
-        b"EVALSHA_RO",
-        b"FCALL",
-        b"FCALL_RO",
-    ]
-    .iter()
-    .any(|n| name.eq_ignore_ascii_case(n))
-    {
-        args.next(); // script, sha or function
-        let numkeys = args.next().unwrap_or_default();
-        if numkeys != b"0" {
-            return args.next().unwrap_or_default();
-        }
-        return b"";
-    }
-    args.next().unwrap_or_default()
-}
-
 /// What one node did with its share of an attempt.
 enum NodeOutcome {
     /// Every command got a reply (possibly an error reply), plus WAIT's count when asked.
     Replied {
-        replies: Vec<Value>,
+        replies: Vec<Reply>,
         acked: Option<i64>,
     },
     /// No reply. `sent` is false when nothing reached the node (no connection could be made),
@@ -267,7 +241,7 @@ impl Cluster {
         &self,
         node: &(Addr, bool),
         idxs: &[usize],
-        packed: &[Vec<u8>],
+        batch: &Batch,
         asking: &HashMap<usize, Addr>,
         durable: bool,
         retry: Retry,
@@ -282,25 +256,28 @@ impl Cluster {
         {
             return NodeOutcome::Failed { err, sent: false };
         }
-        let mut buf = Vec::with_capacity(idxs.iter().map(|&i| packed[i].len()).sum());
+        // The node's commands are sent from where they are in the batch, not copied together.
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(idxs.len() + 1);
         let mut expected = idxs.len();
         for &i in idxs {
             if asking.contains_key(&i) {
                 // ASK: the target node serves the key only for a command flagged by ASKING.
-                buf.extend_from_slice(b"*1\r\n$6\r\nASKING\r\n");
+                parts.push(b"*1\r\n$6\r\nASKING\r\n");
                 expected += 1;
             }
-            buf.extend_from_slice(&packed[i]);
+            parts.push(batch.command_bytes(i));
         }
+        // WAIT rides on the connection that carried the writes, so it covers exactly them.
+        let wait = if durable {
+            super::wait_command(&self.opts)
+        } else {
+            Vec::new()
+        };
         if durable {
-            // WAIT rides on the connection that carried the writes, so it covers exactly them.
-            redis::cmd("WAIT")
-                .arg(self.opts.durable_replicas)
-                .arg(self.opts.durable_timeout.as_millis() as u64)
-                .write_packed_command(&mut buf);
+            parts.push(&wait);
             expected += 1;
         }
-        let result = exchange(&mut conn.inner, &buf, expected);
+        let result = conn.inner.exchange(&parts, expected);
         conn.last_used = std::time::Instant::now();
         match result {
             Ok(all) => {
@@ -310,12 +287,9 @@ impl Cluster {
                     if asking.contains_key(&i) {
                         all.next(); // ASKING's +OK
                     }
-                    replies.push(all.next().unwrap_or(Value::Nil));
+                    replies.push(all.next().unwrap_or(Reply::Parsed(Value::Nil)));
                 }
-                let acked = durable.then(|| match all.next() {
-                    Some(Value::Int(n)) => n,
-                    _ => 0,
-                });
+                let acked = durable.then(|| all.next().and_then(|r| r.as_int()).unwrap_or(0));
                 NodeOutcome::Replied { replies, acked }
             }
             Err(e) => {
@@ -330,10 +304,10 @@ impl Cluster {
 
     /// Names the node and the buckets in a transport error, so that the caller sees which
     /// part of a multi-node batch failed.
-    fn node_error(&self, err: Error, node: &(Addr, bool), cmds: &[Cmd], idxs: &[usize]) -> Error {
+    fn node_error(&self, err: Error, node: &(Addr, bool), batch: &Batch, idxs: &[usize]) -> Error {
         let mut buckets: Vec<String> = idxs
             .iter()
-            .map(|&i| crate::layout::printable(routing_key(&cmds[i])))
+            .map(|&i| crate::layout::printable(batch.key_of(i)))
             .collect();
         buckets.dedup();
         let shown = buckets.len().min(4);
@@ -346,7 +320,7 @@ impl Cluster {
             "{}:{} ({role} of {} {list})",
             node.0.0,
             node.0.1,
-            super::command_name(&cmds[idxs[0]])
+            batch.name_of(idxs[0])
         );
         match err {
             Error::Timeout {
@@ -375,16 +349,13 @@ impl Cluster {
     /// run; commands that succeeded keep their results for the next attempt.
     fn attempt(
         &self,
-        cmds: &[Cmd],
-        packed: &[Vec<u8>],
+        batch: &Batch,
         slots: &[u16],
         role: Role,
         retry: Retry,
-        results: &mut [Option<Value>],
+        results: &mut [Option<Reply>],
     ) -> std::result::Result<(), (Error, bool)> {
-        let durable = role == Role::Write
-            && self.opts.durable_replicas > 0
-            && !cmds.iter().all(super::is_read_only);
+        let durable = super::needs_wait(batch, role, &self.opts);
         let mut asking: HashMap<usize, Addr> = HashMap::new();
         for round in 0.. {
             if self.stale.load(Ordering::Relaxed) {
@@ -405,7 +376,7 @@ impl Cluster {
                                         "no master serves slot {} of bucket {} (the cluster is \
                                          failing over or resharding)",
                                         slots[i],
-                                        crate::layout::printable(routing_key(&cmds[i]))
+                                        crate::layout::printable(batch.key_of(i))
                                     ),
                                 },
                                 true,
@@ -427,7 +398,7 @@ impl Cluster {
             let groups: Vec<_> = groups.into_iter().collect();
             let outcomes: Vec<NodeOutcome> = if groups.len() == 1 {
                 let (node, idxs) = &groups[0];
-                vec![self.run_node(node, idxs, packed, &asking, durable, retry)]
+                vec![self.run_node(node, idxs, batch, &asking, durable, retry)]
             } else {
                 // All nodes at once: the batch takes as long as the slowest node, not the sum.
                 std::thread::scope(|s| {
@@ -436,7 +407,7 @@ impl Cluster {
                         .map(|(node, idxs)| {
                             let asking = &asking;
                             s.spawn(move || {
-                                self.run_node(node, idxs, packed, asking, durable, retry)
+                                self.run_node(node, idxs, batch, asking, durable, retry)
                             })
                         })
                         .collect();
@@ -456,7 +427,7 @@ impl Cluster {
             for ((node, idxs), outcome) in groups.iter().zip(outcomes) {
                 match outcome {
                     NodeOutcome::Failed { err, sent } => {
-                        let err = self.node_error(err, node, cmds, idxs);
+                        let err = self.node_error(err, node, batch, idxs);
                         // The node may be gone for good (failover): look again next time.
                         self.stale.store(true, Ordering::Relaxed);
                         if !err.is_transient() || matches!(err, Error::Timeout { .. }) {
@@ -469,7 +440,7 @@ impl Cluster {
                     }
                     NodeOutcome::Replied { replies, acked } => {
                         for (&i, reply) in idxs.iter().zip(replies) {
-                            if let Value::ServerError(e) = &reply
+                            if let Some(e) = reply.server_error()
                                 && TOPOLOGY_CODES.contains(&e.code())
                             {
                                 match (e.code(), e.details().and_then(parse_redirect)) {
@@ -492,7 +463,7 @@ impl Cluster {
                                 continue;
                             }
                             if let Err(err) =
-                                check_replies(&cmds[i..=i], std::slice::from_ref(&reply))
+                                check_replies(batch, &[i], std::slice::from_ref(&reply))
                             {
                                 final_err.get_or_insert(with_node(err, node));
                                 continue;
@@ -627,19 +598,16 @@ fn parse_cluster_slots(reply: Value, asked_host: &str) -> Result<SlotMap> {
 }
 
 impl Backend for Cluster {
-    fn run(&self, cmds: &[Cmd], role: Role, retry: Retry) -> Result<Vec<Value>> {
-        if cmds.is_empty() {
+    fn run_batch(&self, batch: &Batch, role: Role, retry: Retry) -> Result<Vec<Reply>> {
+        if batch.is_empty() {
             return Ok(Vec::new());
         }
-        // Packed once: a retry resends the same bytes instead of re-encoding every argument.
-        let packed: Vec<Vec<u8>> = cmds.iter().map(Cmd::get_packed_command).collect();
-        let slots: Vec<u16> = cmds
-            .iter()
-            .map(|c| crate::layout::key_slot(routing_key(c)))
+        let slots: Vec<u16> = (0..batch.len())
+            .map(|i| crate::layout::key_slot(batch.key_of(i)))
             .collect();
-        let mut results: Vec<Option<Value>> = vec![None; cmds.len()];
+        let mut results: Vec<Option<Reply>> = vec![None; batch.len()];
         with_retry(self.opts.retry_deadline, retry, || {
-            self.attempt(cmds, &packed, &slots, role, retry, &mut results)
+            self.attempt(batch, &slots, role, retry, &mut results)
         })?;
         Ok(results
             .into_iter()
@@ -743,25 +711,6 @@ mod tests {
         assert_eq!(map.nodes().len(), 4);
         let firsts: Vec<_> = map.masters().into_values().map(|r| r[0]).collect();
         assert_eq!(firsts, vec![(0, 5460), (5461, 10922), (12000, 16383)]);
-    }
-
-    #[test]
-    fn routing_key_is_the_first_key() {
-        assert_eq!(
-            routing_key(redis::cmd("HMGET").arg("b{1}").arg("f")),
-            b"b{1}"
-        );
-        assert_eq!(
-            routing_key(
-                redis::cmd("EVAL")
-                    .arg("return 1")
-                    .arg(1)
-                    .arg("b{2}")
-                    .arg("x")
-            ),
-            b"b{2}"
-        );
-        assert_eq!(routing_key(redis::cmd("eval").arg("return 1").arg(0)), b"");
     }
 
     #[test]

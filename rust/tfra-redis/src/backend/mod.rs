@@ -4,9 +4,12 @@
 //! (one pipeline per node), lists keys, and describes the topology. The table decides what the
 //! commands are.
 
+mod batch;
 mod cluster;
+mod link;
 mod options;
 mod pool;
+mod reply;
 mod sentinel;
 mod standalone;
 
@@ -19,7 +22,9 @@ use redis::{Cmd, Value};
 use crate::config::{ConnectionMode, RedisConfig};
 use crate::error::{Error, Result};
 
+pub use batch::Batch;
 pub use options::ConnectOptions;
+pub use reply::{Reply, Unexpected};
 
 /// Whether a batch only reads (and may go to replicas when the config allows it) or writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +54,22 @@ pub trait Backend: Send + Sync {
     /// Runs single-key commands, each routed by its first key, as one pipeline per node (all
     /// nodes at once) and returns one reply per command, in order. An error reply from the
     /// server for any command fails the whole call with that command's error.
-    fn run(&self, cmds: &[Cmd], role: Role, retry: Retry) -> Result<Vec<Value>>;
+    fn run_batch(&self, batch: &Batch, role: Role, retry: Retry) -> Result<Vec<Reply>>;
+
+    /// [`Backend::run_batch`] for commands built as `redis::Cmd`s.
+    fn run(&self, cmds: &[Cmd], role: Role, retry: Retry) -> Result<Vec<Reply>> {
+        self.run_batch(&Batch::from_cmds(cmds), role, retry)
+    }
+
+    /// [`Backend::run`] with every reply parsed into a redis-rs value, for callers that want
+    /// the reply's structure rather than its rows.
+    fn run_values(&self, cmds: &[Cmd], role: Role, retry: Retry) -> Result<Vec<Value>> {
+        Ok(self
+            .run(cmds, role, retry)?
+            .into_iter()
+            .map(Reply::into_value)
+            .collect())
+    }
 
     /// Every key matching a `SCAN MATCH` glob, over all masters.
     fn scan_match(&self, pattern: &[u8]) -> Result<Vec<Vec<u8>>>;
@@ -209,33 +229,10 @@ pub(crate) fn with_retry<T>(
     }
 }
 
-/// Sends a packed pipeline and reads `expected` replies, stopping at the first transport error.
-///
-/// redis-rs's `req_packed_commands` keeps reading after an error so that it can return every
-/// reply of a transaction; on a server that stopped answering that means one full socket
-/// timeout per command, so a paused server made a 100k-key lookup (64 commands) fail after
-/// 32 s instead of `redis_socket_timeout`. The connection is dropped after any error anyway.
-pub(crate) fn exchange(
-    conn: &mut redis::Connection,
-    packed: &[u8],
-    expected: usize,
-) -> redis::RedisResult<Vec<Value>> {
-    conn.send_packed_command(packed)?;
-    let mut replies = Vec::with_capacity(expected);
-    while replies.len() < expected {
-        match conn.recv_response()? {
-            // RESP3 push data is not a reply (we speak RESP2, but a server may still push).
-            Value::Push { .. } => continue,
-            reply => replies.push(reply),
-        }
-    }
-    Ok(replies)
-}
-
 /// Fails with a clear error when the server's mode does not match the configured one: TFRA
 /// users who pointed a standalone config at a cluster node got wrong commands and crashes.
 pub(crate) fn check_cluster_enabled(
-    conn: &mut redis::Connection,
+    conn: &mut dyn redis::ConnectionLike,
     expect_cluster: bool,
     target: &str,
     timeout: Duration,
@@ -271,32 +268,44 @@ pub(crate) fn check_cluster_enabled(
 /// master as `Role::Write` batches (HLEN, HSCAN); they need no durable-write `WAIT`. Without
 /// this check, a table could not even be opened with `redis_durable_write_replicas` set while
 /// no replica was connected, because opening scans the buckets.
-pub(crate) fn is_read_only(cmd: &Cmd) -> bool {
-    const READS: [&[u8]; 19] = [
-        b"HMGET",
-        b"HGET",
-        b"HLEN",
-        b"HSCAN",
-        b"HRANDFIELD",
-        b"HEXISTS",
-        b"HSTRLEN",
-        b"HKEYS",
-        b"HVALS",
-        b"HGETALL",
-        b"SCAN",
-        b"DUMP",
-        b"EXISTS",
-        b"TTL",
-        b"PTTL",
-        b"TYPE",
-        b"DBSIZE",
-        b"INFO",
-        b"PING",
+pub(crate) fn is_read_only(name: &str) -> bool {
+    const READS: [&str; 19] = [
+        "HMGET",
+        "HGET",
+        "HLEN",
+        "HSCAN",
+        "HRANDFIELD",
+        "HEXISTS",
+        "HSTRLEN",
+        "HKEYS",
+        "HVALS",
+        "HGETALL",
+        "SCAN",
+        "DUMP",
+        "EXISTS",
+        "TTL",
+        "PTTL",
+        "TYPE",
+        "DBSIZE",
+        "INFO",
+        "PING",
     ];
-    match cmd.args_iter().next() {
-        Some(redis::Arg::Simple(name)) => READS.iter().any(|r| name.eq_ignore_ascii_case(r)),
-        _ => false,
-    }
+    READS.iter().any(|r| name.eq_ignore_ascii_case(r))
+}
+
+/// True when a batch needs the durable-write `WAIT`: a write batch that changes data.
+pub(crate) fn needs_wait(batch: &Batch, role: Role, opts: &ConnectOptions) -> bool {
+    role == Role::Write
+        && opts.durable_replicas > 0
+        && !(0..batch.len()).all(|i| is_read_only(batch.name_of(i)))
+}
+
+/// The `WAIT` that follows a durable write batch on the same connection.
+pub(crate) fn wait_command(opts: &ConnectOptions) -> Vec<u8> {
+    redis::cmd("WAIT")
+        .arg(opts.durable_replicas)
+        .arg(opts.durable_timeout.as_millis() as u64)
+        .get_packed_command()
 }
 
 /// Fails a write whose `WAIT` saw fewer replicas than `redis_durable_write_replicas`. The rows
@@ -355,7 +364,7 @@ pub(crate) fn parse_scan_reply(reply: Value) -> Result<(u64, Vec<Vec<u8>>)> {
 
 /// Scans one plain connection to the end.
 pub(crate) fn scan_connection(
-    conn: &mut redis::Connection,
+    conn: &mut dyn redis::ConnectionLike,
     pattern: &[u8],
     target: &str,
     timeout: Duration,
@@ -385,46 +394,23 @@ pub(crate) fn scan_connection(
 
 /// Builds the error for a command that Redis answered with an error, naming the command and
 /// its key (the bucket).
-pub(crate) fn command_error(cmd: &Cmd, message: String) -> Error {
-    let mut args = cmd.args_iter().filter_map(|a| match a {
-        redis::Arg::Simple(b) => Some(b),
-        _ => None,
-    });
-    let command = command_name(cmd);
-    args.next();
-    // EVAL script numkeys key ...: the bucket is the first key, not the script text.
-    if command == "EVAL" || command == "EVALSHA" {
-        args.next();
-        args.next();
-    }
-    let bucket = args
-        .next()
-        .map(crate::layout::printable)
-        .unwrap_or_default();
+pub(crate) fn command_error(batch: &Batch, i: usize, message: String) -> Error {
     Error::Command {
-        command,
-        bucket,
+        command: batch.name_of(i).to_string(),
+        bucket: crate::layout::printable(batch.key_of(i)),
         message: scrub(&message),
     }
 }
 
-/// The upper-case name of a command, for messages.
-pub(crate) fn command_name(cmd: &Cmd) -> String {
-    match cmd.args_iter().next() {
-        Some(redis::Arg::Simple(b)) => String::from_utf8_lossy(b).to_uppercase(),
-        _ => String::new(),
-    }
-}
-
 /// Checks a pipeline's replies (run with `ignore_errors`) for error replies.
-pub(crate) fn check_replies(cmds: &[Cmd], replies: &[Value]) -> Result<()> {
-    for (cmd, reply) in cmds.iter().zip(replies) {
-        if let Value::ServerError(e) = reply {
+pub(crate) fn check_replies(batch: &Batch, idxs: &[usize], replies: &[Reply]) -> Result<()> {
+    for (&i, reply) in idxs.iter().zip(replies) {
+        if let Some(e) = reply.server_error() {
             let message = match e.details() {
                 Some(d) => format!("{} {d}", e.code()),
                 None => e.code().to_string(),
             };
-            let err = command_error(cmd, message);
+            let err = command_error(batch, i, message);
             if let (
                 true,
                 Error::Command {
@@ -452,11 +438,11 @@ mod tests {
 
     #[test]
     fn only_reads_skip_the_durable_wait() {
-        assert!(is_read_only(redis::cmd("hmget").arg("b").arg("f")));
-        assert!(is_read_only(redis::cmd("HSCAN").arg("b").arg(0)));
-        assert!(is_read_only(redis::cmd("HRANDFIELD").arg("b").arg(32)));
-        assert!(!is_read_only(redis::cmd("HSET").arg("b").arg("f").arg("v")));
-        assert!(!is_read_only(redis::cmd("EVAL").arg("return 1").arg(0)));
-        assert!(!is_read_only(redis::cmd("PERSIST").arg("b")));
+        assert!(is_read_only("hmget"));
+        assert!(is_read_only("HSCAN"));
+        assert!(is_read_only("HRANDFIELD"));
+        assert!(!is_read_only("HSET"));
+        assert!(!is_read_only("EVAL"));
+        assert!(!is_read_only("PERSIST"));
     }
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use redis::ConnectionLike;
 
+use super::link::Link;
 use super::options::ConnectOptions;
 use crate::error::{Error, Result};
 
@@ -30,14 +31,14 @@ use crate::error::{Error, Result};
 /// connection, so a replaced connection follows a failover.
 pub(crate) trait Target: Send + Sync + 'static {
     /// Opens a new connection and returns it with the `host:port` it reached.
-    fn open(&self) -> Result<(redis::Connection, String)>;
+    fn open(&self) -> Result<(Link, String)>;
     /// A description for error messages.
     fn describe(&self) -> String;
 }
 
 /// A pooled connection; `broken` is set by whoever saw it fail.
 pub(crate) struct Conn {
-    pub(crate) inner: redis::Connection,
+    pub(crate) inner: Link,
     pub(crate) addr: String,
     pub(crate) broken: bool,
     /// When a batch last went through it; see [`Conn::probe`].
@@ -224,7 +225,7 @@ mod tests {
     struct Unreachable(AtomicU32);
 
     impl Target for Unreachable {
-        fn open(&self) -> Result<(redis::Connection, String)> {
+        fn open(&self) -> Result<(Link, String)> {
             self.0.fetch_add(1, Ordering::Relaxed);
             Err(Error::Timeout {
                 target: "nowhere:1".into(),

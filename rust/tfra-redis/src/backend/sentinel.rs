@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use redis::Value;
 
+use super::link::Link;
 use super::options::{ConnectOptions, connect_node};
 use super::pool::{Pool, Target};
 use super::standalone::PlainBackend;
@@ -108,7 +109,7 @@ impl SentinelNode {
 }
 
 fn role_of(
-    conn: &mut redis::Connection,
+    conn: &mut dyn redis::ConnectionLike,
     addr: &str,
     timeout: std::time::Duration,
 ) -> Result<String> {
@@ -126,7 +127,7 @@ fn role_of(
 }
 
 impl Target for SentinelNode {
-    fn open(&self) -> Result<(redis::Connection, String)> {
+    fn open(&self) -> Result<(Link, String)> {
         let candidates = match self.role {
             Role::Write => vec![self.master_addr()?],
             Role::Read => {
@@ -144,13 +145,8 @@ impl Target for SentinelNode {
         let mut last = None;
         for (host, port) in candidates {
             let addr = format!("{host}:{port}");
-            let conn = connect_node(
-                self.opts.node_info(&host, port),
-                self.opts.tls.as_ref(),
-                self.opts.connect_timeout,
-                self.opts.socket_timeout,
-            )
-            .map_err(|e| classify(&e, &addr, self.opts.connect_timeout));
+            let conn = Link::connect(&self.opts, &host, port)
+                .map_err(|e| classify(&e, &addr, self.opts.connect_timeout));
             let mut conn = match conn {
                 Ok(c) => c,
                 Err(e) => {

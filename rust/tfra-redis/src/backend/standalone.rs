@@ -1,10 +1,11 @@
 //! One Redis server (TFRA's `redis_connection_mode` 2). Sentinel mode reuses this backend with a
 //! target that asks the sentinels where the master is.
 
-use redis::{Cmd, Value};
-
-use super::options::{ConnectOptions, connect_node};
+use super::batch::Batch;
+use super::link::Link;
+use super::options::ConnectOptions;
 use super::pool::{Pool, Target};
+use super::reply::Reply;
 use super::{Backend, Retry, Role, check_replies, classify, scan_connection, with_retry};
 use crate::config::ConnectionMode;
 use crate::error::{Error, Result};
@@ -31,15 +32,10 @@ impl FixedNode {
 }
 
 impl Target for FixedNode {
-    fn open(&self) -> Result<(redis::Connection, String)> {
+    fn open(&self) -> Result<(Link, String)> {
         let addr = format!("{}:{}", self.host, self.port);
-        let mut conn = connect_node(
-            self.opts.node_info(&self.host, self.port),
-            self.opts.tls.as_ref(),
-            self.opts.connect_timeout,
-            self.opts.socket_timeout,
-        )
-        .map_err(|e| classify(&e, &addr, self.opts.connect_timeout))?;
+        let mut conn = Link::connect(&self.opts, &self.host, self.port)
+            .map_err(|e| classify(&e, &addr, self.opts.connect_timeout))?;
         if self.readonly {
             redis::cmd("READONLY")
                 .exec(&mut conn)
@@ -87,60 +83,51 @@ impl Standalone {
 /// failure so the pool replaces it.
 pub(crate) fn run_on_pool<T: Target>(
     pool: &Pool<T>,
-    cmds: &[Cmd],
+    batch: &Batch,
     opts: &ConnectOptions,
     role: Role,
     retry: Retry,
-) -> Result<Vec<Value>> {
-    // Packed once: a retry resends the same bytes instead of re-encoding every argument.
-    let mut packed = Vec::new();
-    for c in cmds {
-        c.write_packed_command(&mut packed);
-    }
+) -> Result<Vec<Reply>> {
     // Durable writes: WAIT rides in the same pipeline, on the same connection, so it covers
     // exactly these writes.
-    let durable =
-        role == Role::Write && opts.durable_replicas > 0 && !cmds.iter().all(super::is_read_only);
-    if durable {
-        redis::cmd("WAIT")
-            .arg(opts.durable_replicas)
-            .arg(opts.durable_timeout.as_millis() as u64)
-            .write_packed_command(&mut packed);
-    }
-    let expected = cmds.len() + usize::from(durable);
+    let durable = super::needs_wait(batch, role, opts);
+    let wait = if durable {
+        super::wait_command(opts)
+    } else {
+        Vec::new()
+    };
+    let expected = batch.len() + usize::from(durable);
+    let all: Vec<usize> = (0..batch.len()).collect();
     with_retry(opts.retry_deadline, retry, || {
         let mut conn = pool.get().map_err(|e| (e, true))?;
         if retry == Retry::AtMostOnce {
             conn.probe(opts.socket_timeout).map_err(|e| (e, true))?;
         }
-        let result = super::exchange(&mut conn.inner, &packed, expected);
+        let result = conn.inner.exchange(&[batch.bytes(), &wait], expected);
         conn.last_used = std::time::Instant::now();
         match result {
             Ok(mut replies) => {
                 // READONLY means we are talking to a demoted master after a failover: drop the
                 // connection so the next one is resolved again.
                 if replies.iter().any(|r| {
-                    matches!(r, Value::ServerError(e) if matches!(e.code(), "READONLY" | "MASTERDOWN" | "LOADING"))
+                    r.server_error()
+                        .is_some_and(|e| matches!(e.code(), "READONLY" | "MASTERDOWN" | "LOADING"))
                 }) {
                     conn.broken = true;
                     return Err((
                         Error::Connection {
                             target: conn.addr.clone(),
-                            message: "server is read-only or loading (failover in progress)"
-                                .into(),
+                            message: "server is read-only or loading (failover in progress)".into(),
                         },
                         true,
                     ));
                 }
                 if durable {
-                    let acked = match replies.pop() {
-                        Some(Value::Int(n)) => n,
-                        _ => 0,
-                    };
-                    check_replies(cmds, &replies).map_err(|e| (e, false))?;
+                    let acked = replies.pop().and_then(|r| r.as_int()).unwrap_or(0);
+                    check_replies(batch, &all, &replies).map_err(|e| (e, false))?;
                     super::check_durable(acked, opts, &conn.addr).map_err(|e| (e, false))?;
                 }
-                check_replies(cmds, &replies).map_err(|e| (e, false))?;
+                check_replies(batch, &all, &replies).map_err(|e| (e, false))?;
                 Ok(replies)
             }
             Err(e) => {
@@ -153,13 +140,13 @@ pub(crate) fn run_on_pool<T: Target>(
 }
 
 impl<W: Target, R: Target> Backend for PlainBackend<W, R> {
-    fn run(&self, cmds: &[Cmd], role: Role, retry: Retry) -> Result<Vec<Value>> {
-        if cmds.is_empty() {
+    fn run_batch(&self, batch: &Batch, role: Role, retry: Retry) -> Result<Vec<Reply>> {
+        if batch.is_empty() {
             return Ok(Vec::new());
         }
         match (&self.read, role) {
-            (Some(read), Role::Read) => run_on_pool(read, cmds, &self.opts, role, retry),
-            _ => run_on_pool(&self.write, cmds, &self.opts, role, retry),
+            (Some(read), Role::Read) => run_on_pool(read, batch, &self.opts, role, retry),
+            _ => run_on_pool(&self.write, batch, &self.opts, role, retry),
         }
     }
 

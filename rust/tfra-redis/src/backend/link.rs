@@ -1,0 +1,294 @@
+//! One connection to a Redis node.
+//!
+//! Plain TCP connections are our own socket, so that a batch's replies can be read into one
+//! buffer and cut into frames (`reply.rs`) instead of being parsed into a `Value` per row:
+//! redis-rs has no way to hand out reply bytes (its maintainers suggest an own client for
+//! that, redis-rs issue #420). Everything else on these sockets still goes through redis-rs:
+//! commands are encoded by `redis::Cmd`, and non-row replies are parsed by
+//! `redis::parse_redis_value`, via the `ConnectionLike` impl below, so `cmd.query(&mut link)`
+//! works as on a redis-rs connection. TLS connections stay redis-rs connections.
+
+use std::io::{IoSlice, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{ConnectionLike, ErrorKind, RedisError, RedisResult, Value};
+
+use super::options::{ConnectOptions, connect_node};
+use super::reply::{FrameScanner, Reply};
+
+/// A connection: our socket for plain TCP, redis-rs's for TLS.
+pub(crate) enum Link {
+    /// Plain TCP, read frame by frame.
+    Plain(PlainLink),
+    /// TLS, through redis-rs.
+    Tls(redis::Connection),
+}
+
+/// Our side of a plain TCP connection.
+pub(crate) struct PlainLink {
+    stream: TcpStream,
+    db: i64,
+    open: bool,
+    /// The read buffer of the last pipeline, shared with its replies. Once the caller has
+    /// dropped them, the next pipeline reuses it: a fresh 30 MB buffer per lookup cost more
+    /// in page faults and zeroing than reading the replies did.
+    buf: Arc<Vec<u8>>,
+}
+
+/// The first read buffer of a pipeline; it doubles as replies arrive.
+const FIRST_READ: usize = 64 * 1024;
+
+/// Read buffers up to this size stay with their connection for the next pipeline (a window
+/// of 65,536 rows of dim 128 needs about 35 MB).
+const MAX_KEPT_BUFFER: usize = 64 << 20;
+
+impl Link {
+    /// Connects to `host:port` with the configured timeouts, authenticates and selects the db
+    /// as redis-rs would (TFRA's rules, see `ConnectOptions::redis_settings`).
+    pub(crate) fn connect(opts: &ConnectOptions, host: &str, port: u16) -> RedisResult<Link> {
+        if opts.tls.is_some() {
+            return connect_node(
+                opts.node_info(host, port),
+                opts.tls.as_ref(),
+                opts.connect_timeout,
+                opts.socket_timeout,
+            )
+            .map(Link::Tls);
+        }
+        let mut last = None;
+        for addr in (host, port).to_socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, opts.connect_timeout) {
+                Ok(stream) => return PlainLink::handshake(stream, opts),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+            .into())
+    }
+
+    /// Sends a pipeline (the concatenation of `parts`, each a whole number of commands) and
+    /// reads `expected` replies, stopping at the first transport error (redis-rs's
+    /// `req_packed_commands` keeps reading after one, which on a paused server cost one socket
+    /// timeout per command).
+    pub(crate) fn exchange(&mut self, parts: &[&[u8]], expected: usize) -> RedisResult<Vec<Reply>> {
+        match self {
+            Link::Plain(link) => link.exchange(parts, expected),
+            Link::Tls(conn) => {
+                for part in parts {
+                    conn.send_packed_command(part)?;
+                }
+                let mut replies = Vec::with_capacity(expected);
+                while replies.len() < expected {
+                    match conn.recv_response()? {
+                        // RESP3 push data is not a reply (we speak RESP2, but a server may
+                        // still push).
+                        Value::Push { .. } => continue,
+                        reply => replies.push(Reply::Parsed(reply)),
+                    }
+                }
+                Ok(replies)
+            }
+        }
+    }
+}
+
+impl PlainLink {
+    fn handshake(stream: TcpStream, opts: &ConnectOptions) -> RedisResult<Link> {
+        stream.set_nodelay(true)?;
+        if opts.keep_alive {
+            let sock = redis::io::tcp::socket2::SockRef::from(&stream);
+            sock.set_tcp_keepalive(
+                &redis::io::tcp::socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)),
+            )?;
+        }
+        // The handshake is bounded by the connect timeout: a server that accepts TCP but does
+        // not answer must not hold a new connection for a whole socket timeout.
+        stream.set_read_timeout(Some(opts.connect_timeout))?;
+        stream.set_write_timeout(Some(opts.connect_timeout))?;
+        let mut link = Link::Plain(PlainLink {
+            stream,
+            db: opts.db,
+            open: true,
+            buf: Arc::new(Vec::new()),
+        });
+        let settings = opts.redis_settings(opts.db);
+        if let Some(password) = settings.password() {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = settings.username() {
+                auth.arg(user);
+            }
+            auth.arg(password);
+            auth.query::<()>(&mut link).map_err(auth_failed)?;
+        }
+        if opts.db != 0 {
+            redis::cmd("SELECT").arg(opts.db).query::<()>(&mut link)?;
+        }
+        if let Link::Plain(plain) = &link {
+            plain.stream.set_read_timeout(Some(opts.socket_timeout))?;
+            plain.stream.set_write_timeout(Some(opts.socket_timeout))?;
+        }
+        Ok(link)
+    }
+
+    fn exchange(&mut self, parts: &[&[u8]], expected: usize) -> RedisResult<Vec<Reply>> {
+        let result = self.send_and_read(parts, expected);
+        if result.is_err() {
+            // Replies may be half read: the connection is out of step for good.
+            self.open = false;
+        }
+        let (buf, frames) = result?;
+        let buf = Arc::new(buf);
+        if buf.len() <= MAX_KEPT_BUFFER {
+            self.buf = buf.clone();
+        }
+        Ok(frames
+            .into_iter()
+            .map(|range| Reply::Frame(buf.clone(), range))
+            .collect())
+    }
+
+    fn send_and_read(
+        &mut self,
+        parts: &[&[u8]],
+        expected: usize,
+    ) -> RedisResult<(Vec<u8>, Vec<std::ops::Range<usize>>)> {
+        self.write_parts(parts)?;
+        let mut frames = Vec::with_capacity(expected);
+        let mut scanner = FrameScanner::new();
+        // Read straight into one buffer that is initialized up to its length (`filled` marks
+        // this pipeline's bytes; the rest is zeros or an older reply), so growing it costs
+        // one memset of the new part, and a reused buffer costs nothing.
+        let mut buf = match Arc::get_mut(&mut self.buf) {
+            Some(kept) => std::mem::take(kept),
+            None => Vec::new(),
+        };
+        if buf.is_empty() {
+            buf.resize(FIRST_READ, 0);
+        }
+        let mut filled = 0;
+        while frames.len() < expected {
+            if filled == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+            let n = self.stream.read(&mut buf[filled..])?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                )
+                .into());
+            }
+            filled += n;
+            while frames.len() < expected {
+                match scanner.next_frame(&buf[..filled]) {
+                    Ok(Some(frame)) => frames.push(frame),
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(RedisError::from((ErrorKind::Parse, "protocol error", e.0)));
+                    }
+                }
+            }
+        }
+        if scanner_has_leftover(filled, &frames) {
+            // More bytes than replies: something else is talking on this connection.
+            return Err(RedisError::from((
+                ErrorKind::Parse,
+                "protocol error",
+                "the server sent more than the replies asked for".to_string(),
+            )));
+        }
+        Ok((buf, frames))
+    }
+}
+
+impl PlainLink {
+    /// Writes all parts with as few system calls as the socket allows (a cluster node's
+    /// share of a batch is many separate commands; copying them together would cost a pass
+    /// over every row).
+    fn write_parts(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut rest = &mut slices[..];
+        IoSlice::advance_slices(&mut rest, 0);
+        while !rest.is_empty() {
+            match self.stream.write_vectored(rest) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        "the server stopped accepting data",
+                    ));
+                }
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn scanner_has_leftover(filled: usize, frames: &[std::ops::Range<usize>]) -> bool {
+    frames.last().map_or(filled > 0, |f| f.end != filled)
+}
+
+/// AUTH refusals become authentication errors, as from redis-rs's own handshake; ACL codes
+/// are kept as they are, since the error classification reads them.
+fn auth_failed(err: RedisError) -> RedisError {
+    if err.is_io_error() || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM")) {
+        return err;
+    }
+    RedisError::from((
+        ErrorKind::AuthenticationFailed,
+        "authentication failed",
+        err.to_string(),
+    ))
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        match self {
+            Link::Tls(c) => c.req_packed_command(cmd),
+            plain => {
+                let mut replies = plain.exchange(&[cmd], 1)?;
+                Ok(replies.pop().map(Reply::into_value).unwrap_or(Value::Nil))
+            }
+        }
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        match self {
+            Link::Tls(c) => c.req_packed_commands(cmd, offset, count),
+            plain => Ok(plain
+                .exchange(&[cmd], offset + count)?
+                .into_iter()
+                .skip(offset)
+                .map(Reply::into_value)
+                .collect()),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Plain(l) => l.db,
+            Link::Tls(c) => c.get_db(),
+        }
+    }
+
+    fn check_connection(&mut self) -> bool {
+        redis::cmd("PING").query::<Value>(self).is_ok()
+    }
+
+    fn is_open(&self) -> bool {
+        match self {
+            Link::Plain(l) => l.open,
+            Link::Tls(c) => c.is_open(),
+        }
+    }
+}
