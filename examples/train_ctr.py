@@ -12,6 +12,7 @@ neither, a private redis-server is started on a free port and stopped at the end
     python examples/train_ctr.py                      # private server, default sizes
     python examples/train_ctr.py --config redis.json  # your Redis
     python examples/train_ctr.py --compare-in-memory  # also time the same model in memory
+    python examples/train_ctr.py --prefetch           # read batch N+1's rows during step N
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compare-in-memory",
         action="store_true",
         help="also train the same model with in-memory embeddings and compare step times",
+    )
+    p.add_argument(
+        "--prefetch",
+        action="store_true",
+        help="read the next batch's embedding rows while a step runs (same results; pays off "
+        "when Redis reads are a large part of a step, e.g. a remote server)",
     )
     p.add_argument("--report-json", help="write the final report here as JSON")
     return p.parse_args(argv)
@@ -101,7 +108,7 @@ def with_model_tag(config_path: Path, tag: str, workdir: Path) -> Path:
     return out
 
 
-def build_model(tf, keras, de, dim: int, creator, learning_rate: float):
+def build_model(tf, keras, de, dim: int, creator, learning_rate: float, prefetch: bool = False):
     """Two Redis-backed embeddings -> concat -> MLP -> click probability."""
     user_in = keras.Input(shape=(), dtype="int64", name="user")
     item_in = keras.Input(shape=(), dtype="int64", name="item")
@@ -116,6 +123,7 @@ def build_model(tf, keras, de, dim: int, creator, learning_rate: float):
         optimizer=keras.optimizers.Adam(learning_rate),
         loss="binary_crossentropy",
         metrics=[keras.metrics.AUC(name="auc")],
+        prefetch_embeddings=prefetch,
     )
     return model, (user_emb, item_emb)
 
@@ -213,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"embeddings in Redis: {where}", flush=True)
             run_config = with_model_tag(config_path, args.model_tag, workdir)
             creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=run_config))
-            model, layers = build_model(tf, keras, de, args.dim, creator, args.learning_rate)
+            model, layers = build_model(
+                tf, keras, de, args.dim, creator, args.learning_rate, prefetch=args.prefetch
+            )
             for layer in layers:
                 layer.params.clear()  # a fresh start for this model tag
             timer = StepTimer(keras)
@@ -233,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             report["redis_memory"] = redis_memory(run_config)
             report["step_ms_redis"] = timer.median_ms()
             report["batch_size"] = args.batch_size
+            report["prefetch"] = args.prefetch
             for layer in layers:
                 layer.params.clear()
 

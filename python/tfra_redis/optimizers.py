@@ -19,6 +19,7 @@ Training loop sketch (no TensorFlow needed here)::
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Mapping
@@ -207,16 +208,19 @@ class SparseOptimizer:
             if list(value.shape) != want:
                 raise ValueError(f"Expected shape {want} for {what}, got {list(value.shape)}")
             rows.append(np.ascontiguousarray(value, dtype=np.float32).reshape(-1))
-        _native.apply_gradients(
-            self.keras_name.lower(),
-            self._hyper,
-            params._table,
-            [t._table for t in tables[1:]],
-            flat_keys,
-            rows[0],
-            rows[1],
-            int(step),
-        )
+        with contextlib.ExitStack() as writes:
+            for table in tables:
+                writes.enter_context(table.writing(flat_keys))
+            _native.apply_gradients(
+                self.keras_name.lower(),
+                self._hyper,
+                params._table,
+                [t._table for t in tables[1:]],
+                flat_keys,
+                rows[0],
+                rows[1],
+                int(step),
+            )
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._hyper.items())

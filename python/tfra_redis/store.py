@@ -5,17 +5,19 @@ The TensorFlow classes (``RedisTable``, ``dynamic_embedding``) are built on this
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from tfra_redis import _native
 from tfra_redis.config import RedisTableConfig
+from tfra_redis.prefetch import PrefetchStats, RowPrefetcher, WriteLog
 
 _VALUE_DTYPES = ("float32", "float64", "float16", "bfloat16", "int32", "int64", "int8")
 _KEY_DTYPES = ("int64", "int32")
@@ -97,6 +99,8 @@ class RedisStore:
         # expire_model_tag_in_seconds when it closes; here "closes" is close(), garbage
         # collection or interpreter exit, whichever comes first.
         self._closer = weakref.finalize(self, _close_quietly, self._table) if manage_ttl else None
+        self._writes = WriteLog()
+        self._prefetcher = RowPrefetcher(self._read, self._writes)
 
     # -- conversions -------------------------------------------------------------------------
 
@@ -124,6 +128,49 @@ class RedisStore:
     def _bytes(self, rows: np.ndarray) -> np.ndarray:
         return rows.reshape(-1).view(np.uint8)
 
+    @contextlib.contextmanager
+    def writing(self, keys: np.ndarray | None) -> Iterator[None]:
+        """Wraps every write to this table made through this process (``keys``: the flat ids
+        written, ``None`` for any), so that prefetched rows of those ids are read again."""
+        seq = self._writes.begin(keys)
+        try:
+            yield
+        finally:
+            self._writes.end(seq)
+            if self._prefetcher.pending:
+                self._prefetcher.written(keys)
+
+    def _read(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, exists)`` of flat int64 ids; missing rows are zeros."""
+        out = np.empty((flat.shape[0], self.dim), dtype=self.np_value_dtype)
+        exists = np.empty((flat.shape[0],), dtype=np.bool_)
+        zero = np.zeros((self.dim,), dtype=self.np_value_dtype).view(np.uint8)
+        self._table.find(flat, zero, self._bytes(out), exists)
+        return out, exists
+
+    # -- prefetching -------------------------------------------------------------------------
+
+    def prefetch(self, key_sets: Sequence[Any]) -> None:
+        """Starts reading the rows of each key set in the background (the GIL released); a
+        later :meth:`find` of exactly one of these key sets uses them instead of reading.
+
+        What that ``find`` returns is exactly what it would return without the prefetch, as
+        far as writes made through this process go: ids written through this table since the
+        prefetch started are read again (see ``tfra_redis.prefetch``). Prefetches of the
+        previous call stay usable, older ones are dropped (``prefetch([])`` drops all but the
+        previous call's). Errors of a prefetch are raised by the ``find`` that uses it.
+        """
+        self._prefetcher.issue([self._keys(keys) for keys in key_sets])
+
+    @property
+    def prefetch_stats(self) -> PrefetchStats:
+        """How many prefetched keys ``find`` used, and how many of them it read again."""
+        return self._prefetcher.stats
+
+    def discard_prefetch(self) -> None:
+        """Drops pending prefetches (for example at the end of training)."""
+        self._prefetcher.discard()
+
     # -- operations --------------------------------------------------------------------------
 
     def find(
@@ -149,9 +196,15 @@ class RedisStore:
                 f"default must be a scalar, {self.dim} values, or {n} rows of {self.dim} "
                 f"values; got shape {list(default.shape)}"
             )
-        out = np.empty((n, self.dim), dtype=self.np_value_dtype)
-        exists = np.empty((n,), dtype=np.bool_) if return_exists else None
-        self._table.find(flat, np.ascontiguousarray(default_bytes), self._bytes(out), exists)
+        prefetched = self._prefetcher.take(flat) if self._prefetcher.pending else None
+        if prefetched is not None:
+            out, exists = prefetched
+            defaults = default.reshape(-1, self.dim)
+            out = np.where(exists[:, None], out, defaults)
+        else:
+            out = np.empty((n, self.dim), dtype=self.np_value_dtype)
+            exists = np.empty((n,), dtype=np.bool_) if return_exists else None
+            self._table.find(flat, np.ascontiguousarray(default_bytes), self._bytes(out), exists)
         out = out.reshape((*keys_arr.shape, self.dim))
         if return_exists:
             return out, exists.reshape(keys_arr.shape)
@@ -162,11 +215,14 @@ class RedisStore:
         keys_arr = np.asarray(keys)
         flat = self._keys(keys_arr)
         rows = self._rows(values, keys_arr.shape, "value")
-        self._table.insert(flat, self._bytes(rows))
+        with self.writing(flat):
+            self._table.insert(flat, self._bytes(rows))
 
     def remove(self, keys: Any) -> None:
         """Removes ids (missing ones are ignored)."""
-        self._table.remove(self._keys(keys))
+        flat = self._keys(keys)
+        with self.writing(flat):
+            self._table.remove(flat)
 
     def accum(self, keys: Any, values_or_deltas: Any, exists: Any) -> None:
         """TFRA's BP-v2 update: adds deltas to ids flagged in ``exists`` that are still
@@ -180,7 +236,8 @@ class RedisStore:
                 f"Expected shape {list(keys_arr.shape)} for exists, got {list(flags.shape)}"
             )
         flags = np.ascontiguousarray(flags.reshape(-1), dtype=np.bool_)
-        self._table.accum(flat, self._bytes(rows), flags)
+        with self.writing(flat):
+            self._table.accum(flat, self._bytes(rows), flags)
 
     def size(self) -> int:
         """Number of ids stored."""
@@ -188,7 +245,8 @@ class RedisStore:
 
     def clear(self) -> None:
         """Deletes every row of this table (its buckets)."""
-        self._table.clear()
+        with self.writing(None):
+            self._table.clear()
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
         """All (ids, rows) at once; for tables that fit in memory."""
@@ -216,15 +274,18 @@ class RedisStore:
 
     def restore_files(self) -> int:
         """``table_store_mode`` 1: restores the ``model_tag_import`` files into this table."""
-        return int(self._table.restore_files())
+        with self.writing(None):
+            return int(self._table.restore_files())
 
     def import_model_tag(self) -> int:
         """Copies the rows stored under ``model_tag_import`` into this table (an upsert)."""
-        return int(self._table.import_model_tag())
+        with self.writing(None):
+            return int(self._table.import_model_tag())
 
     def rebucket(self) -> tuple[list[str], int]:
         """Moves this table's rows found in other bucket layouts into the runtime layout."""
-        old, copied = self._table.rebucket()
+        with self.writing(None):
+            old, copied = self._table.rebucket()
         return list(old), int(copied)
 
     def persist(self) -> None:

@@ -19,8 +19,10 @@ In every mode the checkpoint also holds ``-manifest``, a small JSON document nam
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +31,14 @@ from tensorflow.python.training.saving import saveable_object
 
 from tfra_redis.store import RedisStore, load_config
 
-__all__ = ["ExpectedShapeError", "KeyDtypeError", "RedisTable", "STORE_MODES"]
+__all__ = [
+    "ExpectedShapeError",
+    "KeyDtypeError",
+    "RedisTable",
+    "STORE_MODES",
+    "collecting_lookup_keys",
+    "is_collecting_lookup_keys",
+]
 
 #: ``table_store_mode`` values: what a checkpoint holds for a table.
 STORE_MODES = {0: "tensors", 1: "files", 2: "nothing"}
@@ -59,6 +68,31 @@ def _shape_list(shape: tf.TensorShape) -> str:
     if shape.rank is None:
         return "<unknown>"
     return "[" + ",".join("?" if d is None else str(d) for d in shape.as_list()) + "]"
+
+
+_collector = threading.local()
+
+
+@contextlib.contextmanager
+def collecting_lookup_keys() -> Iterator[list[tuple[RedisStore, tf.Tensor]]]:
+    """Inside the block, :meth:`RedisTable.lookup` reads nothing: it appends ``(store, keys)``
+    to the yielded list and returns zero rows (and no key as existing).
+
+    Tracing a model's forward pass in this mode gives a graph that computes which ids each
+    table would be asked for, which is what prefetching the next batch needs; the model's
+    dense layers fall out of that graph, as nothing uses their outputs.
+    """
+    previous = getattr(_collector, "keys", None)
+    _collector.keys = collected = []
+    try:
+        yield collected
+    finally:
+        _collector.keys = previous
+
+
+def is_collecting_lookup_keys() -> bool:
+    """Whether lookups on this thread only collect their keys (:func:`collecting_lookup_keys`)."""
+    return getattr(_collector, "keys", None) is not None
 
 
 def _scalar_op(result: Any) -> Any:
@@ -283,9 +317,14 @@ class RedisTable(tf.__internal__.tracking.Trackable):
             default = tf.constant(self._np_default)
         else:
             default = tf.convert_to_tensor(dynamic_default_values, dtype=self._value_dtype)
-        if self._empty(keys):
-            values = tf.zeros(out_shape, dtype=self._value_dtype)
-            return (values, tf.zeros(keys.shape, tf.bool)) if return_exists else values
+        collected = getattr(_collector, "keys", None)
+        if self._empty(keys) or collected is not None:
+            if collected is not None:
+                collected.append((self._store, keys))
+            shape = tf.concat([tf.shape(keys), [self._dim]], 0)
+            values = tf.zeros(shape, dtype=self._value_dtype)
+            values.set_shape(out_shape)
+            return (values, tf.zeros_like(keys, tf.bool)) if return_exists else values
 
         np_dtype = self._store.np_value_dtype
 

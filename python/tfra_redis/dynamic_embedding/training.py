@@ -10,6 +10,7 @@ picked up and ours can be read by TFRA.
 
 from __future__ import annotations
 
+import functools
 import warnings
 import weakref
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,8 @@ import tensorflow as tf
 from tfra_redis import optimizers
 from tfra_redis.dynamic_embedding.recording import LookupRecord, record_lookups
 from tfra_redis.dynamic_embedding.variable import Variable
+from tfra_redis.prefetch import run_concurrently
+from tfra_redis.table import collecting_lookup_keys
 
 __all__ = ["DynamicEmbeddingModel", "DynamicEmbeddingTrainer", "EmbeddingOptimizer"]
 
@@ -139,11 +142,9 @@ class EmbeddingOptimizer(tf.__internal__.tracking.AutoTrackable):
         if not groups:
             return None if tf.executing_eagerly() else tf.no_op()
         step = self.iterations.assign_add(1)
-        updates = [
-            self._apply_one(variable, *self._merge(items), step)
-            for variable, items in groups.values()
-        ]
-        return None if tf.executing_eagerly() else tf.group(updates)
+        return self._apply_all(
+            [(variable, *self._merge(items)) for variable, items in groups.values()], step
+        )
 
     @staticmethod
     def _merge(
@@ -160,26 +161,120 @@ class EmbeddingOptimizer(tf.__internal__.tracking.AutoTrackable):
         first = tf.math.unsorted_segment_min(tf.range(tf.size(ids)), index, count)
         return unique_ids, summed, tf.gather(rows, first)
 
-    def _apply_one(
-        self, variable: Variable, ids: tf.Tensor, grads: tf.Tensor, init_rows: tf.Tensor, step: Any
+    def _apply_all(
+        self, updates: list[tuple[Variable, tf.Tensor, tf.Tensor, tf.Tensor]], step: Any
     ) -> Any:
-        slots = self.slot_variables(variable)
-        params = variable.table.store
-        slot_stores = {name: slot.table.store for name, slot in slots.items()}
+        """One op updating every variable at once. Separate ops would run one after the other:
+        a ``tf.function`` chains its stateful ops in program order. The variables' tables are
+        distinct, so updating them concurrently gives the same rows."""
         sparse = self._sparse
+        tables = []
+        inputs: list[Any] = [step]
+        for variable, ids, grads, init_rows in updates:
+            slots = self.slot_variables(variable)
+            tables.append(
+                (variable.table.store, {name: slot.table.store for name, slot in slots.items()})
+            )
+            inputs += [ids, tf.cast(grads, tf.float32), tf.cast(init_rows, tf.float32)]
 
-        def apply_fn(k: np.ndarray, g: np.ndarray, init: np.ndarray, s: np.ndarray) -> np.ndarray:
-            if k.size:
-                sparse.apply(params, slot_stores, k, g, init, int(s))
-            return np.int64(k.size)
+        def apply_fn(s: np.ndarray, *arrays: np.ndarray) -> np.ndarray:
+            calls = []
+            for i, (params, slot_stores) in enumerate(tables):
+                k, g, init = arrays[3 * i : 3 * i + 3]
+                if k.size:
+                    calls.append(
+                        functools.partial(sparse.apply, params, slot_stores, k, g, init, int(s))
+                    )
+            run_concurrently(calls)
+            return np.int64(sum(a.size for a in arrays[::3]))
 
-        inputs = [ids, tf.cast(grads, tf.float32), tf.cast(init_rows, tf.float32), step]
         if tf.executing_eagerly():
             apply_fn(*(np.asarray(x.numpy()) for x in inputs))
             return None
         return tf.numpy_function(
             apply_fn, inputs, tf.int64, stateful=True, name="redis_sparse_apply"
         )
+
+
+class _PrefetchingTrainFunction:
+    """Keras' train function, one batch ahead: before step N runs, the ids batch N+1 will look
+    up are computed (the model's forward pass traced with :func:`collecting_lookup_keys`, so
+    that only the id computations remain) and their rows are read in the background
+    (``RedisStore.prefetch``) while step N runs. Step N+1's lookups take those rows, ids that
+    step N wrote read again, so training gives the same results as without prefetching.
+
+    Used by ``DynamicEmbeddingTrainer`` in graph mode with ``steps_per_execution=1`` and no
+    distribution strategy; ``keras_function`` is what Keras' ``make_train_function`` made.
+    """
+
+    def __init__(self, model: keras.Model, keras_function: Any) -> None:
+        self._model = model
+        self._keras_function = keras_function
+        self._collect = tf.function(self._collect_keys, reduce_retracing=True)
+        self._stores: list[Any] = []  # the store of each key tensor _collect returns
+        self._prefetched: list[Any] = []  # stores with a pending prefetch
+        self._iterator: Any = None
+        self._ahead: Any = None  # the next batch of self._iterator, already taken from it
+        self._started = False
+
+    def _collect_keys(self, x: Any) -> list[tf.Tensor]:
+        graph = tf.compat.v1.get_default_graph()
+        with collecting_lookup_keys() as collected:
+            if getattr(self._model, "_call_has_training_arg", True):
+                self._model(x, training=False)
+            else:
+                self._model(x)
+        # Keras may also trace the call in scratch graphs (shape inference); not ours.
+        collected = [(store, keys) for store, keys in collected if keys.graph is graph]
+        self._stores = [store for store, _ in collected]
+        return [keys for _, keys in collected]
+
+    def __call__(self, iterator: Any) -> Any:
+        if not isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+            return self._keras_function(iterator)
+        if iterator is self._iterator and self._ahead is not None:
+            data = self._ahead
+        else:
+            data = self._next(iterator)
+            if data is None:
+                self.discard()
+                raise StopIteration
+        self._iterator = iterator
+        self._ahead = self._next(iterator)
+        # Not before the first step has run: the model is built by its first call, which
+        # must be the step's, as without prefetching.
+        self._prefetch(self._ahead if self._started else None)
+        # Keras' function runs its compiled step on each element of a list.
+        outputs = self._keras_function([data])
+        self._started = True
+        return outputs
+
+    @staticmethod
+    def _next(iterator: Any) -> Any:
+        element = iterator.get_next_as_optional()
+        return element.get_value() if bool(element.has_value()) else None
+
+    def _prefetch(self, data: Any) -> None:
+        """Prefetches the rows ``data`` (a batch, or ``None`` at the end) will look up."""
+        by_store: dict[int, tuple[Any, list[np.ndarray]]] = {}
+        if data is not None:
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+            keys = self._collect(x)
+            for store, k in zip(self._stores, keys, strict=True):
+                by_store.setdefault(id(store), (store, []))[1].append(k.numpy())
+        for store in self._prefetched:
+            if id(store) not in by_store:  # let go of older batches' prefetches
+                by_store[id(store)] = (store, [])
+        for store, key_sets in by_store.values():
+            store.prefetch(key_sets)
+        self._prefetched = [store for store, key_sets in by_store.values() if key_sets]
+
+    def discard(self) -> None:
+        """Forgets the batch taken ahead and drops pending prefetches."""
+        for store in self._prefetched:
+            store.discard_prefetch()
+        self._prefetched = []
+        self._iterator = self._ahead = None
 
 
 def _find_embedding_variables(model: keras.Model) -> list[Variable]:
@@ -200,9 +295,25 @@ class DynamicEmbeddingTrainer:
     :class:`EmbeddingOptimizer`), by default the equivalent of the compiled Keras optimizer.
     ``jit_compile=True`` is turned off with a warning: lookups are ``numpy_function`` ops, which
     XLA cannot compile.
+
+    ``compile(..., prefetch_embeddings=True)``: while step N runs, ``fit`` reads the embedding
+    rows of batch N+1 in the background (see ``_PrefetchingTrainFunction``). The results are
+    those of training without it: rows written by step N are read again before step N+1 uses
+    them. It needs graph mode (not ``run_eagerly``), ``steps_per_execution=1`` and no
+    distribution strategy; otherwise every step reads its rows when it needs them. The ids of
+    batch N+1 come from calling the model on it with ``training=False`` inside a graph that
+    keeps only what computes them. Off by default: it pays only when reading rows is a good
+    part of a step (a distant Redis, wide rows); against a local server the reads take ~1 ms
+    of a ~20-40 ms step and the background threads compete with TensorFlow's for the CPUs.
     """
 
-    def compile(self, *args: Any, embedding_optimizer: Any = None, **kwargs: Any) -> None:
+    def compile(
+        self,
+        *args: Any,
+        embedding_optimizer: Any = None,
+        prefetch_embeddings: bool = False,
+        **kwargs: Any,
+    ) -> None:
         if kwargs.get("jit_compile") is True:
             warnings.warn(
                 "jit_compile=True is not supported with Redis-backed embeddings (their lookups "
@@ -212,6 +323,7 @@ class DynamicEmbeddingTrainer:
             )
         kwargs["jit_compile"] = False
         super().compile(*args, **kwargs)
+        self.prefetch_embeddings = bool(prefetch_embeddings)
         if embedding_optimizer is None:
             embedding_optimizer = self.optimizer
         if embedding_optimizer is None:
@@ -224,6 +336,28 @@ class DynamicEmbeddingTrainer:
                 embedding_optimizer = EmbeddingOptimizer(embedding_optimizer)
         self.embedding_optimizer = embedding_optimizer
         embedding_optimizer.create_slots(_find_embedding_variables(self))
+
+    def make_train_function(self, force: bool = False) -> Any:
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force=force)
+        if (
+            getattr(self, "prefetch_embeddings", False)
+            and not self.run_eagerly
+            and self.steps_per_execution == 1
+            and not tf.distribute.has_strategy()
+            and getattr(self, "_distribute_strategy", None) is None
+        ):
+            self.train_function = _PrefetchingTrainFunction(self, self.train_function)
+        return self.train_function
+
+    def fit(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            # Stopped early, or by an error: the batch taken ahead belongs to this fit only.
+            if isinstance(self.train_function, _PrefetchingTrainFunction):
+                self.train_function.discard()
 
     def train_step(self, data: Any) -> Any:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tfra_redis.creator import RedisTableCreator
 from tfra_redis.dynamic_embedding.recording import current_recorder
-from tfra_redis.table import RedisTable
+from tfra_redis.table import RedisTable, is_collecting_lookup_keys
 
 __all__ = ["Variable", "embedding_lookup", "get_variable"]
 
@@ -304,9 +304,12 @@ class Variable(tf.__internal__.tracking.Trackable):
         """Rows for ``keys`` (any shape): ``keys.shape + [dim]``; missing keys get initializer
         rows. With ``return_exists`` also a bool tensor saying which keys were stored."""
         keys = self.table._convert_keys(keys, "lookup")
+        # Drawing default rows advances the initializer's generator: a pass that only collects
+        # keys (for prefetching) must not draw, or training would not be reproducible.
+        defaults = None if is_collecting_lookup_keys() else self.default_rows(keys)
         return self.table.lookup(
             keys,
-            dynamic_default_values=self.default_rows(keys),
+            dynamic_default_values=defaults,
             return_exists=return_exists,
             name=name,
         )
