@@ -77,7 +77,8 @@ impl Link {
         match self {
             Link::Plain(link) => link.exchange(parts, expected),
             Link::Tls(conn) => {
-                for part in parts {
+                // redis-rs refuses an empty write (the unused WAIT slot is one).
+                for part in parts.iter().filter(|p| !p.is_empty()) {
                     conn.send_packed_command(part)?;
                 }
                 let mut replies = Vec::with_capacity(expected);
