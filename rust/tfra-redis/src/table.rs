@@ -316,59 +316,57 @@ impl Table {
                 for (b, pos) in window {
                     self.fields_cmd(batch, "HMGET", *b, keys, pos);
                 }
-                let replies = backend.run_batch(batch, Role::Read, Retry::Idempotent)?;
-                self.copy_rows(window, replies, keys, defaults, out, exists.as_deref_mut())?;
+                // Each reply's rows are copied while the server still answers the next ones.
+                backend.run_each(batch, Role::Read, &mut |i, reply| {
+                    let (b, pos) = &window[i];
+                    self.copy_rows(*b, pos, reply, keys, defaults, out, exists.as_deref_mut())
+                })?;
             }
             Ok(())
         })
     }
 
-    /// Copies the rows of one window's `HMGET` replies into `out` (defaults for nils).
+    /// Copies the rows of one `HMGET` reply (bucket `b`, the keys at `pos`) into `out`,
+    /// defaults for nils.
+    #[allow(clippy::too_many_arguments)]
     fn copy_rows(
         &self,
-        window: &[(usize, Vec<u32>)],
-        replies: Vec<backend::Reply>,
+        b: usize,
+        pos: &[u32],
+        reply: backend::ReplyView<'_>,
         keys: &[i64],
         defaults: Defaults<'_>,
         out: &mut [u8],
         mut exists: Option<&mut [bool]>,
     ) -> Result<()> {
         let rb = self.row_bytes;
-        for ((b, pos), reply) in window.iter().zip(replies) {
-            // Rows are copied straight from the reply bytes into `out`.
-            let copied = reply.for_each_bulk(|k, item| {
-                let Some(&i) = pos.get(k) else {
-                    return Err(self.reply_error(*b, "HMGET answered with the wrong count"));
-                };
-                let i = i as usize;
-                let found = match item {
-                    Some(bytes) if bytes.len() == rb => {
-                        out[i * rb..(i + 1) * rb].copy_from_slice(bytes);
-                        true
-                    }
-                    Some(bytes) => return Err(self.row_len_error(*b, keys[i], bytes.len())),
-                    None => {
-                        self.write_default(defaults, i, out);
-                        false
-                    }
-                };
-                if let Some(e) = exists.as_deref_mut() {
-                    e[i] = found;
+        let wrong_count = || self.reply_error(b, "HMGET answered with the wrong count");
+        let copied = reply.for_each_bulk(|k, item| {
+            let i = *pos.get(k).ok_or_else(wrong_count)? as usize;
+            let found = match item {
+                Some(bytes) if bytes.len() == rb => {
+                    out[i * rb..(i + 1) * rb].copy_from_slice(bytes);
+                    true
                 }
-                Ok(())
-            });
-            match copied {
-                Ok(Ok(n)) if n == pos.len() => {}
-                Ok(Ok(_)) => {
-                    return Err(self.reply_error(*b, "HMGET answered with the wrong count"));
+                Some(bytes) => return Err(self.row_len_error(b, keys[i], bytes.len())),
+                None => {
+                    self.write_default(defaults, i, out);
+                    false
                 }
-                Ok(Err(e)) => return Err(e),
-                Err(backend::Unexpected(what)) => {
-                    return Err(self.reply_error(*b, &format!("HMGET reply: {what}")));
-                }
+            };
+            if let Some(e) = exists.as_deref_mut() {
+                e[i] = found;
+            }
+            Ok(())
+        });
+        match copied {
+            Ok(Ok(n)) if n == pos.len() => Ok(()),
+            Ok(Ok(_)) => Err(wrong_count()),
+            Ok(Err(e)) => Err(e),
+            Err(backend::Unexpected(what)) => {
+                Err(self.reply_error(b, &format!("HMGET reply: {what}")))
             }
         }
-        Ok(())
     }
 
     /// Adds `name bucket field...` for the keys at `pos` (HMGET, HDEL).

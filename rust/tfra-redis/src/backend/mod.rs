@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 
 pub use batch::Batch;
 pub use options::ConnectOptions;
-pub use reply::{Reply, Unexpected};
+pub use reply::{Reply, ReplyView, Unexpected};
 
 /// Whether a batch only reads (and may go to replicas when the config allows it) or writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +55,26 @@ pub trait Backend: Send + Sync {
     /// nodes at once) and returns one reply per command, in order. An error reply from the
     /// server for any command fails the whole call with that command's error.
     fn run_batch(&self, batch: &Batch, role: Role, retry: Retry) -> Result<Vec<Reply>>;
+
+    /// [`Backend::run_batch`] for idempotent reads whose replies are consumed as they come:
+    /// `on_reply(i, reply)` for command `i`, in order, possibly again from the start when the
+    /// batch is retried. Error replies fail the call before reaching `on_reply`. Backends that
+    /// can handle a reply while later commands still run on the server do so.
+    fn run_each(
+        &self,
+        batch: &Batch,
+        role: Role,
+        on_reply: &mut dyn FnMut(usize, ReplyView<'_>) -> Result<()>,
+    ) -> Result<()> {
+        for (i, reply) in self
+            .run_batch(batch, role, Retry::Idempotent)?
+            .iter()
+            .enumerate()
+        {
+            on_reply(i, reply.view())?;
+        }
+        Ok(())
+    }
 
     /// [`Backend::run_batch`] for commands built as `redis::Cmd`s.
     fn run(&self, cmds: &[Cmd], role: Role, retry: Retry) -> Result<Vec<Reply>> {
@@ -406,30 +426,37 @@ pub(crate) fn command_error(batch: &Batch, i: usize, message: String) -> Error {
 pub(crate) fn check_replies(batch: &Batch, idxs: &[usize], replies: &[Reply]) -> Result<()> {
     for (&i, reply) in idxs.iter().zip(replies) {
         if let Some(e) = reply.server_error() {
-            let message = match e.details() {
-                Some(d) => format!("{} {d}", e.code()),
-                None => e.code().to_string(),
-            };
-            let err = command_error(batch, i, message);
-            if let (
-                true,
-                Error::Command {
-                    command,
-                    bucket,
-                    message,
-                },
-            ) = (matches!(e.code(), "NOPERM" | "NOAUTH" | "WRONGPASS"), &err)
-            {
-                // ACL refusals are the user's to fix, not a server fault: say so.
-                return Err(Error::Auth {
-                    target: format!("{command} {bucket}"),
-                    message: message.clone(),
-                });
-            }
-            return Err(err);
+            return Err(error_reply(batch, i, &e));
         }
     }
     Ok(())
+}
+
+/// The error for command `i` of `batch` answered with `e`.
+pub(crate) fn error_reply(batch: &Batch, i: usize, e: &redis::ServerError) -> Error {
+    let message = match e.details() {
+        Some(d) => format!("{} {d}", e.code()),
+        None => e.code().to_string(),
+    };
+    let err = command_error(batch, i, message);
+    match err {
+        // ACL refusals are the user's to fix, not a server fault: say so.
+        Error::Command {
+            command,
+            bucket,
+            message,
+        } if matches!(e.code(), "NOPERM" | "NOAUTH" | "WRONGPASS") => Error::Auth {
+            target: format!("{command} {bucket}"),
+            message,
+        },
+        other => other,
+    }
+}
+
+/// True for the error replies of a node that cannot serve writes right now (a demoted master
+/// after a failover, or one still loading): the connection must be resolved again.
+pub(crate) fn is_failover_reply(e: &redis::ServerError) -> bool {
+    matches!(e.code(), "READONLY" | "MASTERDOWN" | "LOADING")
 }
 
 #[cfg(test)]

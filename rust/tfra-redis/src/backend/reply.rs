@@ -27,36 +27,22 @@ pub enum Reply {
 pub struct Unexpected(pub &'static str);
 
 impl Reply {
-    fn bytes(&self) -> Option<&[u8]> {
+    /// A borrowed view of the reply.
+    pub fn view(&self) -> ReplyView<'_> {
         match self {
-            Reply::Frame(buf, range) => Some(&buf[range.clone()]),
-            Reply::Parsed(_) => None,
+            Reply::Frame(buf, range) => ReplyView::Frame(&buf[range.clone()]),
+            Reply::Parsed(v) => ReplyView::Parsed(v),
         }
     }
 
     /// The server's error, when the reply is one.
     pub fn server_error(&self) -> Option<ServerError> {
-        match self {
-            Reply::Frame(..) if self.bytes()?.first() != Some(&b'-') => None,
-            Reply::Frame(..) => match self.to_value() {
-                Value::ServerError(e) => Some(e),
-                _ => None,
-            },
-            Reply::Parsed(Value::ServerError(e)) => Some(e.clone()),
-            Reply::Parsed(_) => None,
-        }
+        self.view().server_error()
     }
 
     /// The reply as a redis-rs value (parsed now for a frame).
     pub fn to_value(&self) -> Value {
-        match self {
-            Reply::Parsed(v) => v.clone(),
-            // The scanner only cuts complete, well-formed replies, so this parse cannot fail;
-            // if it somehow did, Nil makes the caller report an unexpected reply.
-            Reply::Frame(..) => {
-                redis::parse_redis_value(self.bytes().unwrap_or_default()).unwrap_or(Value::Nil)
-            }
-        }
+        self.view().to_value()
     }
 
     /// Consumes the reply into a redis-rs value.
@@ -75,14 +61,56 @@ impl Reply {
         }
     }
 
+    /// See [`ReplyView::for_each_bulk`].
+    pub fn for_each_bulk<E>(
+        &self,
+        f: impl FnMut(usize, Option<&[u8]>) -> Result<(), E>,
+    ) -> Result<Result<usize, E>, Unexpected> {
+        self.view().for_each_bulk(f)
+    }
+}
+
+/// A reply borrowed from wherever it was read.
+#[derive(Clone, Copy, Debug)]
+pub enum ReplyView<'a> {
+    /// The bytes of one complete reply.
+    Frame(&'a [u8]),
+    /// A reply parsed by redis-rs.
+    Parsed(&'a Value),
+}
+
+impl ReplyView<'_> {
+    /// The server's error, when the reply is one.
+    pub fn server_error(&self) -> Option<ServerError> {
+        match *self {
+            ReplyView::Frame(bytes) if bytes.first() != Some(&b'-') => None,
+            ReplyView::Frame(_) => match self.to_value() {
+                Value::ServerError(e) => Some(e),
+                _ => None,
+            },
+            ReplyView::Parsed(Value::ServerError(e)) => Some(e.clone()),
+            ReplyView::Parsed(_) => None,
+        }
+    }
+
+    /// The reply as a redis-rs value.
+    pub fn to_value(&self) -> Value {
+        match *self {
+            ReplyView::Parsed(v) => v.clone(),
+            // The scanner only cuts complete, well-formed replies, so this parse cannot fail;
+            // if it somehow did, Nil makes the caller report an unexpected reply.
+            ReplyView::Frame(bytes) => redis::parse_redis_value(bytes).unwrap_or(Value::Nil),
+        }
+    }
+
     /// Calls `f` with each element of an array of bulk strings (`None` for a nil), in order,
     /// without copying; returns the number of elements. Stops at the first error of `f`.
     pub fn for_each_bulk<E>(
         &self,
         mut f: impl FnMut(usize, Option<&[u8]>) -> Result<(), E>,
     ) -> Result<Result<usize, E>, Unexpected> {
-        match self {
-            Reply::Parsed(Value::Array(items)) => {
+        match *self {
+            ReplyView::Parsed(Value::Array(items)) => {
                 for (k, item) in items.iter().enumerate() {
                     let item = match item {
                         Value::BulkString(b) => Some(b.as_slice()),
@@ -95,9 +123,8 @@ impl Reply {
                 }
                 Ok(Ok(items.len()))
             }
-            Reply::Parsed(_) => Err(Unexpected("not an array")),
-            Reply::Frame(..) => {
-                let bytes = self.bytes().unwrap_or_default();
+            ReplyView::Parsed(_) => Err(Unexpected("not an array")),
+            ReplyView::Frame(bytes) => {
                 let mut at = 0;
                 let (kind, count) = header(bytes, &mut at).ok_or(Unexpected("not an array"))?;
                 if kind != b'*' || count < 0 {
@@ -186,6 +213,19 @@ impl FrameScanner {
             at: 0,
             pending: 1,
         }
+    }
+
+    /// Forgets the first `n` bytes of the buffer (the caller removed consumed replies); `n`
+    /// must not go past the start of the reply being scanned.
+    pub(crate) fn shift(&mut self, n: usize) {
+        debug_assert!(n <= self.start);
+        self.start -= n;
+        self.at -= n;
+    }
+
+    /// Where the reply being scanned starts: everything before it is complete replies.
+    pub(crate) fn start(&self) -> usize {
+        self.start
     }
 
     /// The next complete reply in `buf`, or `None` until more bytes arrive.

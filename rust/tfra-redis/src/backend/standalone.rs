@@ -2,10 +2,10 @@
 //! target that asks the sentinels where the master is.
 
 use super::batch::Batch;
-use super::link::Link;
+use super::link::{Link, StreamError};
 use super::options::ConnectOptions;
 use super::pool::{Pool, Target};
-use super::reply::Reply;
+use super::reply::{Reply, ReplyView};
 use super::{Backend, Retry, Role, check_replies, classify, scan_connection, with_retry};
 use crate::config::ConnectionMode;
 use crate::error::{Error, Result};
@@ -111,16 +111,10 @@ pub(crate) fn run_on_pool<T: Target>(
                 // connection so the next one is resolved again.
                 if replies.iter().any(|r| {
                     r.server_error()
-                        .is_some_and(|e| matches!(e.code(), "READONLY" | "MASTERDOWN" | "LOADING"))
+                        .is_some_and(|e| super::is_failover_reply(&e))
                 }) {
                     conn.broken = true;
-                    return Err((
-                        Error::Connection {
-                            target: conn.addr.clone(),
-                            message: "server is read-only or loading (failover in progress)".into(),
-                        },
-                        true,
-                    ));
+                    return Err((failover_error(&conn.addr), true));
                 }
                 if durable {
                     let acked = replies.pop().and_then(|r| r.as_int()).unwrap_or(0);
@@ -139,7 +133,61 @@ pub(crate) fn run_on_pool<T: Target>(
     })
 }
 
+fn failover_error(addr: &str) -> Error {
+    Error::Connection {
+        target: addr.to_string(),
+        message: "server is read-only or loading (failover in progress)".into(),
+    }
+}
+
+/// Streams an idempotent read batch on a pooled connection (see [`Backend::run_each`]).
+fn stream_on_pool<T: Target>(
+    pool: &Pool<T>,
+    batch: &Batch,
+    opts: &ConnectOptions,
+    on_reply: &mut dyn FnMut(usize, ReplyView<'_>) -> Result<()>,
+) -> Result<()> {
+    let cmds: Vec<&[u8]> = (0..batch.len()).map(|i| batch.command_bytes(i)).collect();
+    with_retry(opts.retry_deadline, Retry::Idempotent, || {
+        let mut conn = pool.get().map_err(|e| (e, true))?;
+        let addr = conn.addr.clone();
+        let mut checked = |i: usize, reply: ReplyView<'_>| match reply.server_error() {
+            Some(e) if super::is_failover_reply(&e) => Err(failover_error(&addr)),
+            Some(e) => Err(super::error_reply(batch, i, &e)),
+            None => on_reply(i, reply),
+        };
+        let result = conn.inner.stream(&cmds, &mut checked);
+        conn.last_used = std::time::Instant::now();
+        result.map_err(|e| {
+            // Unread replies are left on the connection: it cannot be used again.
+            conn.broken = true;
+            match e {
+                StreamError::Transport(e) => (
+                    classify(&e, &conn.addr, opts.socket_timeout),
+                    super::surely_not_executed(&e),
+                ),
+                StreamError::Handler(e) => (e, false),
+            }
+        })
+    })
+}
+
 impl<W: Target, R: Target> Backend for PlainBackend<W, R> {
+    fn run_each(
+        &self,
+        batch: &Batch,
+        role: Role,
+        on_reply: &mut dyn FnMut(usize, ReplyView<'_>) -> Result<()>,
+    ) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match (&self.read, role) {
+            (Some(read), Role::Read) => stream_on_pool(read, batch, &self.opts, on_reply),
+            _ => stream_on_pool(&self.write, batch, &self.opts, on_reply),
+        }
+    }
+
     fn run_batch(&self, batch: &Batch, role: Role, retry: Retry) -> Result<Vec<Reply>> {
         if batch.is_empty() {
             return Ok(Vec::new());
