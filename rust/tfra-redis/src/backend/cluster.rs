@@ -100,6 +100,22 @@ impl SlotMap {
     }
 }
 
+/// Where a streamed read hands its replies, shared by the node threads; keeps the first
+/// error the handler returned.
+type Sink<'s, 'f> = Mutex<(&'s mut super::OnReply<'f>, Option<Error>)>;
+
+/// What the nodes of one round of an attempt share.
+#[derive(Clone, Copy)]
+struct Share<'r, 's, 'f> {
+    batch: &'r Batch,
+    /// Commands to send with `ASKING` to the node of a redirect.
+    asking: &'r HashMap<usize, Addr>,
+    /// Whether a `WAIT` follows the writes.
+    durable: bool,
+    retry: Retry,
+    sink: Option<&'r Sink<'s, 'f>>,
+}
+
 /// What one node did with its share of an attempt.
 enum NodeOutcome {
     /// Every command got a reply (possibly an error reply), plus WAIT's count when asked.
@@ -241,11 +257,15 @@ impl Cluster {
         &self,
         node: &(Addr, bool),
         idxs: &[usize],
-        batch: &Batch,
-        asking: &HashMap<usize, Addr>,
-        durable: bool,
-        retry: Retry,
+        share: &Share<'_, '_, '_>,
     ) -> NodeOutcome {
+        let Share {
+            batch,
+            asking,
+            durable,
+            retry,
+            sink,
+        } = *share;
         let pool = self.pool(&node.0, node.1);
         let mut conn = match pool.get() {
             Ok(c) => c,
@@ -290,6 +310,22 @@ impl Cluster {
                     replies.push(all.next().unwrap_or(Reply::Parsed(Value::Nil)));
                 }
                 let acked = durable.then(|| all.next().and_then(|r| r.as_int()).unwrap_or(0));
+                if let Some(sink) = sink {
+                    // Rows are copied out by this node's thread, while the reply is still
+                    // warm in cache and other nodes are still answering. Error replies are
+                    // left to `attempt` (redirects are retried, others fail the call).
+                    for (&i, reply) in idxs.iter().zip(&replies) {
+                        if reply.server_error().is_some() {
+                            continue;
+                        }
+                        let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
+                        if sink.1.is_none()
+                            && let Err(e) = (sink.0)(i, reply.view())
+                        {
+                            sink.1 = Some(e);
+                        }
+                    }
+                }
                 NodeOutcome::Replied { replies, acked }
             }
             Err(e) => {
@@ -354,6 +390,7 @@ impl Cluster {
         role: Role,
         retry: Retry,
         results: &mut [Option<Reply>],
+        sink: Option<&Sink<'_, '_>>,
     ) -> std::result::Result<(), (Error, bool)> {
         let durable = super::needs_wait(batch, role, &self.opts);
         let mut asking: HashMap<usize, Addr> = HashMap::new();
@@ -396,24 +433,33 @@ impl Cluster {
                 groups.entry(node).or_default().push(i);
             }
             let groups: Vec<_> = groups.into_iter().collect();
+            let share = Share {
+                batch,
+                asking: &asking,
+                durable,
+                retry,
+                sink,
+            };
             let outcomes: Vec<NodeOutcome> = if groups.len() == 1 {
                 let (node, idxs) = &groups[0];
-                vec![self.run_node(node, idxs, batch, &asking, durable, retry)]
+                vec![self.run_node(node, idxs, &share)]
             } else {
                 // All nodes at once: the batch takes as long as the slowest node, not the sum.
+                // The calling thread serves the first node itself: one thread fewer to start.
                 std::thread::scope(|s| {
-                    let handles: Vec<_> = groups
+                    let share = &share;
+                    let handles: Vec<_> = groups[1..]
                         .iter()
-                        .map(|(node, idxs)| {
-                            let asking = &asking;
-                            s.spawn(move || {
-                                self.run_node(node, idxs, batch, asking, durable, retry)
-                            })
-                        })
+                        .map(|(node, idxs)| s.spawn(move || self.run_node(node, idxs, share)))
                         .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().expect("a cluster node worker panicked"))
+                    let (node, idxs) = &groups[0];
+                    let first = self.run_node(node, idxs, share);
+                    std::iter::once(first)
+                        .chain(
+                            handles
+                                .into_iter()
+                                .map(|h| h.join().expect("a cluster node worker panicked")),
+                        )
                         .collect()
                 })
             };
@@ -597,22 +643,49 @@ fn parse_cluster_slots(reply: Value, asked_host: &str) -> Result<SlotMap> {
     Ok(SlotMap { ranges })
 }
 
-impl Backend for Cluster {
-    fn run_batch(&self, batch: &Batch, role: Role, retry: Retry) -> Result<Vec<Reply>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
+impl Cluster {
+    /// Runs a batch to the end (retries and redirects included); with a sink, every good
+    /// reply is also handed to it as soon as its node's pipeline is read. Commands answered
+    /// in an earlier attempt are not sent again, so the sink sees each command once.
+    fn run_all(
+        &self,
+        batch: &Batch,
+        role: Role,
+        retry: Retry,
+        sink: Option<&Sink<'_, '_>>,
+    ) -> Result<Vec<Reply>> {
         let slots: Vec<u16> = (0..batch.len())
             .map(|i| crate::layout::key_slot(batch.key_of(i)))
             .collect();
         let mut results: Vec<Option<Reply>> = vec![None; batch.len()];
         with_retry(self.opts.retry_deadline, retry, || {
-            self.attempt(batch, &slots, role, retry, &mut results)
+            self.attempt(batch, &slots, role, retry, &mut results, sink)
         })?;
         Ok(results
             .into_iter()
             .map(|r| r.expect("every command has a reply after a successful attempt"))
             .collect())
+    }
+}
+
+impl Backend for Cluster {
+    fn run_batch(&self, batch: &Batch, role: Role, retry: Retry) -> Result<Vec<Reply>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run_all(batch, role, retry, None)
+    }
+
+    fn run_each(&self, batch: &Batch, role: Role, on_reply: &mut super::OnReply<'_>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let sink: Sink<'_, '_> = Mutex::new((on_reply, None));
+        self.run_all(batch, role, Retry::Idempotent, Some(&sink))?;
+        match sink.into_inner().unwrap_or_else(|e| e.into_inner()).1 {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 
     fn scan_match(&self, pattern: &[u8]) -> Result<Vec<Vec<u8>>> {

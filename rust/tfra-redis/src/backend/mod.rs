@@ -49,6 +49,10 @@ pub enum Retry {
     Never,
 }
 
+/// What [`Backend::run_each`] calls with each reply. `Send`: a cluster hands replies over
+/// from the thread that read them, one at a time.
+pub type OnReply<'a> = dyn FnMut(usize, ReplyView<'_>) -> Result<()> + Send + 'a;
+
 /// One Redis deployment (a server, a Sentinel group or a cluster).
 pub trait Backend: Send + Sync {
     /// Runs single-key commands, each routed by its first key, as one pipeline per node (all
@@ -60,12 +64,7 @@ pub trait Backend: Send + Sync {
     /// `on_reply(i, reply)` for command `i`, in order, possibly again from the start when the
     /// batch is retried. Error replies fail the call before reaching `on_reply`. Backends that
     /// can handle a reply while later commands still run on the server do so.
-    fn run_each(
-        &self,
-        batch: &Batch,
-        role: Role,
-        on_reply: &mut dyn FnMut(usize, ReplyView<'_>) -> Result<()>,
-    ) -> Result<()> {
+    fn run_each(&self, batch: &Batch, role: Role, on_reply: &mut OnReply<'_>) -> Result<()> {
         for (i, reply) in self
             .run_batch(batch, role, Retry::Idempotent)?
             .iter()

@@ -145,7 +145,7 @@ fn stream_on_pool<T: Target>(
     pool: &Pool<T>,
     batch: &Batch,
     opts: &ConnectOptions,
-    on_reply: &mut dyn FnMut(usize, ReplyView<'_>) -> Result<()>,
+    on_reply: &mut super::OnReply<'_>,
 ) -> Result<()> {
     let cmds: Vec<&[u8]> = (0..batch.len()).map(|i| batch.command_bytes(i)).collect();
     with_retry(opts.retry_deadline, Retry::Idempotent, || {
@@ -173,12 +173,7 @@ fn stream_on_pool<T: Target>(
 }
 
 impl<W: Target, R: Target> Backend for PlainBackend<W, R> {
-    fn run_each(
-        &self,
-        batch: &Batch,
-        role: Role,
-        on_reply: &mut dyn FnMut(usize, ReplyView<'_>) -> Result<()>,
-    ) -> Result<()> {
+    fn run_each(&self, batch: &Batch, role: Role, on_reply: &mut super::OnReply<'_>) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
