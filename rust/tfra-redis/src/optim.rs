@@ -18,7 +18,7 @@ use std::collections::HashSet;
 
 use crate::codec::ValueDtype;
 use crate::error::{Error, Result};
-use crate::table::{Defaults, Table};
+use crate::table::{Defaults, Lookup, Table};
 
 /// Keys per read-update-write round, so memory stays bounded whatever the batch size.
 const WINDOW_KEYS: usize = 1 << 16;
@@ -476,58 +476,54 @@ pub fn apply_gradients(
         let grads = &grads[start * dim..end * dim];
         let init = to_bytes(&init_rows[start * dim..end * dim]);
 
-        let mut rows = on_each_table(&tables, |i, table| {
-            let defaults = if i == 0 {
-                Defaults::PerKey(&init)
-            } else {
-                Defaults::Row(&slot_defaults[i - 1])
-            };
-            let mut out = vec![0u8; keys.len() * table.row_bytes()];
-            table.find(keys, defaults, &mut out, None)?;
-            Ok(from_bytes(&out))
-        })?;
+        let mut outs: Vec<Vec<u8>> = tables
+            .iter()
+            .map(|t| vec![0u8; keys.len() * t.row_bytes()])
+            .collect();
+        let mut lookups: Vec<Lookup<'_>> = tables
+            .iter()
+            .zip(outs.iter_mut())
+            .enumerate()
+            .map(|(i, (&table, out))| Lookup {
+                table,
+                keys,
+                defaults: if i == 0 {
+                    Defaults::PerKey(&init)
+                } else {
+                    Defaults::Row(&slot_defaults[i - 1])
+                },
+                out,
+            })
+            .collect();
+        Table::find_together(&mut lookups)?;
+        let mut rows: Vec<Vec<f32>> = outs.iter().map(|o| from_bytes(o)).collect();
 
         let (param_rows, slot_rows) = rows.split_at_mut(1);
         let mut slot_refs: Vec<&mut [f32]> = slot_rows.iter_mut().map(Vec::as_mut_slice).collect();
         opt.update_rows(step, &mut param_rows[0], &mut slot_refs, grads);
 
-        // The tables are written at once, not one after another: a failure part-way may leave
-        // some of a window's rows updated in one table and not in another, as a crash between
-        // two sequential writes would, so ordering them would buy nothing.
-        on_each_table(&tables, |i, table| table.insert(keys, &to_bytes(&rows[i])))?;
+        // The tables are written in one pipeline: a failure part-way may leave some of a
+        // window's rows updated in one table and not in another, as a crash between two
+        // sequential writes would, so ordering them would buy nothing.
+        let bytes: Vec<Vec<u8>> = rows.iter().map(|r| to_bytes(r)).collect();
+        let writes: Vec<(&Table, &[i64], &[u8])> = tables
+            .iter()
+            .zip(&bytes)
+            .map(|(&t, b)| (t, keys, b.as_slice()))
+            .collect();
+        Table::insert_together(&writes)?;
     }
     Ok(())
 }
 
-/// Runs `f` on every table at once, one thread each, so a step costs one round trip of latency
-/// rather than one per table (Adam reads and writes three tables).
-fn on_each_table<T: Send>(
-    tables: &[&Table],
-    f: impl Fn(usize, &Table) -> Result<T> + Sync,
-) -> Result<Vec<T>> {
-    if tables.len() == 1 {
-        return Ok(vec![f(0, tables[0])?]);
-    }
-    std::thread::scope(|scope| {
-        let f = &f;
-        let handles: Vec<_> = tables
-            .iter()
-            .enumerate()
-            .map(|(i, &table)| scope.spawn(move || f(i, table)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    })
-}
-
-/// Row bytes as stored: float32 little-endian, whatever the host's byte order.
+/// Row bytes as stored: float32 little-endian, whatever the host's byte order. Written into
+/// a buffer of the final size: collecting a `flat_map` pushed byte by byte.
 fn to_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    let mut out = vec![0u8; values.len() * 4];
+    for (dst, v) in out.chunks_exact_mut(4).zip(values) {
+        dst.copy_from_slice(&v.to_le_bytes());
+    }
+    out
 }
 
 fn from_bytes(bytes: &[u8]) -> Vec<f32> {

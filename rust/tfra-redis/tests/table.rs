@@ -9,7 +9,7 @@ use support::{Cluster, Sentinel, ServerOptions, Standalone};
 use tfra_redis::codec::{Dim, KeyDtype, ValueDtype};
 use tfra_redis::config::RedisConfig;
 use tfra_redis::store;
-use tfra_redis::table::{Defaults, Table, TableSpec};
+use tfra_redis::table::{Defaults, Lookup, Table, TableSpec};
 use tfra_redis::{Error, store::open_table};
 
 fn config(json: &str) -> RedisConfig {
@@ -170,6 +170,58 @@ fn standalone_every_operation() {
     assert_eq!(s.server.cli(&["HLEN", "m4:sliced{3560}"]).trim(), "5");
     assert_eq!(s.server.cli(&["EXISTS", "m4:sliced{4129}"]).trim(), "0");
     assert_eq!(t.size().unwrap(), 5);
+}
+
+/// Several tables in one pipeline, as an optimizer step reads and writes a table and its
+/// slots; and tables on two different servers, which cannot share one.
+#[test]
+fn tables_are_read_and_written_together() {
+    let a = Standalone::start();
+    let b = Standalone::start();
+    let (p, _) = open_table(&config(&a.config_json(json!({}))), spec("p", 2)).unwrap();
+    let (m, _) = open_table(&config(&a.config_json(json!({}))), spec("m", 2)).unwrap();
+    let (far, _) = open_table(&config(&b.config_json(json!({}))), spec("f", 2)).unwrap();
+    let keys = [5i64, 6, 7];
+    p.insert(&keys[..2], &bytes(&[1.0, 2.0, 3.0, 4.0])).unwrap();
+    far.insert(&keys[2..], &bytes(&[9.0, 9.5])).unwrap();
+    for (tables, name) in [([&p, &m], "same server"), ([&p, &far], "two servers")] {
+        let default = bytes(&[-1.0, -1.0]);
+        let mut outs = [vec![0u8; 3 * 8], vec![0u8; 3 * 8]];
+        let [o0, o1] = &mut outs;
+        let mut lookups = [
+            Lookup {
+                table: tables[0],
+                keys: &keys,
+                defaults: Defaults::Row(&default),
+                out: o0,
+            },
+            Lookup {
+                table: tables[1],
+                keys: &keys,
+                defaults: Defaults::Row(&default),
+                out: o1,
+            },
+        ];
+        Table::find_together(&mut lookups).unwrap();
+        assert_eq!(outs[0], bytes(&[1.0, 2.0, 3.0, 4.0, -1.0, -1.0]), "{name}");
+        let second = if name == "same server" {
+            bytes(&[-1.0; 6])
+        } else {
+            bytes(&[-1.0, -1.0, -1.0, -1.0, 9.0, 9.5])
+        };
+        assert_eq!(outs[1], second, "{name}");
+    }
+    let rows = bytes(&[0.5; 6]);
+    Table::insert_together(&[(&m, &keys[..], &rows[..]), (&far, &keys[..], &rows[..])]).unwrap();
+    for t in [&m, &far] {
+        let mut out = vec![0u8; 24];
+        t.find(&keys, Defaults::Row(&bytes(&[0.0, 0.0])), &mut out, None)
+            .unwrap();
+        assert_eq!(out, rows);
+    }
+    // A wrong row size is refused before anything is sent.
+    let err = Table::insert_together(&[(&m, &keys[..], &rows[..4])]).unwrap_err();
+    assert!(err.to_string().contains("Expected shape [3, 2]"), "{err}");
 }
 
 #[test]
