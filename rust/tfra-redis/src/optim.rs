@@ -474,15 +474,17 @@ pub fn apply_gradients(
         let end = (start + WINDOW_KEYS).min(n);
         let keys = &keys[start..end];
         let grads = &grads[start * dim..end * dim];
-        let init = to_bytes(&init_rows[start * dim..end * dim]);
+        let init = le_bytes(&init_rows[start * dim..end * dim]);
 
-        let mut outs: Vec<Vec<u8>> = tables
+        // Rows are read straight into f32 buffers, updated there and written from there: the
+        // byte copies in between (and the fresh memory for each) were most of a large step.
+        let mut rows: Vec<Vec<f32>> = tables
             .iter()
-            .map(|t| vec![0u8; keys.len() * t.row_bytes()])
+            .map(|_| vec![0f32; keys.len() * dim])
             .collect();
         let mut lookups: Vec<Lookup<'_>> = tables
             .iter()
-            .zip(outs.iter_mut())
+            .zip(rows.iter_mut())
             .enumerate()
             .map(|(i, (&table, out))| Lookup {
                 table,
@@ -492,11 +494,11 @@ pub fn apply_gradients(
                 } else {
                     Defaults::Row(&slot_defaults[i - 1])
                 },
-                out,
+                out: bytemuck::cast_slice_mut(out.as_mut_slice()),
             })
             .collect();
         Table::find_together(&mut lookups)?;
-        let mut rows: Vec<Vec<f32>> = outs.iter().map(|o| from_bytes(o)).collect();
+        rows.iter_mut().for_each(|r| from_le_in_place(r));
 
         let (param_rows, slot_rows) = rows.split_at_mut(1);
         let mut slot_refs: Vec<&mut [f32]> = slot_rows.iter_mut().map(Vec::as_mut_slice).collect();
@@ -505,11 +507,11 @@ pub fn apply_gradients(
         // The tables are written in one pipeline: a failure part-way may leave some of a
         // window's rows updated in one table and not in another, as a crash between two
         // sequential writes would, so ordering them would buy nothing.
-        let bytes: Vec<Vec<u8>> = rows.iter().map(|r| to_bytes(r)).collect();
+        rows.iter_mut().for_each(|r| to_le_in_place(r));
         let writes: Vec<(&Table, &[i64], &[u8])> = tables
             .iter()
-            .zip(&bytes)
-            .map(|(&t, b)| (t, keys, b.as_slice()))
+            .zip(&rows)
+            .map(|(&t, r)| (t, keys, bytemuck::cast_slice(r.as_slice())))
             .collect();
         Table::insert_together(&writes)?;
     }
@@ -526,6 +528,30 @@ fn to_bytes(values: &[f32]) -> Vec<u8> {
     out
 }
 
+/// The stored bytes of `values`: a view on little-endian hosts, a converted copy otherwise.
+fn le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(values))
+    } else {
+        std::borrow::Cow::Owned(to_bytes(values))
+    }
+}
+
+/// Rows read as raw stored bytes into f32s, to host order (nothing to do on little-endian).
+fn from_le_in_place(values: &mut [f32]) {
+    for v in values {
+        *v = f32::from_bits(u32::from_le(v.to_bits()));
+    }
+}
+
+/// Host-order f32s to stored byte order, in place.
+fn to_le_in_place(values: &mut [f32]) {
+    for v in values {
+        *v = f32::from_bits(v.to_bits().to_le());
+    }
+}
+
+#[cfg(test)]
 fn from_bytes(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)

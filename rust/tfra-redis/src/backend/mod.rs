@@ -3,6 +3,12 @@
 //! A backend knows Redis and nothing about embeddings: it runs batches of single-key commands
 //! (one pipeline per node), lists keys, and describes the topology. The table decides what the
 //! commands are.
+//!
+//! The data path: the table encodes a [`Batch`] once (`batch.rs`); a backend sends it over
+//! pooled connections (`link.rs`: our own socket for plain TCP, redis-rs's for TLS) and hands
+//! back [`Reply`]s that are still the bytes the server sent (`reply.rs`), so rows are copied
+//! once, from the read buffer into the caller's output. Lookups stream ([`Backend::run_each`]):
+//! each reply is handled as soon as it is complete while later commands still run.
 
 mod batch;
 mod cluster;
