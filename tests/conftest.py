@@ -96,3 +96,16 @@ def make_config() -> Callable[..., Path]:
         return servers.write_config_file(path, topology, **overrides)
 
     return write
+
+
+@pytest.fixture(scope="module")
+def collect_tables_at_module_end() -> Iterator[None]:
+    """For TensorFlow test modules: tables close (EXPIRE) when collected, so collect them
+    before the session's servers stop."""
+    yield
+    import gc
+
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()

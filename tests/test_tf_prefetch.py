@@ -8,7 +8,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import gc  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -27,12 +26,7 @@ BATCH = 16
 IDS_PER_ROW = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _close_tables_while_redis_runs():
-    """Tables close (EXPIRE) when collected; collect them before the session's server stops."""
-    yield
-    keras.backend.clear_session()
-    gc.collect()
+pytestmark = pytest.mark.usefixtures("collect_tables_at_module_end")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import gc  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -62,11 +61,7 @@ def run(mode):
     return runner
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _close_tables_while_redis_runs():
-    """Tables close (EXPIRE) when collected; collect them before the session's server stops."""
-    yield
-    gc.collect()
+pytestmark = pytest.mark.usefixtures("collect_tables_at_module_end")
 
 
 @pytest.fixture

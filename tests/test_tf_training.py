@@ -27,12 +27,7 @@ IDS_PER_ROW = 2
 BATCH = VOCAB // IDS_PER_ROW  # every id exactly once per step
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _close_tables_while_redis_runs():
-    """Tables close (EXPIRE) when collected; collect them before the session's server stops."""
-    yield
-    keras.backend.clear_session()
-    gc.collect()
+pytestmark = pytest.mark.usefixtures("collect_tables_at_module_end")
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import gc  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -53,12 +52,7 @@ worker_main(sys.argv[1])
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _close_tables_while_redis_runs():
-    """Tables close (EXPIRE) when collected; collect them before the session's server stops."""
-    yield
-    keras.backend.clear_session()
-    gc.collect()
+pytestmark = pytest.mark.usefixtures("collect_tables_at_module_end")
 
 
 def dataset() -> tuple[np.ndarray, np.ndarray]:
