@@ -314,18 +314,35 @@ impl Table {
         mut exists: Option<&mut [bool]>,
     ) -> Result<()> {
         let backend = self.backend()?;
+        self.by_window(
+            keys,
+            |batch, b, pos| self.fields_cmd(batch, "HMGET", b, keys, pos),
+            |batch, window| {
+                // Each reply's rows are copied while the server still answers the next ones.
+                backend.run_each(batch, Role::Read, &mut |i, reply| {
+                    let (b, pos) = &window[i];
+                    self.copy_rows(*b, pos, reply, keys, defaults, out, exists.as_deref_mut())
+                })
+            },
+        )
+    }
+
+    /// Cuts `keys` into windows (see [`Table::plan`] and [`Table::windows`]); per window,
+    /// `make` adds the command of each (bucket, positions) to a batch, and `send` runs it.
+    fn by_window(
+        &self,
+        keys: &[i64],
+        make: impl Fn(&mut Batch, usize, &[u32]),
+        mut send: impl FnMut(&Batch, &[(usize, Vec<u32>)]) -> Result<()>,
+    ) -> Result<()> {
         let plan = self.plan(keys);
         with_batch(|batch| {
             for window in Self::windows(&plan) {
                 batch.clear();
                 for (b, pos) in window {
-                    self.fields_cmd(batch, "HMGET", *b, keys, pos);
+                    make(batch, *b, pos);
                 }
-                // Each reply's rows are copied while the server still answers the next ones.
-                backend.run_each(batch, Role::Read, &mut |i, reply| {
-                    let (b, pos) = &window[i];
-                    self.copy_rows(*b, pos, reply, keys, defaults, out, exists.as_deref_mut())
-                })?;
+                send(batch, window)?;
             }
             Ok(())
         })
@@ -540,16 +557,8 @@ impl Table {
         make: impl Fn(&mut Batch, usize, &[u32]),
     ) -> Result<()> {
         let backend = self.backend()?;
-        let plan = self.plan(keys);
-        with_batch(|batch| {
-            for window in Self::windows(&plan) {
-                batch.clear();
-                for (b, pos) in window {
-                    make(batch, *b, pos);
-                }
-                backend.run_batch(batch, Role::Write, retry)?;
-            }
-            Ok(())
+        self.by_window(keys, make, |batch, _| {
+            backend.run_batch(batch, Role::Write, retry).map(|_| ())
         })
     }
 
