@@ -4,9 +4,11 @@
 //! buffer and cut into frames (`reply.rs`) instead of being parsed into a `Value` per row:
 //! redis-rs has no way to hand out reply bytes (its maintainers suggest an own client for
 //! that, redis-rs issue #420). Everything else on these sockets still goes through redis-rs:
-//! commands are encoded by `redis::Cmd`, and non-row replies are parsed by
-//! `redis::parse_redis_value`, via the `ConnectionLike` impl below, so `cmd.query(&mut link)`
-//! works as on a redis-rs connection. TLS connections stay redis-rs connections.
+//! ad-hoc commands are encoded by `redis::Cmd` (the table's own by `batch.rs`), and non-row
+//! replies are parsed by `redis::parse_redis_value`, via the `ConnectionLike` impl below, so
+//! `cmd.query(&mut link)` works as on a redis-rs connection. TLS connections stay redis-rs
+//! connections (their replies are parsed into `Value`s, and a streamed lookup sends all its
+//! commands at once).
 
 use std::io::{IoSlice, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
