@@ -172,6 +172,58 @@ fn standalone_every_operation() {
     assert_eq!(t.size().unwrap(), 5);
 }
 
+/// A lookup of many commands streams through several in-flight windows and puts every row in
+/// its place; an error reply in the middle fails the call, names the bucket, and leaves no
+/// half-read connection behind for the next call.
+#[test]
+fn streamed_lookups_span_windows_and_recover_from_error_replies() {
+    let s = Standalone::start();
+    let dim = 1024; // 4 KB rows: 64-row replies of 256 KB, ~32 of them in flight at a time
+    let cfg = s.config_json(json!({"keys_sending_size": 64, "model_tag_runtime": "win"}));
+    let (t, _) = open_table(&config(&cfg), spec("wide", dim)).unwrap();
+    let stored: Vec<i64> = (0..6000).map(|k| k * 2).collect();
+    let rows: Vec<f32> = stored.iter().flat_map(|&k| row(k, dim)).collect();
+    t.insert(&stored, &bytes(&rows)).unwrap();
+    // Every stored id and one missing id after each, in an order that interleaves them.
+    let keys: Vec<i64> = (0..12000).rev().collect();
+    let default = bytes(&vec![-1.0; dim]);
+    let mut out = vec![0u8; keys.len() * dim * 4];
+    let mut exists = vec![false; keys.len()];
+    t.find(&keys, Defaults::Row(&default), &mut out, Some(&mut exists))
+        .unwrap();
+    for (i, &k) in keys.iter().enumerate() {
+        let got = floats(&out[i * dim * 4..(i + 1) * dim * 4]);
+        if k % 2 == 0 {
+            assert!(exists[i], "key {k}");
+            assert_eq!(got, row(k, dim), "key {k}");
+        } else {
+            assert!(!exists[i], "key {k}");
+            assert_eq!(got, vec![-1.0; dim], "key {k}");
+        }
+    }
+    // The bucket replaced by a string: HMGET fails with WRONGTYPE.
+    let bucket = t.bucket_names()[0].clone();
+    s.server.cli(&["DEL", &bucket]);
+    s.server.cli(&["SET", &bucket, "not a hash"]);
+    let err = t
+        .find(&keys, Defaults::Row(&default), &mut out, None)
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("WRONGTYPE") && text.contains(&bucket),
+        "{text}"
+    );
+    s.server.cli(&["DEL", &bucket]);
+    t.find(
+        &keys[..100],
+        Defaults::Row(&default),
+        &mut out[..100 * dim * 4],
+        None,
+    )
+    .unwrap();
+    assert!(floats(&out[..100 * dim * 4]).iter().all(|&v| v == -1.0));
+}
+
 /// Several tables in one pipeline, as an optimizer step reads and writes a table and its
 /// slots; and tables on two different servers, which cannot share one.
 #[test]
