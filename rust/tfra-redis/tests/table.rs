@@ -313,6 +313,31 @@ fn cluster_every_operation() {
         support::redis_cli(port, &["HLEN", "test:tags{18403}"]).trim(),
         "1"
     );
+
+    // One bucket replaced by a string: the lookup fails naming that bucket and node, even
+    // though the other nodes' rows were already handed over; the next lookup works.
+    support::redis_cli(port, &["DEL", "test:tags{18403}"]);
+    support::redis_cli(port, &["SET", "test:tags{18403}", "x"]);
+    let default = bytes(&[-1.0]);
+    let mut out = vec![0u8; 16];
+    let err = t
+        .find(&[0, 1, 2, 3], Defaults::Row(&default), &mut out, None)
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("WRONGTYPE") && text.contains("test:tags{18403}"),
+        "{text}"
+    );
+    support::redis_cli(port, &["DEL", "test:tags{18403}"]);
+    let mut exists = [false; 4];
+    t.find(
+        &[0, 1, 2, 3],
+        Defaults::Row(&default),
+        &mut out,
+        Some(&mut exists),
+    )
+    .unwrap();
+    assert_eq!(exists.iter().filter(|&&e| e).count(), 3, "{exists:?}");
 }
 
 #[test]
