@@ -117,6 +117,9 @@ const IN_FLIGHT_REPLY_BYTES: usize = 8 << 20;
 /// Commands sent before the size of a reply is known.
 const FIRST_FLIGHT: usize = 4;
 
+/// Replies a streamed lookup's buffer holds before it is compacted rather than grown.
+const REPLIES_PER_BUFFER: usize = 8;
+
 impl Link {
     /// Sends one command per entry of `cmds` and hands each reply to `on_reply` as soon as it
     /// is complete, while later commands are still running on the server; replies are
@@ -200,9 +203,7 @@ impl PlainLink {
         }
         let (buf, frames) = result?;
         let buf = Arc::new(buf);
-        if buf.len() <= MAX_KEPT_BUFFER {
-            self.buf = buf.clone();
-        }
+        self.keep_buffer(buf.clone());
         Ok(frames
             .into_iter()
             .map(|range| Reply::Frame(buf.clone(), range))
@@ -217,20 +218,10 @@ impl PlainLink {
         self.write_parts(parts)?;
         let mut frames = Vec::with_capacity(expected);
         let mut scanner = FrameScanner::new();
-        // Read straight into one buffer that is initialized up to its length (`filled` marks
-        // this pipeline's bytes; the rest is zeros or an older reply), so growing it costs
-        // one memset of the new part, and a reused buffer costs nothing.
         let mut buf = self.take_buffer();
         let mut filled = 0;
         while frames.len() < expected {
-            if filled == buf.len() {
-                buf.resize(buf.len() * 2, 0);
-            }
-            let n = self.stream.read(&mut buf[filled..])?;
-            if n == 0 {
-                return Err(closed().into());
-            }
-            filled += n;
+            filled += self.read_more(&mut buf, filled)?;
             while frames.len() < expected {
                 match scanner.next_frame(&buf[..filled]) {
                     Ok(Some(frame)) => frames.push(frame),
@@ -239,17 +230,84 @@ impl PlainLink {
                 }
             }
         }
-        if scanner_has_leftover(filled, &frames) {
-            // More bytes than replies: something else is talking on this connection.
-            return Err(protocol_error(
-                "the server sent more than the replies asked for".into(),
-            ));
-        }
+        check_no_leftover(&scanner, filled)?;
         Ok((buf, frames))
     }
-}
 
-impl PlainLink {
+    fn stream(
+        &mut self,
+        cmds: &[&[u8]],
+        on_reply: &mut dyn FnMut(usize, ReplyView<'_>) -> Result<()>,
+    ) -> std::result::Result<(), StreamError> {
+        let transport = |e: RedisError| StreamError::Transport(e);
+        let mut buf = self.take_buffer();
+        let mut filled = 0;
+        // Below this size the buffer grows instead of being compacted (see below).
+        let mut roomy = 0;
+        let mut scanner = FrameScanner::new();
+        let (mut sent, mut done) = (0, 0);
+        let mut window = FIRST_FLIGHT;
+        while done < cmds.len() {
+            let upto = (done + window).min(cmds.len());
+            if upto > sent {
+                self.write_parts(&cmds[sent..upto])
+                    .map_err(|e| transport(e.into()))?;
+                sent = upto;
+            }
+            // Handled replies leave a full buffer by moving the start of the next reply to
+            // the front. The buffer holds several replies first, so that this copy is a small
+            // part of what was read (moving the tail after every read copied up to half the
+            // rows a second time).
+            let consumed = scanner.start();
+            if filled == buf.len() && consumed > 0 && buf.len() >= roomy {
+                buf.copy_within(consumed..filled, 0);
+                filled -= consumed;
+                scanner.shift(consumed);
+            }
+            filled += self
+                .read_more(&mut buf, filled)
+                .map_err(|e| transport(e.into()))?;
+            while done < cmds.len() {
+                let frame = scanner
+                    .next_frame(&buf[..filled])
+                    .map_err(|e| transport(protocol_error(e.0)))?;
+                let Some(frame) = frame else { break };
+                if done == 0 {
+                    // Replies of one batch are about the same size (ids x row bytes).
+                    let size = frame.len().max(1);
+                    window = (IN_FLIGHT_REPLY_BYTES / size).max(FIRST_FLIGHT);
+                    roomy = (REPLIES_PER_BUFFER * size).min(MAX_KEPT_BUFFER);
+                }
+                on_reply(done, ReplyView::Frame(&buf[frame])).map_err(StreamError::Handler)?;
+                done += 1;
+            }
+            if scanner.start() == filled {
+                // Everything read is handled: start over at the front, nothing to move.
+                scanner.shift(filled);
+                filled = 0;
+            }
+        }
+        check_no_leftover(&scanner, filled).map_err(transport)?;
+        self.keep_buffer(Arc::new(buf));
+        Ok(())
+    }
+
+    /// Reads what the socket has into `buf[filled..]`, doubling `buf` first when it is full;
+    /// returns the number of bytes read. The buffer is initialized up to its length (zeros or
+    /// an older reply), so growing costs one memset of the new part and reuse costs nothing.
+    fn read_more(&mut self, buf: &mut Vec<u8>, filled: usize) -> std::io::Result<usize> {
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match self.stream.read(&mut buf[filled..])? {
+            0 => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            )),
+            n => Ok(n),
+        }
+    }
+
     /// Writes all parts with as few system calls as the socket allows (a cluster node's
     /// share of a batch is many separate commands; copying them together would cost a pass
     /// over every row).
@@ -272,62 +330,6 @@ impl PlainLink {
         }
         Ok(())
     }
-}
-
-impl PlainLink {
-    fn stream(
-        &mut self,
-        cmds: &[&[u8]],
-        on_reply: &mut dyn FnMut(usize, ReplyView<'_>) -> Result<()>,
-    ) -> std::result::Result<(), StreamError> {
-        let transport = |e: std::io::Error| StreamError::Transport(e.into());
-        let mut buf = self.take_buffer();
-        let mut filled = 0;
-        let mut scanner = FrameScanner::new();
-        let (mut sent, mut done) = (0, 0);
-        let mut window = FIRST_FLIGHT;
-        while done < cmds.len() {
-            let upto = (done + window).min(cmds.len());
-            if upto > sent {
-                self.write_parts(&cmds[sent..upto]).map_err(transport)?;
-                sent = upto;
-            }
-            if filled == buf.len() {
-                buf.resize(buf.len() * 2, 0);
-            }
-            let n = self.stream.read(&mut buf[filled..]).map_err(transport)?;
-            if n == 0 {
-                return Err(transport(closed()));
-            }
-            filled += n;
-            while done < cmds.len() {
-                let frame = scanner
-                    .next_frame(&buf[..filled])
-                    .map_err(|e| StreamError::Transport(protocol_error(e.0)))?;
-                let Some(frame) = frame else { break };
-                if done == 0 {
-                    // Replies of one batch are about the same size (ids x row bytes).
-                    window = (IN_FLIGHT_REPLY_BYTES / frame.len().max(1)).max(FIRST_FLIGHT);
-                }
-                on_reply(done, ReplyView::Frame(&buf[frame])).map_err(StreamError::Handler)?;
-                done += 1;
-            }
-            // Handled replies leave the buffer; what stays is the start of the next one.
-            let consumed = scanner.start();
-            if consumed > 0 {
-                buf.copy_within(consumed..filled, 0);
-                filled -= consumed;
-                scanner.shift(consumed);
-            }
-        }
-        if filled > 0 {
-            return Err(StreamError::Transport(protocol_error(
-                "the server sent more than the replies asked for".into(),
-            )));
-        }
-        self.keep_buffer(buf);
-        Ok(())
-    }
 
     /// The buffer kept from the last pipeline when no reply still uses it, else a new one.
     fn take_buffer(&mut self) -> Vec<u8> {
@@ -341,26 +343,25 @@ impl PlainLink {
         buf
     }
 
-    fn keep_buffer(&mut self, buf: Vec<u8>) {
+    fn keep_buffer(&mut self, buf: Arc<Vec<u8>>) {
         if buf.len() <= MAX_KEPT_BUFFER {
-            self.buf = Arc::new(buf);
+            self.buf = buf;
         }
     }
-}
-
-fn closed() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::UnexpectedEof,
-        "the server closed the connection",
-    )
 }
 
 fn protocol_error(detail: String) -> RedisError {
     RedisError::from((ErrorKind::Parse, "protocol error", detail))
 }
 
-fn scanner_has_leftover(filled: usize, frames: &[std::ops::Range<usize>]) -> bool {
-    frames.last().map_or(filled > 0, |f| f.end != filled)
+/// Fails when bytes follow the last reply: something else is talking on this connection.
+fn check_no_leftover(scanner: &FrameScanner, filled: usize) -> RedisResult<()> {
+    if scanner.start() == filled {
+        return Ok(());
+    }
+    Err(protocol_error(
+        "the server sent more than the replies asked for".into(),
+    ))
 }
 
 /// AUTH refusals become authentication errors, as from redis-rs's own handshake; ACL codes
