@@ -92,6 +92,23 @@ fn with_batch<T>(f: impl FnOnce(&mut Batch) -> T) -> T {
     out
 }
 
+/// The backend all `tables` share, or `None` when they are on different ones (or there are
+/// none).
+fn shared_backend<'t>(
+    mut tables: impl Iterator<Item = &'t Table>,
+) -> Result<Option<Arc<dyn Backend>>> {
+    let Some(first) = tables.next() else {
+        return Ok(None);
+    };
+    let backend = first.backend()?;
+    for t in tables {
+        if !Arc::ptr_eq(&t.backend()?, &backend) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(backend))
+}
+
 /// An open table.
 pub struct Table {
     spec: TableSpec,
@@ -452,19 +469,12 @@ impl Table {
         for l in lookups.iter() {
             l.table.check_lookup(l.keys, l.defaults, l.out)?;
         }
-        let Some(first) = lookups.first() else {
-            return Ok(());
-        };
-        let backend = first.table.backend()?;
-        let shared = lookups.iter().try_fold(true, |same, l| {
-            Ok::<_, Error>(same && Arc::ptr_eq(&l.table.backend()?, &backend))
-        })?;
-        if !shared {
+        let Some(backend) = shared_backend(lookups.iter().map(|l| l.table))? else {
             for l in lookups.iter_mut() {
                 l.table.find_inner(l.keys, l.defaults, l.out, None)?;
             }
             return Ok(());
-        }
+        };
         // (lookup, bucket, positions) of every command, in batch order.
         let mut commands: Vec<(usize, usize, Vec<u32>)> = Vec::new();
         with_batch(|batch| {
@@ -489,25 +499,16 @@ impl Table {
         for (table, keys, rows) in writes {
             table.check_len("value", rows.len(), keys.len())?;
         }
-        let Some((first, ..)) = writes.first() else {
-            return Ok(());
-        };
-        let backend = first.backend()?;
-        let shared = writes.iter().try_fold(true, |same, (t, ..)| {
-            Ok::<_, Error>(same && Arc::ptr_eq(&t.backend()?, &backend))
-        })?;
-        if !shared {
+        let Some(backend) = shared_backend(writes.iter().map(|(t, ..)| *t))? else {
             for (table, keys, rows) in writes {
                 table.insert(keys, rows)?;
             }
             return Ok(());
-        }
+        };
         with_batch(|batch| {
             for (table, keys, rows) in writes {
                 for (b, pos) in table.plan(keys) {
-                    batch.command("HSET", 1 + 2 * pos.len());
-                    batch.key(table.buckets[b].as_bytes());
-                    table.push_pairs(batch, keys, rows, &pos);
+                    table.rows_cmd(batch, false, b, keys, rows, &pos);
                 }
             }
             backend
@@ -535,18 +536,32 @@ impl Table {
             return Ok(());
         }
         self.write_windows(keys, Retry::Idempotent, |batch, b, pos| {
-            let bucket = self.buckets[b].as_bytes();
-            if only_missing {
-                batch.command("EVAL", 3 + 2 * pos.len());
-                batch.arg(SETNX_LUA.as_bytes());
-                batch.arg(b"1");
-                batch.key(bucket);
-            } else {
-                batch.command("HSET", 1 + 2 * pos.len());
-                batch.key(bucket);
-            }
-            self.push_pairs(batch, keys, values, pos);
+            self.rows_cmd(batch, only_missing, b, keys, values, pos)
         })
+    }
+
+    /// Adds the command writing the rows of the keys at `pos` to bucket `b`: `HSET`, or the
+    /// `HSETNX` script when `only_missing`.
+    fn rows_cmd(
+        &self,
+        batch: &mut Batch,
+        only_missing: bool,
+        b: usize,
+        keys: &[i64],
+        rows: &[u8],
+        pos: &[u32],
+    ) {
+        let bucket = self.buckets[b].as_bytes();
+        if only_missing {
+            batch.command("EVAL", 3 + 2 * pos.len());
+            batch.arg(SETNX_LUA.as_bytes());
+            batch.arg(b"1");
+            batch.key(bucket);
+        } else {
+            batch.command("HSET", 1 + 2 * pos.len());
+            batch.key(bucket);
+        }
+        self.push_pairs(batch, keys, rows, pos);
     }
 
     /// Runs one write command per (bucket, chunk of keys) built by `make`, window by window.
