@@ -71,8 +71,9 @@ class WriteLog:
         self._watchers: list[int] = []
 
     def begin(self, keys: np.ndarray | None) -> int:
-        """Marks the start of a write of ``keys`` (flat int64, copied); returns its number."""
-        keys = None if keys is None else np.array(keys, dtype=np.int64, copy=True).reshape(-1)
+        """Marks the start of a write of ``keys`` (the caller's array, not copied: it is in use
+        until :meth:`end`); returns its number."""
+        keys = None if keys is None else np.asarray(keys).reshape(-1)
         with self._lock:
             seq = self._next
             self._next += 1
@@ -85,7 +86,10 @@ class WriteLog:
         with self._lock:
             keys = self._in_flight.pop(seq)
             if self._watchers:
-                self._done.append((seq, keys))
+                # Kept past the write: a copy, since the caller may reuse its array. Without
+                # a watcher (no prefetch pending) a write costs no copy of its ids.
+                kept = None if keys is None else np.array(keys, dtype=np.int64, copy=True)
+                self._done.append((seq, kept))
 
     def horizon(self) -> int:
         """The number of the oldest write that may still change what a read started now sees:
