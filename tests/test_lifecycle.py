@@ -51,18 +51,7 @@ def exists(topology, key: bytes) -> bool:
 def keys_like(topology, pattern: str) -> list[bytes]:
     """Every key matching ``pattern`` on every master."""
     masters = topology.masters() if isinstance(topology, servers.ClusterTopology) else [topology]
-    found: list[bytes] = []
-    for master in masters:
-        with master.client() as conn:
-            cursor = b"0"
-            while True:
-                cursor, batch = conn.execute(
-                    "SCAN", cursor, "MATCH", pattern, "COUNT", 1000, decode=False
-                )
-                found += batch
-                if cursor == b"0":
-                    break
-    return sorted(found)
+    return sorted(key for master in masters for key in master.scan_keys(pattern))
 
 
 def rows(keys: Any, dim: int, scale: float = 1.0) -> np.ndarray:

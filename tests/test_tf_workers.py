@@ -159,18 +159,7 @@ def _node_of(topology, key: bytes) -> servers.RedisServer:
 
 
 def _keys_like(topology, pattern: str) -> list[bytes]:
-    found: list[bytes] = []
-    for master in _masters(topology):
-        with master.client() as conn:
-            cursor = b"0"
-            while True:
-                cursor, batch = conn.execute(
-                    "SCAN", cursor, "MATCH", pattern, "COUNT", 1000, decode=False
-                )
-                found += batch
-                if cursor == b"0":
-                    break
-    return sorted(found)
+    return sorted(key for master in _masters(topology) for key in master.scan_keys(pattern))
 
 
 def _raw_row_count(topology, store: RedisStore) -> int:

@@ -444,6 +444,19 @@ class RedisProcess:
         with self.client(timeout=timeout) as conn:
             return conn.execute(*args, decode=decode)
 
+    def scan_keys(self, pattern: str) -> list[bytes]:
+        """Every key of this server matching ``pattern`` (``SCAN MATCH`` to the end)."""
+        found: list[bytes] = []
+        with self.client() as conn:
+            cursor = b"0"
+            while True:
+                cursor, batch = conn.execute(
+                    "SCAN", cursor, "MATCH", pattern, "COUNT", 1000, decode=False
+                )
+                found += batch
+                if cursor == b"0":
+                    return found
+
     def info(self, section: str | None = None) -> dict[str, str]:
         """``INFO [section]`` parsed into a dict."""
         return parse_info(self.execute("INFO", *([section] if section else [])))
