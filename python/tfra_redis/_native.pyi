@@ -77,3 +77,14 @@ def apply_gradients(
     init_rows: npt.NDArray[np.float32],
     step: int,
 ) -> None: ...
+def find_together(
+    tables: list[Table],
+    keys: npt.NDArray[np.int64],
+    defaults: list[npt.NDArray[np.uint8]],
+    outs: list[npt.NDArray[np.uint8]],
+) -> None: ...
+def insert_together(
+    tables: list[Table],
+    keys: npt.NDArray[np.int64],
+    values: list[npt.NDArray[np.uint8]],
+) -> None: ...

@@ -314,6 +314,66 @@ class RedisStore:
         )
 
 
+def find_together(
+    stores: Sequence[RedisStore], keys: Any, defaults: Sequence[Any]
+) -> list[np.ndarray]:
+    """Rows of the same ``keys`` in several tables (an embedding and its optimizer slot
+    tables), read with one pipeline per Redis node instead of one per table.
+
+    ``defaults[i]`` is what ``stores[i].find`` takes as ``default`` (a scalar, one row, or one
+    row per key). Returns one ``[len(keys), dim]`` array per store. Prefetched rows are not
+    used: this is for reads that must see every write made so far.
+    """
+    if len(defaults) != len(stores):
+        raise ValueError(f"{len(stores)} tables but {len(defaults)} defaults")
+    if not stores:
+        return []
+    flat = stores[0]._keys(keys)
+    outs, default_bytes = [], []
+    for store, default in zip(stores, defaults, strict=True):
+        if store.key_dtype != stores[0].key_dtype:
+            raise TypeError(
+                f"tables read together must share a key dtype: {stores[0].name!r} has "
+                f"{stores[0].key_dtype}, {store.name!r} has {store.key_dtype}"
+            )
+        row = np.asarray(default, dtype=store.np_value_dtype)
+        if row.size == 1:
+            row = np.full((store.dim,), row.reshape(()), dtype=store.np_value_dtype)
+        if row.shape != (store.dim,) and row.size != flat.shape[0] * store.dim:
+            raise ValueError(
+                f"default of table {store.name!r} must be a scalar, {store.dim} values or "
+                f"{flat.shape[0]} rows, got shape {list(row.shape)}"
+            )
+        default_bytes.append(np.ascontiguousarray(row).reshape(-1).view(np.uint8))
+        outs.append(np.empty((flat.shape[0], store.dim), dtype=store.np_value_dtype))
+    _native.find_together(
+        [s._table for s in stores],
+        flat,
+        default_bytes,
+        [s._bytes(o) for s, o in zip(stores, outs, strict=True)],
+    )
+    return outs
+
+
+def insert_together(stores: Sequence[RedisStore], keys: Any, rows: Sequence[Any]) -> None:
+    """Upserts ``rows[i]`` (shape ``[len(keys), dim]``) into ``stores[i]`` for the same
+    ``keys``, with one pipeline per Redis node. Not a transaction: a failure part-way may leave
+    some tables written and others not, as separate writes would."""
+    if len(rows) != len(stores):
+        raise ValueError(f"{len(stores)} tables but {len(rows)} row arrays")
+    if not stores:
+        return
+    flat = stores[0]._keys(keys)
+    data = [
+        store._bytes(store._rows(r, flat.shape, f"rows of {store.name!r}"))
+        for store, r in zip(stores, rows, strict=True)
+    ]
+    with contextlib.ExitStack() as writes:
+        for store in stores:
+            writes.enter_context(store.writing(flat))
+        _native.insert_together([s._table for s in stores], flat, data)
+
+
 def _close_quietly(table: _native.Table) -> None:
     try:
         table.close()

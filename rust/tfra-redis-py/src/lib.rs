@@ -405,6 +405,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTable>()?;
     m.add_function(wrap_pyfunction!(resolve_path, m)?)?;
     m.add_function(wrap_pyfunction!(apply_gradients, m)?)?;
+    m.add_function(wrap_pyfunction!(find_together, m)?)?;
+    m.add_function(wrap_pyfunction!(insert_together, m)?)?;
     m.add("RedisTableError", py.get_type::<RedisTableError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add(
@@ -448,4 +450,83 @@ fn apply_gradients(
         tfra_redis::optim::apply_gradients(&optimizer, params, &slots, keys, grads, init_rows, step)
     })
     .map_err(to_py)
+}
+
+/// Looks the same `keys` up in several tables with one pipeline per node (an embedding and its
+/// optimizer slot tables). `defaults[i]` holds one row or one row per key of `tables[i]`;
+/// `outs[i]` receives `len(keys)` rows of it.
+#[pyfunction]
+fn find_together(
+    py: Python<'_>,
+    tables: Vec<Bound<'_, PyTable>>,
+    keys: PyReadonlyArray1<'_, i64>,
+    defaults: Vec<PyReadonlyArray1<'_, u8>>,
+    mut outs: Vec<PyReadwriteArray1<'_, u8>>,
+) -> PyResult<()> {
+    if defaults.len() != tables.len() || outs.len() != tables.len() {
+        return Err(PyValueError::new_err(format!(
+            "find_together takes one default and one output per table: {} tables, {} defaults, \
+             {} outputs",
+            tables.len(),
+            defaults.len(),
+            outs.len()
+        )));
+    }
+    let keys = keys.as_slice()?;
+    let defaults: Vec<&[u8]> = defaults
+        .iter()
+        .map(|d| d.as_slice())
+        .collect::<Result<_, _>>()?;
+    let outs: Vec<&mut [u8]> = outs
+        .iter_mut()
+        .map(|o| o.as_slice_mut())
+        .collect::<Result<_, _>>()?;
+    let tables: Vec<&tfra_redis::table::Table> = tables.iter().map(|t| &*t.get().inner).collect();
+    let mut lookups: Vec<tfra_redis::table::Lookup<'_>> = tables
+        .iter()
+        .zip(defaults)
+        .zip(outs)
+        .map(|((&table, default), out)| tfra_redis::table::Lookup {
+            table,
+            keys,
+            defaults: if default.len() == table.row_bytes() {
+                Defaults::Row(default)
+            } else {
+                Defaults::PerKey(default)
+            },
+            out,
+        })
+        .collect();
+    py.detach(|| tfra_redis::table::Table::find_together(&mut lookups))
+        .map_err(to_py)
+}
+
+/// Upserts `values[i]` (`len(keys)` rows) into `tables[i]` for the same `keys`, with one
+/// pipeline per node.
+#[pyfunction]
+fn insert_together(
+    py: Python<'_>,
+    tables: Vec<Bound<'_, PyTable>>,
+    keys: PyReadonlyArray1<'_, i64>,
+    values: Vec<PyReadonlyArray1<'_, u8>>,
+) -> PyResult<()> {
+    if values.len() != tables.len() {
+        return Err(PyValueError::new_err(format!(
+            "insert_together takes one values array per table: {} tables, {} values",
+            tables.len(),
+            values.len()
+        )));
+    }
+    let keys = keys.as_slice()?;
+    let values: Vec<&[u8]> = values
+        .iter()
+        .map(|v| v.as_slice())
+        .collect::<Result<_, _>>()?;
+    let writes: Vec<(&tfra_redis::table::Table, &[i64], &[u8])> = tables
+        .iter()
+        .zip(values)
+        .map(|(t, v)| (&*t.get().inner, keys, v))
+        .collect();
+    py.detach(|| tfra_redis::table::Table::insert_together(&writes))
+        .map_err(to_py)
 }
