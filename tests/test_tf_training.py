@@ -17,7 +17,6 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfra_redis as tfra  # noqa: E402
-from tfra_redis import optimizers  # noqa: E402
 
 de = tfra.dynamic_embedding
 
@@ -116,7 +115,8 @@ def test_redis_embedding_trains_like_an_in_memory_one(creator, unique_name, make
     redis_embedding = de.keras.layers.Embedding(DIM, name=unique_name, kv_creator=creator)
     redis_model = de.DynamicEmbeddingModel(*_head(redis_embedding))
     redis_embedding.params.upsert(tf.range(VOCAB, dtype=tf.int64), initial_rows)
-    for a, b in zip(memory_model.weights[1:], redis_model.weights, strict=True):
+    dense = [w for w in redis_model.weights if not isinstance(w, de.TrainableWrapper)]
+    for a, b in zip(memory_model.weights[1:], dense, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
     losses, epoch_losses = {}, {}
@@ -135,9 +135,9 @@ def test_redis_embedding_trains_like_an_in_memory_one(creator, unique_name, make
     keys, rows = _sorted_rows(redis_embedding.params)
     np.testing.assert_array_equal(keys, np.arange(VOCAB))
     np.testing.assert_allclose(rows, memory_embedding.embeddings.numpy(), rtol=1e-4, atol=1e-6)
-    for a, b in zip(memory_model.weights[1:], redis_model.weights, strict=True):
+    for a, b in zip(memory_model.weights[1:], dense, strict=True):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-6)
-    assert redis_model.embedding_optimizer.iterations.numpy() == 3 * steps
+    assert redis_model.optimizer.iterations.numpy() == 3 * steps
 
 
 # -- (b) the loss falls under model.fit, eager and graph --------------------------------------
@@ -221,17 +221,19 @@ def test_subclassed_model_with_a_shared_embedding(creator, unique_name):
 
 
 def test_custom_training_loop(creator, unique_name):
-    """get_variable + embedding_lookup + record_lookups + EmbeddingOptimizer, in a tf.function."""
+    """get_variable + embedding_lookup + tape.watched_variables() + DynamicEmbeddingOptimizer,
+    in a tf.function (TFRA's custom-loop style)."""
     emb = de.get_variable(unique_name, dim=DIM, kv_creator=creator, initializer=0.5)
-    optimizer = de.EmbeddingOptimizer(optimizers.SGD(learning_rate=0.5))
+    optimizer = de.DynamicEmbeddingOptimizer(keras.optimizers.SGD(learning_rate=0.5))
     ids = tf.constant([[1, 2], [2, 3]], tf.int64)
 
     @tf.function
     def step():
-        with tf.GradientTape() as tape, de.record_lookups(tape) as lookups:
-            loss = tf.reduce_sum(de.embedding_lookup(emb, ids))
-        grads = tape.gradient(loss, lookups.rows)
-        optimizer.apply(lookups.records, grads)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(de.embedding_lookup(emb, ids, name="lookup"))
+        variables = tape.watched_variables()
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
         return loss
 
     assert step().numpy() == pytest.approx(4 * DIM * 0.5)
@@ -269,22 +271,25 @@ def test_slot_tables_have_tfra_names(
         assert standalone_server.execute("HLEN", key) == rows
 
     # The step counter is the optimizer's and goes on across fit calls.
-    assert model.embedding_optimizer.iterations.numpy() == 4
+    assert model.optimizer.iterations.numpy() == 4
     model.fit(ids, labels, batch_size=128, epochs=1, verbose=0)
-    assert model.embedding_optimizer.iterations.numpy() == 8
+    assert model.optimizer.iterations.numpy() == 8
     # Compiled again with the same optimizer: the same counter; a new optimizer: a new one.
     model.compile(optimizer=model.optimizer, loss="binary_crossentropy")
-    assert model.embedding_optimizer.iterations.numpy() == 8
+    assert model.optimizer.iterations.numpy() == 8
     model.compile(optimizer=make_optimizer(), loss="binary_crossentropy")
-    assert model.embedding_optimizer.iterations.numpy() == 0
+    assert model.optimizer.iterations.numpy() == 0
 
 
 def test_get_variable_slot_tables_have_tfra_names(creator, unique_name, standalone_server):
     emb = de.get_variable(unique_name, dim=DIM, kv_creator=creator)
-    optimizer = de.EmbeddingOptimizer(keras.optimizers.Adam(0.1))
-    with tf.GradientTape() as tape, de.record_lookups(tape) as lookups:
-        loss = tf.reduce_sum(de.embedding_lookup(emb, tf.constant([5, 6], tf.int64)) ** 2)
-    optimizer.apply(lookups.records, tape.gradient(loss, lookups.rows))
+    optimizer = de.DynamicEmbeddingOptimizer(keras.optimizers.Adam(0.1))
+    with tf.GradientTape() as tape:
+        rows, wrapper = de.embedding_lookup(
+            emb, tf.constant([5, 6], tf.int64), return_trainable=True
+        )
+        loss = tf.reduce_sum(rows**2)
+    optimizer.apply_gradients([(tape.gradient(loss, wrapper), wrapper)])
     assert _keys_of(standalone_server, f"test:{unique_name}*") == sorted(
         f"test:{name}{{3560}}"
         for name in (
@@ -309,7 +314,7 @@ def _trained_model(creator, name) -> de.DynamicEmbeddingModel:
 def _all_rows(model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     (layer,) = [x for x in model.layers if isinstance(x, de.keras.layers.Embedding)]
     variables = {"params": layer.params}
-    variables.update(model.embedding_optimizer.slot_variables(layer.params))
+    variables.update(model.optimizer.slot_variables(layer))
     return {name: _sorted_rows(v) for name, v in variables.items()}
 
 
@@ -319,7 +324,7 @@ def test_checkpoint_mode_0_restores_rows_into_an_empty_redis(
     model = _trained_model(creator, unique_name)
     before = _all_rows(model)
     assert set(before) == {"params", "m", "v"} and len(before["params"][0]) == 100
-    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(str(tmp_path / "ckpt"))
     saved = dict(tf.train.list_variables(path))
     rows_saved = [k for k in saved if k.endswith("/-values")]
     assert len(rows_saved) == 3 and all(saved[k] == [100, 8] for k in rows_saved)
@@ -329,12 +334,14 @@ def test_checkpoint_mode_0_restores_rows_into_an_empty_redis(
     # A new model object (a new process would build one the same way).
     restored = _classifier(creator, unique_name)
     restored.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
-    tf.train.Checkpoint(model=restored).restore(path)
+    tf.train.Checkpoint(model=restored, optimizer=restored.optimizer).restore(path)
+    # The slot tables are made when the optimizer is built: the restore waits for them.
+    restored.optimizer.build(restored.trainable_variables)
     after = _all_rows(restored)
     for name, (keys, values) in before.items():
         np.testing.assert_array_equal(after[name][0], keys)
         np.testing.assert_array_equal(after[name][1], values)
-    assert restored.embedding_optimizer.iterations.numpy() == 4
+    assert restored.optimizer.iterations.numpy() == 4
     ids, _ = _learnable_task(n=8, vocab=100)
     np.testing.assert_allclose(
         restored.predict(ids, verbose=0), model.predict(ids, verbose=0), rtol=1e-6
@@ -344,7 +351,8 @@ def test_checkpoint_mode_0_restores_rows_into_an_empty_redis(
 def test_checkpoint_mode_2_keeps_rows_in_redis_only(creator_for, unique_name, tmp_path):
     model = _trained_model(creator_for(table_store_mode=2), unique_name)
     before = _all_rows(model)
-    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    path = checkpoint.save(str(tmp_path / "ckpt"))
     saved = dict(tf.train.list_variables(path))
     tables = [k[: -len("/-keys")] for k in saved if k.endswith("/-keys")]
     assert len(tables) == 3
@@ -357,6 +365,7 @@ def test_checkpoint_mode_2_keeps_rows_in_redis_only(creator_for, unique_name, tm
     params.upsert(tf.constant([12345], tf.int64), tf.ones([1, 8]))
     tf.train.Checkpoint(model=model).restore(path)
     assert params.size().numpy() == 101  # Redis was left alone
+    checkpoint.restore(path)
     after = _all_rows(model)
     np.testing.assert_array_equal(after["m"][1], before["m"][1])
 
@@ -367,14 +376,15 @@ def test_checkpoint_mode_1_dump_files(creator_for, unique_name, tmp_path):
         creator_for(table_store_mode=1, model_lib_abs_dir=str(model_lib)), unique_name
     )
     before = _all_rows(model)
-    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    path = checkpoint.save(str(tmp_path / "ckpt"))
     files = sorted(p.name for p in (model_lib / "test").iterdir())
     assert f"test:{unique_name}-parameter{{3560}}.rdb" in files
     assert len(files) == 3
     params = model.layers[1].params
-    for variable in [params, *model.embedding_optimizer.slot_variables(params).values()]:
+    for variable in [params, *model.optimizer.slot_variables(model.layers[1]).values()]:
         variable.clear()
-    tf.train.Checkpoint(model=model).restore(path)
+    checkpoint.restore(path)
     after = _all_rows(model)
     for name, (keys, values) in before.items():
         np.testing.assert_array_equal(after[name][0], keys)
@@ -387,7 +397,9 @@ def test_keras_weights_file_round_trip_mode_0(creator, unique_name, tmp_path):
     model = _trained_model(creator, unique_name)
     params = model.layers[1].params
     keys, values = _sorted_rows(params)
-    dense = [w.numpy() for w in model.weights]
+    # The trainable wrapper's buffer is saved empty (the rows are in Redis), as TFRA's is.
+    weights = [w for w in model.weights if not isinstance(w, de.TrainableWrapper)]
+    dense = [w.numpy() for w in weights]
     path = str(tmp_path / "model.weights.h5")
     model.save_weights(path)
     params.clear()
@@ -397,7 +409,7 @@ def test_keras_weights_file_round_trip_mode_0(creator, unique_name, tmp_path):
     keys2, values2 = _sorted_rows(params)
     np.testing.assert_array_equal(keys2, keys)
     np.testing.assert_array_equal(values2, values)
-    for a, b in zip(dense, model.weights, strict=True):
+    for a, b in zip(dense, weights, strict=True):
         np.testing.assert_array_equal(a, b.numpy())
 
 

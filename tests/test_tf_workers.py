@@ -137,7 +137,7 @@ def worker_main(arguments: str) -> None:
                 "epoch_loss": [float(x) for x in history["loss"]],
                 "start": start,
                 "end": end,
-                "steps": int(model.embedding_optimizer.iterations.numpy()),
+                "steps": int(model.optimizer.iterations.numpy()),
             }
         )
     )

@@ -11,38 +11,42 @@ Code written for TFRA's Redis backend runs with only its import changed::
         initializer=tf.keras.initializers.RandomNormal(-1, 1))
     rows = tfra.dynamic_embedding.embedding_lookup(emb, ids)
 
-Training: Keras models built with ``de.keras.layers.Embedding`` train with
-``DynamicEmbeddingModel`` (its ``train_step`` applies the embedding gradients in Redis); custom
-loops use ``record_lookups`` and ``EmbeddingOptimizer``. Importing this module imports
-TensorFlow.
+Training: any Keras model with ``de.keras.layers`` trains its embeddings once its optimizer is
+``de.DynamicEmbeddingOptimizer(keras_optimizer)`` (``fit`` or a custom loop over
+``model.trainable_variables``). Importing this module imports TensorFlow.
 """
 
 from tfra_redis.config import RedisTableConfig
 from tfra_redis.creator import RedisTableCreator
 from tfra_redis.dynamic_embedding import keras
 from tfra_redis.dynamic_embedding.keras.layers import Embedding
-from tfra_redis.dynamic_embedding.recording import LookupRecord, LookupRecorder, record_lookups
-from tfra_redis.dynamic_embedding.training import (
-    DynamicEmbeddingModel,
-    DynamicEmbeddingTrainer,
-    EmbeddingOptimizer,
+from tfra_redis.dynamic_embedding.optimizer import DynamicEmbeddingOptimizer
+from tfra_redis.dynamic_embedding.trainable import (
+    ModelMode,
+    TrainableWrapper,
+    enable_inference_mode,
+    enable_train_mode,
+    get_model_mode,
 )
+from tfra_redis.dynamic_embedding.training import DynamicEmbeddingModel, DynamicEmbeddingTrainer
 from tfra_redis.dynamic_embedding.variable import Variable, embedding_lookup, get_variable
 from tfra_redis.table import RedisTable
 
 __all__ = [
     "DynamicEmbeddingModel",
+    "DynamicEmbeddingOptimizer",
     "DynamicEmbeddingTrainer",
     "Embedding",
-    "EmbeddingOptimizer",
-    "LookupRecord",
-    "LookupRecorder",
+    "ModelMode",
     "RedisTable",
     "RedisTableConfig",
     "RedisTableCreator",
+    "TrainableWrapper",
     "Variable",
     "embedding_lookup",
+    "enable_inference_mode",
+    "enable_train_mode",
+    "get_model_mode",
     "get_variable",
     "keras",
-    "record_lookups",
 ]

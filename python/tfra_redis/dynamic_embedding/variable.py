@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfra_redis.creator import RedisTableCreator
-from tfra_redis.dynamic_embedding.recording import current_recorder
+from tfra_redis.dynamic_embedding.trainable import TrainableWrapper, stages_rows
 from tfra_redis.table import RedisTable, is_collecting_lookup_keys
 
 __all__ = ["Variable", "embedding_lookup", "get_variable"]
@@ -207,6 +207,8 @@ class Variable(tf.__internal__.tracking.Trackable):
         )
         self._tables = [table]
         self._track_trackable(table, name="table", overwrite=True)
+        # TFRA's _trainable_store: the wrappers of this variable's lookups, by name.
+        self._trainable_store: dict[str, TrainableWrapper] = {}
 
     def _table_name(self, index: int, count: int) -> str:
         # TFRA: <name with / as _>_mht_<i>of<N>; Redis keys use the part before _mht_.
@@ -269,8 +271,42 @@ class Variable(tf.__internal__.tracking.Trackable):
 
     @property
     def shadow_name(self) -> str:
-        """The name TFRA gives the trainable shadow of this variable; slot tables carry it."""
+        """The name of this variable's default trainable wrapper (the one lookups without a
+        name use); its optimizer slot tables carry it."""
         return self._shadow_name if self._shadow_name is not None else f"{self._name}_shadow"
+
+    # -- trainable wrappers -------------------------------------------------------------------
+
+    def trainable_wrapper(self, name: str | None = None) -> TrainableWrapper:
+        """The trainable wrapper named ``name`` (default :attr:`shadow_name`), created on first
+        use: what a lookup by that name stages its rows in during a training step."""
+        name = self.shadow_name if name is None else name
+        wrapper = self._trainable_store.get(name)
+        if wrapper is None:
+            wrapper = TrainableWrapper(self, name, trainable=self._trainable)
+            self._trainable_store[name] = wrapper
+        return wrapper
+
+    @property
+    def trainable_store(self) -> dict[str, TrainableWrapper]:
+        """The trainable wrappers of this variable, by name (TFRA's ``trainable_store``)."""
+        return dict(self._trainable_store)
+
+    def get_trainable_by_name(self, name: str) -> TrainableWrapper | None:
+        """The trainable wrapper called ``name``, if a lookup made one."""
+        return self._trainable_store.get(name)
+
+    def get_slot_variables(self, optimizer: Any) -> list[Variable]:
+        """The optimizer slot variables (Redis tables) ``optimizer`` made for this variable's
+        wrappers."""
+        slots: list[Variable] = []
+        for wrapper in self._trainable_store.values():
+            slot_variables = getattr(optimizer, "slot_variables", None)
+            if slot_variables is None and hasattr(optimizer, "inner_optimizer"):
+                slot_variables = getattr(optimizer.inner_optimizer, "slot_variables", None)
+            if slot_variables is not None:
+                slots.extend(slot_variables(wrapper).values())
+        return slots
 
     @property
     def default_value(self) -> np.ndarray:
@@ -436,38 +472,56 @@ def embedding_lookup(
     validate_indices: Any = None,
     max_norm: float | None = None,
     return_trainable: bool = False,
-    with_unique: bool = True,
-    trainable: bool = True,
 ) -> Any:
-    """Rows of ``ids`` (any rank): shape ``ids.shape + [dim]``.
+    """Rows of ``ids`` (any rank): shape ``ids.shape + [dim]`` (TFRA's ``de.embedding_lookup``).
 
-    Duplicate ids are looked up once (``tf.unique``). Inside :func:`record_lookups` (as in
-    ``DynamicEmbeddingModel.train_step``) the unique rows of a trainable variable are watched
-    and recorded, so the loss can be differentiated with respect to them. With
-    ``return_trainable`` also returns those unique rows.
+    Duplicate ids are looked up once. During a training step (a ``GradientTape`` recording,
+    model mode TRAIN, ``params`` trainable) the rows are staged in the trainable wrapper
+    ``name`` (default ``params.shadow_name``), which the tape watches and
+    ``de.DynamicEmbeddingOptimizer`` applies gradients to; ``tape.watched_variables()`` lists
+    it. With ``return_trainable`` also returns that wrapper (TFRA returns it eagerly only; here
+    inside ``tf.function`` too). ``partition_strategy`` and ``validate_indices`` are accepted
+    for TFRA compatibility and ignored.
     """
+    if isinstance(params, (list, tuple)):
+        if len(params) != 1:
+            raise ValueError(f"params must be one de.Variable, got a list of {len(params)}")
+        params = params[0]
     if not isinstance(params, Variable):
         raise TypeError(f"params must be a de.Variable, got {type(params).__name__}")
+    wrapper = params.trainable_wrapper(name) if return_trainable else None
+    embeddings = lookup_rows(params, ids, wrapper_name=name, training=None, max_norm=max_norm)
+    if return_trainable:
+        return embeddings, wrapper
+    return embeddings
+
+
+def lookup_rows(
+    params: Variable,
+    ids: Any,
+    *,
+    wrapper_name: str | None,
+    training: Any,
+    max_norm: float | None = None,
+    wrapper: TrainableWrapper | None = None,
+) -> tf.Tensor:
+    """The lookup behind ``embedding_lookup`` and the Keras layers: unique ids read once, rows
+    staged in the wrapper when a training step is recording (see :mod:`.trainable`)."""
     ids = params.table._convert_keys(ids, "embedding_lookup")
     out_shape = ids.shape.concatenate([params.dim])
     flat = tf.reshape(ids, [-1])
-    if with_unique:
-        unique_ids, index = tf.unique(flat)
+    unique_ids, index = tf.unique(flat)
+    rows = params.lookup(unique_ids)
+    if stages_rows(params, training) and not is_collecting_lookup_keys():
+        if wrapper is None:
+            wrapper = params.trainable_wrapper(wrapper_name)
+        offset = wrapper.stage_rows(unique_ids, rows)
+        embeddings = wrapper.gather(offset + index)
     else:
-        unique_ids, index = flat, None
-    rows = params.lookup(unique_ids, name=name)
-    recorder = current_recorder()
-    if recorder is not None and trainable and params.trainable:
-        if index is None:  # the optimizer needs unique ids
-            unique_ids, index = tf.unique(flat)
-            rows = tf.math.unsorted_segment_max(rows, index, tf.size(unique_ids))
-        recorder.record(params, unique_ids, rows)
-    embeddings = rows if index is None else tf.gather(rows, index)
+        embeddings = tf.gather(rows, index)
     if ids.shape.rank != 1:
         embeddings = tf.reshape(embeddings, tf.concat([tf.shape(ids), [params.dim]], 0))
     embeddings.set_shape(out_shape)
     if max_norm is not None:
         embeddings = tf.clip_by_norm(embeddings, max_norm, axes=[-1])
-    if return_trainable:
-        return embeddings, rows
     return embeddings

@@ -1,9 +1,5 @@
 """Keras models that train Redis-backed embeddings (``de.keras.models.DynamicEmbeddingModel``)."""
 
-from tfra_redis.dynamic_embedding.training import (
-    DynamicEmbeddingModel,
-    DynamicEmbeddingTrainer,
-    EmbeddingOptimizer,
-)
+from tfra_redis.dynamic_embedding.training import DynamicEmbeddingModel, DynamicEmbeddingTrainer
 
-__all__ = ["DynamicEmbeddingModel", "DynamicEmbeddingTrainer", "EmbeddingOptimizer"]
+__all__ = ["DynamicEmbeddingModel", "DynamicEmbeddingTrainer"]

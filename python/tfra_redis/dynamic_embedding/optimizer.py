@@ -1,0 +1,488 @@
+"""``de.DynamicEmbeddingOptimizer``: any built-in Keras 3 optimizer, training Redis-backed rows too.
+
+TFRA's ``DynamicEmbeddingOptimizer(opt)`` patches the optimizer instance and returns it; so does
+this one (the instance's class becomes a subclass of its own class, so ``isinstance`` and
+``get_config`` are unchanged and ``.keras`` files record it as ``DynamicEmbedding<Name>``).
+
+What it does with a step's gradients:
+
+* Dense variables go to the wrapped optimizer unchanged.
+* A trainable wrapper (the rows the step looked up, see ``trainable``) has its repeated ids
+  merged (gradients summed), and its optimizer slot rows are read from Redis into slot buffers
+  (one pipeline per table group). Then **the wrapped optimizer's own ``apply``** runs on dense
+  variables and buffers together: learning-rate schedules, ``iterations``, ``clipnorm`` /
+  ``clipvalue`` / ``global_clipnorm``, ``weight_decay``, loss scaling and the update math are
+  Keras' own code, so the touched rows and slots end up exactly as Keras would leave a dense
+  variable holding just those rows. Last, rows and slots are written back (one pipeline).
+
+The update is lazy, as TFRA's: rows absent from a step keep their value and their slots (no
+momentum decay, no weight decay). ``clipnorm`` clips each wrapper's gradient over the step's
+rows; ``global_clipnorm`` includes them in the global norm.
+
+Slot tables are named as TFRA names them: ``<params>/<wrapper>/<slot>`` with ``/`` turned into
+``_`` and Keras 3's slot names mapped to tf_keras' (Adam's ``momentum``/``velocity`` are
+``m``/``v``), so slots written by TFRA continue training here and the other way round.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfra_redis.dynamic_embedding.trainable import (
+    DynamicRows,
+    TrainableWrapper,
+    applied_steps,
+    updating_buffers,
+    wrapper_of,
+)
+from tfra_redis.dynamic_embedding.variable import Variable
+from tfra_redis.prefetch import run_concurrently
+from tfra_redis.store import find_together, insert_together
+
+__all__ = ["SUPPORTED_OPTIMIZERS", "DynamicEmbeddingOptimizer", "is_dynamic_embedding_optimizer"]
+
+#: The Keras optimizers (and their subclasses) whose update is row by row, so that updating the
+#: looked-up rows alone is what Keras computes on a variable holding just those rows.
+SUPPORTED_OPTIMIZERS = (
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Nadam",
+    "Adagrad",
+    "Adadelta",
+    "RMSprop",
+    "Ftrl",
+    "Lion",
+)
+
+# Keras 3 names slots differently from tf_keras, whose names TFRA's tables carry.
+_ADAM_SLOTS = {"momentum": "m", "velocity": "v", "velocity_hat": "vhat"}
+_TFRA_SLOT_NAMES: dict[str, dict[str, str]] = {
+    "SGD": {"momentum": "m"},
+    "Adam": _ADAM_SLOTS,
+    "AdamW": _ADAM_SLOTS,
+    "Nadam": {"momentum": "m", "velocity": "v"},
+    "Adamax": {"momentum": "m", "norm": "u"},
+    "Lion": {"momentum": "m"},
+}
+
+
+def _keras_base(cls: type) -> str | None:
+    """The built-in Keras optimizer ``cls`` is or derives from, if a supported one."""
+    for klass in cls.__mro__:
+        if klass.__name__ in SUPPORTED_OPTIMIZERS and klass.__module__.startswith("keras."):
+            return klass.__name__
+    return None
+
+
+@dataclass
+class _Slot:
+    """One optimizer slot of one wrapper: its buffer (what Keras' math updates) and its table."""
+
+    keras_name: str
+    buffer: DynamicRows
+    variable: Variable
+    default: np.ndarray
+
+
+class _State:
+    """What the mixin adds to an optimizer instance (kept out of Keras' attribute tracking)."""
+
+    def __init__(self) -> None:
+        self.slots: dict[int, list[_Slot]] = {}  # by id of the wrapper
+        self.wrappers: dict[int, TrainableWrapper] = {}  # the wrappers it was built with
+
+
+def _state(optimizer: Any) -> _State:
+    state = optimizer.__dict__.get("_tfra_state")
+    if state is None:
+        state = _State()
+        # object.__setattr__: Keras' optimizer tracking must not see it.
+        object.__setattr__(optimizer, "_tfra_state", state)
+    return state
+
+
+def _check_no_strategy() -> None:
+    if tf.distribute.has_strategy():
+        raise NotImplementedError(
+            "Training Redis-backed dynamic embeddings under a tf.distribute strategy is not "
+            "supported yet; train one process per worker (each with its own optimizer) "
+            "against the shared Redis tables"
+        )
+
+
+def _table_identity(variable: Variable) -> tuple[str, str]:
+    store = variable.table.store
+    return store.config.to_json(), store.name
+
+
+class _DynamicEmbeddingMixin:
+    """Mixed into the class of an optimizer by :func:`DynamicEmbeddingOptimizer`."""
+
+    # -- slots --------------------------------------------------------------------------------
+
+    def add_variable_from_reference(
+        self, reference_variable: Any, name: str | None = None, initializer: Any = "zeros"
+    ) -> Any:
+        wrapper = wrapper_of(reference_variable)
+        if wrapper is None:
+            return super().add_variable_from_reference(  # type: ignore[misc]
+                reference_variable, name=name, initializer=initializer
+            )
+        return self._tfra_add_slot(wrapper, name or "var", initializer)
+
+    def _tfra_add_slot(self, wrapper: TrainableWrapper, name: str, initializer: Any) -> Any:
+        if name == "gradient_accumulator":
+            raise NotImplementedError(
+                "gradient_accumulation_steps is not supported with dynamic embeddings: each "
+                "step looks up different rows, so their gradients cannot be accumulated"
+            )
+        params = wrapper.params
+        base = _keras_base(type(self)) or ""
+        slot_name = _TFRA_SLOT_NAMES.get(base, {}).get(name, name)
+        init = keras.initializers.get(initializer)
+        with tf.init_scope():  # build may run while a step is traced: make these eagerly
+            default = np.asarray(
+                keras.ops.convert_to_numpy(init(shape=(params.dim,), dtype="float32")),
+                dtype=np.float32,
+            )
+            variable = Variable(
+                key_dtype=params.key_dtype,
+                value_dtype=tf.float32,
+                dim=params.dim,
+                name=f"{params.name}/{wrapper.wrapper_name}/{slot_name}",
+                initializer=default,
+                trainable=False,
+                checkpoint=params.checkpoint,
+                kv_creator=params.kv_creator,
+            )
+            buffer = DynamicRows(
+                params.dim,
+                tf.float32,
+                name=f"{wrapper.name}_{name}",
+                trainable=False,
+                guarded=False,
+            )
+        # A checkpoint dependency of the optimizer, as TFRA's optimizer tracks its slot tables:
+        # tf.train.Checkpoint(optimizer=...) saves and restores them (per table_store_mode),
+        # also when the restore ran before this slot existed.
+        self._track_trackable(  # type: ignore[attr-defined]
+            variable, name=f"tfra_slot:{variable.table.store.name}", overwrite=True
+        )
+        _state(self).slots.setdefault(id(wrapper), []).append(
+            _Slot(name, buffer, variable, default)
+        )
+        return buffer
+
+    def slot_variables(self, wrapper: Any) -> dict[str, Variable]:
+        """The slot tables of a wrapper (or of the layer or ``de.Variable`` owning one
+        wrapper), by TFRA's slot name."""
+        wrapper = _as_wrapper(wrapper)
+        return {
+            slot.variable.name.rsplit("/", 1)[-1]: slot.variable
+            for slot in _state(self).slots.get(id(wrapper), [])
+        }
+
+    # -- building -----------------------------------------------------------------------------
+
+    def build(self, variables: Any) -> None:
+        mapped = [_as_model_variable(v) for v in variables]
+        wrappers = [v for v in mapped if isinstance(v, TrainableWrapper)]
+        if wrappers:
+            _check_no_strategy()
+            self._tfra_check_wrappers(wrappers)
+            state = _state(self)
+            state.wrappers.update((id(w), w) for w in wrappers)
+        super().build(mapped)  # type: ignore[misc]
+
+    def _tfra_check_wrappers(self, wrappers: list[TrainableWrapper]) -> None:
+        owners: dict[tuple[str, str], TrainableWrapper] = {}
+        for wrapper in wrappers:
+            params = wrapper.params
+            if params.value_dtype != tf.float32:
+                raise TypeError(
+                    f"{params.name!r} holds {params.value_dtype.name} rows; "
+                    "DynamicEmbeddingOptimizer trains float32 embeddings"
+                )
+            if params.bp_v2:
+                raise NotImplementedError(
+                    f"{params.name!r} has bp_v2=True: training with accumulated (bp_v2) "
+                    "writes is not supported yet"
+                )
+            key = _table_identity(params)
+            other = owners.setdefault(key, wrapper)
+            if other is not wrapper and other.params is not params:
+                raise ValueError(
+                    f"two embeddings would train the same Redis table {key[1]!r}: "
+                    f"{other.wrapper_name!r} and {wrapper.wrapper_name!r} (give the layers "
+                    "different names)"
+                )
+
+    # -- a step -------------------------------------------------------------------------------
+
+    def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
+        grads = list(grads)
+        if trainable_variables is None:
+            if not self.built:  # type: ignore[attr-defined]
+                return super().apply(grads)  # type: ignore[misc]  # Keras' own error
+            variables = list(self._trainable_variables)  # type: ignore[attr-defined]
+        else:
+            variables = [_as_model_variable(v) for v in trainable_variables]
+        staged = [
+            i
+            for i, (g, v) in enumerate(zip(grads, variables, strict=False))
+            if g is not None and isinstance(v, TrainableWrapper)
+        ]
+        if not staged:
+            return super().apply(grads, variables)  # type: ignore[misc]
+        if not self.built:  # type: ignore[attr-defined]
+            with keras.name_scope(self.name, caller=self):  # type: ignore[attr-defined]
+                self.build(variables)
+            self.built = True
+        _check_no_strategy()
+        state = _state(self)
+        wrappers = [variables[i] for i in staged]
+        unknown = [w.wrapper_name for w in wrappers if id(w) not in state.wrappers]
+        if unknown:
+            raise ValueError(
+                f"the optimizer was built before the embedding lookups {unknown} existed; "
+                "Keras optimizers cannot add variables once built. Make every lookup before "
+                "the first step (the Keras layers create theirs in __init__), or use a new "
+                "optimizer"
+            )
+        for i in staged:
+            grads[i] = variables[i].merged_gradient(grads[i])
+        self._tfra_read_slots(wrappers)
+        with updating_buffers():
+            result = super().apply(grads, variables)  # type: ignore[misc]
+        self._tfra_write_back(wrappers)
+        applied_steps().assign_add(1)
+        return result
+
+    def _tfra_read_slots(self, wrappers: list[TrainableWrapper]) -> None:
+        state = _state(self)
+        groups = [(w, state.slots.get(id(w), [])) for w in wrappers]
+        groups = [(w, slots) for w, slots in groups if slots]
+        if not groups:
+            return
+        stores = [[s.variable.table.store for s in slots] for _, slots in groups]
+        defaults = [[s.default for s in slots] for _, slots in groups]
+
+        def read(*key_sets: np.ndarray) -> list[np.ndarray]:
+            calls = [
+                functools.partial(find_together, stores[i], keys, defaults[i])
+                for i, keys in enumerate(key_sets)
+            ]
+            return [rows for result in run_concurrently(calls) for rows in result]
+
+        count = sum(len(slots) for _, slots in groups)
+        rows = tf.numpy_function(
+            read,
+            [w.ids for w, _ in groups],
+            [tf.float32] * count,
+            stateful=True,
+            name="tfra_read_slots",
+        )
+        rows = iter(rows)
+        for wrapper, slots in groups:
+            for slot in slots:
+                slot.buffer.stage(tf.reshape(next(rows), [-1, wrapper.dim]))
+
+    def _tfra_write_back(self, wrappers: list[TrainableWrapper]) -> None:
+        state = _state(self)
+        layout = []
+        inputs: list[Any] = []
+        for wrapper in wrappers:
+            slots = state.slots.get(id(wrapper), [])
+            stores = [wrapper.params.table.store] + [s.variable.table.store for s in slots]
+            layout.append(stores)
+            inputs.append(wrapper.ids)
+            inputs.append(wrapper.value)
+            inputs.extend(s.buffer.value for s in slots)
+
+        def write(*arrays: np.ndarray) -> np.int64:
+            calls = []
+            at = written = 0
+            for stores in layout:
+                keys = arrays[at]
+                rows = arrays[at + 1 : at + 1 + len(stores)]
+                at += 1 + len(stores)
+                written += keys.size
+                if keys.size:
+                    calls.append(functools.partial(insert_together, stores, keys, rows))
+            run_concurrently(calls)
+            return np.int64(written)
+
+        tf.numpy_function(write, inputs, tf.int64, stateful=True, name="tfra_write_rows")
+
+    # -- .keras files -------------------------------------------------------------------------
+
+    def _tfra_slots_in_order(self) -> list[_Slot]:
+        state = _state(self)
+        return [slot for slots in state.slots.values() for slot in slots]
+
+    def save_own_variables(self, store: Any) -> None:
+        super().save_own_variables(store)  # type: ignore[misc]
+        for slot in self._tfra_slots_in_order():
+            if not slot.variable.checkpoint:
+                continue
+            keys, values, manifest = slot.variable.table.save_rows()
+            prefix = _file_prefix(slot)
+            store[f"{prefix}keys"] = keys
+            store[f"{prefix}values"] = values
+            store[f"{prefix}manifest"] = np.frombuffer(manifest, dtype=np.uint8)
+
+    def load_own_variables(self, store: Any) -> None:
+        super().load_own_variables(_WithoutSlotTables(store))  # type: ignore[misc]
+        names = set(store.keys())
+        for slot in self._tfra_slots_in_order():
+            prefix = _file_prefix(slot)
+            if not slot.variable.checkpoint or f"{prefix}manifest" not in names:
+                continue
+            slot.variable.table.restore_rows(
+                np.asarray(store[f"{prefix}keys"]),
+                np.asarray(store[f"{prefix}values"]),
+                np.asarray(store[f"{prefix}manifest"], dtype=np.uint8).tobytes(),
+            )
+
+
+_SLOT_FILE_PREFIX = "tfra_slot:"
+
+
+def _file_prefix(slot: _Slot) -> str:
+    return f"{_SLOT_FILE_PREFIX}{slot.variable.table.store.name}:"
+
+
+class _WithoutSlotTables:
+    """A view of a Keras weights store without our slot-table entries (Keras counts the
+    entries against its own variables)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def keys(self) -> list[str]:
+        return [k for k in self._store.keys() if not str(k).startswith(_SLOT_FILE_PREFIX)]
+
+    def __getitem__(self, key: str) -> Any:
+        return self._store[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.keys()
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+
+def _as_model_variable(variable: Any) -> Any:
+    """The wrapper a watched buffer belongs to, else ``variable`` itself."""
+    wrapper = wrapper_of(variable)
+    return variable if wrapper is None else wrapper
+
+
+def _as_wrapper(thing: Any) -> TrainableWrapper:
+    wrapper = wrapper_of(thing)
+    if wrapper is not None:
+        return wrapper
+    shadow = getattr(thing, "shadow", None)
+    if isinstance(shadow, TrainableWrapper):
+        return shadow
+    store = getattr(thing, "trainable_store", None)
+    if isinstance(store, dict) and len(store) == 1:
+        return next(iter(store.values()))
+    raise TypeError(f"{thing!r} is not a trainable wrapper, a layer or a de.Variable with one")
+
+
+_DE_CLASSES: dict[type, type] = {}
+
+
+def _dynamic_embedding_class(cls: type) -> type:
+    de_cls = _DE_CLASSES.get(cls)
+    if de_cls is None:
+        de_cls = type(
+            f"DynamicEmbedding{cls.__name__}",
+            (_DynamicEmbeddingMixin, cls),
+            {
+                "__module__": __name__,
+                "__doc__": f"{cls.__name__} that also trains Redis-backed dynamic embeddings "
+                "(made by de.DynamicEmbeddingOptimizer).",
+            },
+        )
+        # Registered so that keras.models.load_model finds it without custom_objects.
+        keras.saving.register_keras_serializable(package="tfra_redis")(de_cls)
+        _DE_CLASSES[cls] = de_cls
+    return de_cls
+
+
+def is_dynamic_embedding_optimizer(optimizer: Any) -> bool:
+    """Whether ``optimizer`` (or the optimizer a ``LossScaleOptimizer`` wraps) trains dynamic
+    embeddings."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    return isinstance(optimizer, _DynamicEmbeddingMixin)
+
+
+def DynamicEmbeddingOptimizer(  # noqa: N802 - TFRA's name for a function
+    self: Any, bp_v2: bool = False, synchronous: bool = False, **kwargs: Any
+) -> Any:
+    """Makes a Keras 3 optimizer train Redis-backed dynamic embeddings too; returns the same
+    object (as TFRA does).
+
+    Args:
+        self: a ``keras.optimizers`` instance of one of :data:`SUPPORTED_OPTIMIZERS` (or a
+            subclass of one), a ``keras.optimizers.LossScaleOptimizer`` around one, or a name
+            ``keras.optimizers.get`` knows (``"adam"``).
+        bp_v2: TFRA's accumulated writes for slot tables; not supported yet (``ValueError``).
+        synchronous: TFRA's Horovod path; not supported (``ValueError``).
+
+    Raises:
+        TypeError: the optimizer is not a Keras 3 optimizer, or is of a kind whose update is
+            not row by row (the message lists the supported ones).
+        ValueError: the optimizer was already built, or an unsupported option was given.
+    """
+    if bp_v2:
+        raise ValueError("DynamicEmbeddingOptimizer(bp_v2=True) is not supported yet")
+    if synchronous:
+        raise ValueError(
+            "DynamicEmbeddingOptimizer(synchronous=True) is TFRA's Horovod path, which "
+            "tfra-redis does not support"
+        )
+    if kwargs:
+        raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+    optimizer = self
+    if isinstance(optimizer, str):
+        optimizer = keras.optimizers.get(optimizer)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        DynamicEmbeddingOptimizer(optimizer.inner_optimizer)
+        return optimizer
+    if isinstance(optimizer, _DynamicEmbeddingMixin):
+        return optimizer
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError(
+            "DynamicEmbeddingOptimizer takes a Keras 3 optimizer (keras.optimizers.*), got "
+            f"{type(optimizer).__module__}.{type(optimizer).__name__}; tf_keras and legacy "
+            "optimizers are not supported"
+        )
+    if _keras_base(type(optimizer)) is None:
+        raise TypeError(
+            f"{type(optimizer).__name__} is not supported by DynamicEmbeddingOptimizer: only "
+            "optimizers that update each row on its own can train rows looked up from Redis. "
+            f"Supported: {', '.join(SUPPORTED_OPTIMIZERS)} (and their subclasses)"
+        )
+    if optimizer.built:
+        raise ValueError(
+            f"optimizer {optimizer.name!r} is already built; wrap it with "
+            "DynamicEmbeddingOptimizer before its first step"
+        )
+    optimizer.__class__ = _dynamic_embedding_class(type(optimizer))
+    return optimizer
+
+
+for _name in SUPPORTED_OPTIMIZERS:
+    _dynamic_embedding_class(getattr(keras.optimizers, _name))

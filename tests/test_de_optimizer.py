@@ -1,0 +1,228 @@
+"""de.DynamicEmbeddingOptimizer against Keras' own math, per optimizer, against a real redis-server.
+
+The reference is the same Keras optimizer applied to a dense variable holding every id's row,
+with the step's gradient scattered into it, after which the rows the step did not touch get
+their value and their slots back: that is "what Keras computes on a variable holding just the
+step's rows", the lazy semantics the Redis path has (and TFRA's). Steps repeat ids within a
+batch (their gradients must be summed), bring new ids (rows from the initializer) and ids stored
+beforehand. Rows and every slot table must agree with rtol 1e-5.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tfra_redis as tfra  # noqa: E402
+from tfra_redis.dynamic_embedding import optimizer as de_optimizer  # noqa: E402
+
+de = tfra.dynamic_embedding
+
+pytestmark = pytest.mark.usefixtures("collect_tables_at_module_end")
+
+VOCAB = 12
+DIM = 3
+STEPS = 4
+# The row of an id never stored: a constant initializer, so the reference knows it too.
+INIT_ROW = np.array([0.1, -0.2, 0.3], np.float32)
+STORED_IDS = np.array([0, 1, 2, 3], np.int64)  # upserted before training
+
+
+@pytest.fixture
+def creator(tmp_path, standalone_server, make_config):
+    path = make_config(tmp_path, standalone_server, table_store_mode=0)
+    return de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
+
+
+def _batches(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ids [4, 2], upstream gradient [4, 2, DIM]) per step: repeats within a step, ids that
+    appear for the first time in later steps, ids that never appear."""
+    rng = np.random.default_rng(seed)
+    pools = [[0, 1, 4, 5], [0, 4, 6, 7], [1, 6, 8, 9], [0, 9, 10, 2]]
+    out = []
+    for pool in pools[:STEPS]:
+        ids = rng.choice(pool, size=(4, 2)).astype(np.int64)
+        ids[0, 1] = ids[0, 0]  # a repeat in every step
+        out.append((ids, rng.normal(size=(4, 2, DIM)).astype(np.float32)))
+    return out
+
+
+def _stored_rows() -> np.ndarray:
+    return np.random.default_rng(7).normal(size=(len(STORED_IDS), DIM)).astype(np.float32)
+
+
+def _reference(make_optimizer, batches, loss_scale=False):
+    """Keras' optimizer on a dense variable of all rows, lazily: returns (rows, {slot: rows},
+    iterations) after the steps."""
+    initial = np.tile(INIT_ROW, (VOCAB, 1))
+    initial[STORED_IDS] = _stored_rows()
+    var = keras.Variable(initial, name="reference")
+    optimizer = make_optimizer()
+    if loss_scale:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build([var])
+    inner = optimizer.inner_optimizer if loss_scale else optimizer
+    slots = {
+        v.name.removeprefix("reference_"): v
+        for v in inner.variables
+        if tuple(v.shape) == (VOCAB, DIM)
+    }
+    for ids, upstream in batches:
+        grad = np.zeros((VOCAB, DIM), np.float32)
+        np.add.at(grad, ids.reshape(-1), upstream.reshape(-1, DIM))
+        if loss_scale:
+            grad = grad * float(optimizer.dynamic_scale.numpy())
+        before = {name: v.numpy() for name, v in slots.items()}
+        before_rows = var.numpy()
+        optimizer.apply_gradients([(tf.constant(grad), var)])
+        untouched = np.setdiff1d(np.arange(VOCAB), ids.reshape(-1))
+        rows = var.numpy()
+        rows[untouched] = before_rows[untouched]
+        var.assign(rows)
+        for name, v in slots.items():
+            value = v.numpy()
+            value[untouched] = before[name][untouched]
+            v.assign(value)
+    return var.numpy(), {n: v.numpy() for n, v in slots.items()}, int(inner.iterations.numpy())
+
+
+def _train_redis(creator, name, make_optimizer, batches, *, graph, loss_scale=False):
+    layer = de.keras.layers.Embedding(DIM, name=name, kv_creator=creator, initializer=INIT_ROW)
+    layer.params.upsert(tf.constant(STORED_IDS), _stored_rows())
+    optimizer = make_optimizer()
+    if loss_scale:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer = de.DynamicEmbeddingOptimizer(optimizer)
+
+    def step(ids, upstream):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(ids) * upstream)
+            if loss_scale:
+                loss = optimizer.scale_loss(loss)
+        grads = tape.gradient(loss, layer.trainable_weights)
+        optimizer.apply_gradients(zip(grads, layer.trainable_weights, strict=True))
+
+    if graph:
+        step = tf.function(step)
+    for ids, upstream in batches:
+        step(tf.constant(ids), tf.constant(upstream))
+    inner = optimizer.inner_optimizer if loss_scale else optimizer
+    return layer, inner
+
+
+def _tfra_slot_names(optimizer) -> dict[str, str]:
+    base = de_optimizer._keras_base(type(optimizer)) or ""
+    return de_optimizer._TFRA_SLOT_NAMES.get(base, {})
+
+
+OPTIMIZERS = {
+    "sgd": lambda: keras.optimizers.SGD(0.1),
+    "sgd_momentum_nesterov": lambda: keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+    "adam": lambda: keras.optimizers.Adam(0.05),
+    "adam_amsgrad": lambda: keras.optimizers.Adam(0.05, amsgrad=True),
+    "adamw": lambda: keras.optimizers.AdamW(0.05, weight_decay=0.1),
+    "adamax": lambda: keras.optimizers.Adamax(0.05),
+    "nadam": lambda: keras.optimizers.Nadam(0.05),
+    "adagrad": lambda: keras.optimizers.Adagrad(0.1, initial_accumulator_value=0.2),
+    "adadelta": lambda: keras.optimizers.Adadelta(1.0, rho=0.9),
+    "rmsprop": lambda: keras.optimizers.RMSprop(0.05),
+    "rmsprop_momentum_centered": lambda: keras.optimizers.RMSprop(
+        0.05, rho=0.8, momentum=0.5, centered=True
+    ),
+    "ftrl": lambda: keras.optimizers.Ftrl(
+        0.1,
+        l1_regularization_strength=0.01,
+        l2_regularization_strength=0.02,
+        l2_shrinkage_regularization_strength=0.01,
+        beta=0.1,
+    ),
+    "lion": lambda: keras.optimizers.Lion(0.01),
+    "adam_clipnorm": lambda: keras.optimizers.Adam(0.05, clipnorm=0.5),
+    "sgd_clipvalue": lambda: keras.optimizers.SGD(0.1, clipvalue=0.3),
+    "adam_global_clipnorm": lambda: keras.optimizers.Adam(0.05, global_clipnorm=0.7),
+    "sgd_weight_decay": lambda: keras.optimizers.SGD(0.1, weight_decay=0.2),
+    "adam_schedule": lambda: keras.optimizers.Adam(
+        keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.5)
+    ),
+    "lion_ema": lambda: keras.optimizers.Lion(0.01, use_ema=True, ema_momentum=0.5),
+}
+
+
+def _check_against_reference(layer, optimizer, make_optimizer, batches, loss_scale=False):
+    want_rows, want_slots, want_iterations = _reference(make_optimizer, batches, loss_scale)
+    touched = np.unique(np.concatenate([ids.reshape(-1) for ids, _ in batches]))
+    keys, rows = (t.numpy() for t in layer.params.export())
+    stored = dict(zip(keys.tolist(), rows, strict=True))
+    # Every touched id was written (new ids too), every stored id kept, nothing else.
+    assert set(stored) == set(touched) | set(STORED_IDS.tolist())
+    got = np.stack([stored[i] for i in touched])
+    np.testing.assert_allclose(got, want_rows[touched], rtol=1e-5, atol=1e-7)
+    assert int(optimizer.iterations.numpy()) == want_iterations == len(batches)
+
+    tables = optimizer.slot_variables(layer)
+    names = _tfra_slot_names(optimizer)
+    assert sorted(tables) == sorted(names.get(k, k) for k in want_slots)
+    for keras_name, want in want_slots.items():
+        table = tables[names.get(keras_name, keras_name)]
+        found = table.lookup(tf.constant(touched)).numpy()
+        np.testing.assert_allclose(
+            found, want[touched], rtol=1e-5, atol=1e-7, err_msg=f"slot {keras_name}"
+        )
+        assert table.size().numpy() == len(touched), f"slot {keras_name}"
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
+def test_each_optimizer_matches_keras_on_the_touched_rows(creator, unique_name, kind):
+    make = OPTIMIZERS[kind]
+    batches = _batches()
+    layer, optimizer = _train_redis(creator, unique_name, make, batches, graph=True)
+    _check_against_reference(layer, optimizer, make, batches)
+
+
+@pytest.mark.parametrize("kind", ["adam", "rmsprop_momentum_centered"])
+def test_eager_steps_match_too(creator, unique_name, kind):
+    make = OPTIMIZERS[kind]
+    batches = _batches(seed=3)
+    layer, optimizer = _train_redis(creator, unique_name, make, batches, graph=False)
+    _check_against_reference(layer, optimizer, make, batches)
+
+
+def test_loss_scaling_unscales_embedding_gradients(creator, unique_name):
+    make = OPTIMIZERS["adam"]
+    batches = _batches(seed=5)
+    layer, optimizer = _train_redis(
+        creator, unique_name, make, batches, graph=True, loss_scale=True
+    )
+    _check_against_reference(layer, optimizer, make, batches, loss_scale=True)
+
+
+def test_a_non_finite_step_writes_nothing(creator, unique_name):
+    layer = de.keras.layers.Embedding(DIM, name=unique_name, kv_creator=creator, initializer=0.5)
+    optimizer = de.DynamicEmbeddingOptimizer(
+        keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(0.1))
+    )
+
+    @tf.function
+    def step(ids, upstream):
+        with tf.GradientTape() as tape:
+            loss = optimizer.scale_loss(tf.reduce_sum(layer(ids) * upstream))
+        grads = tape.gradient(loss, layer.trainable_weights)
+        optimizer.apply_gradients(zip(grads, layer.trainable_weights, strict=True))
+
+    ids = tf.constant([[1, 2]], tf.int64)
+    step(ids, tf.ones([1, 2, DIM]))
+    before = layer.params.lookup(tf.constant([1, 2, 3], tf.int64)).numpy()
+    scale = float(optimizer.dynamic_scale.numpy())
+    step(tf.constant([[1, 3]], tf.int64), tf.constant([[[np.inf] * DIM, [1.0] * DIM]]))
+    assert layer.params.size().numpy() == 2, "the step with an inf gradient inserted id 3"
+    np.testing.assert_array_equal(
+        layer.params.lookup(tf.constant([1, 2, 3], tf.int64)).numpy(), before
+    )
+    assert float(optimizer.dynamic_scale.numpy()) == scale / 2
+    assert int(optimizer.iterations.numpy()) == 1
