@@ -127,6 +127,11 @@ class _RowInitializer:
 
         return draw
 
+    @property
+    def generator(self) -> tf.random.Generator | None:
+        """The generator random default rows are drawn from, if any."""
+        return self._generator
+
     def rows(self, n: Any) -> tf.Tensor:
         """``[n, dim]`` default rows (one per key); ``n`` may be a scalar tensor."""
         shape = tf.stack([tf.cast(n, tf.int32), tf.constant(self.dim, tf.int32)])
@@ -207,6 +212,12 @@ class Variable(tf.__internal__.tracking.Trackable):
         )
         self._tables = [table]
         self._track_trackable(table, name="table", overwrite=True)
+        if self._row_init.generator is not None:
+            # Where random default rows come from next: saved with the rows, so that a run
+            # resumed from a checkpoint draws the same rows for new ids as an uninterrupted one.
+            self._track_trackable(
+                self._row_init.generator, name="initializer_generator", overwrite=True
+            )
         # TFRA's _trainable_store: the wrappers of this variable's lookups, by name.
         self._trainable_store: dict[str, TrainableWrapper] = {}
 
@@ -307,6 +318,12 @@ class Variable(tf.__internal__.tracking.Trackable):
             if slot_variables is not None:
                 slots.extend(slot_variables(wrapper).values())
         return slots
+
+    @property
+    def initializer_generator(self) -> tf.random.Generator | None:
+        """The ``tf.random.Generator`` random default rows come from (``None`` for constant
+        initializers and initializers seeded by a ``keras.random.SeedGenerator``)."""
+        return self._row_init.generator
 
     @property
     def default_value(self) -> np.ndarray:

@@ -149,6 +149,9 @@ class Embedding(keras.layers.Layer):
         store["keys"] = keys
         store["values"] = values
         store["manifest"] = np.frombuffer(manifest, dtype=np.uint8)
+        generator = self.params.initializer_generator
+        if generator is not None:
+            store["initializer_state"] = generator.state.numpy()
 
     def load_own_variables(self, store: Any) -> None:
         if not self.params.checkpoint or "manifest" not in store:
@@ -158,6 +161,9 @@ class Embedding(keras.layers.Layer):
             np.asarray(store["values"]),
             np.asarray(store["manifest"], dtype=np.uint8).tobytes(),
         )
+        generator = self.params.initializer_generator
+        if generator is not None and "initializer_state" in store:
+            generator.state.assign(np.asarray(store["initializer_state"]))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
