@@ -23,6 +23,7 @@ from tfra_redis.dynamic_embedding.keras.layers import Embedding
 from tfra_redis.dynamic_embedding.optimizer import DynamicEmbeddingOptimizer
 from tfra_redis.dynamic_embedding.trainable import (
     ModelMode,
+    NotDynamicEmbeddingOptimizerError,
     TrainableWrapper,
     enable_inference_mode,
     enable_train_mode,
@@ -38,6 +39,7 @@ __all__ = [
     "DynamicEmbeddingTrainer",
     "Embedding",
     "ModelMode",
+    "NotDynamicEmbeddingOptimizerError",
     "RedisTable",
     "RedisTableConfig",
     "RedisTableCreator",

@@ -267,6 +267,9 @@ class TrainableWrapper(DynamicRows):
             self.generation = tf.Variable(
                 -1, dtype=tf.int64, trainable=False, name=f"{keras_name}-generation"
             )
+            # Made now rather than at the first lookup: a tf.function may only create
+            # variables on its first trace, and the first staging may come in a later one.
+            applied_steps()
 
     @property
     def params(self) -> Any:
