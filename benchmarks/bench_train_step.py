@@ -13,7 +13,8 @@ Runs ``model.fit`` (graph mode) at batch 4,096 for:
   the dense compute and Keras' per-step work cost.
 
 For the Redis runs each step is split into lookup (time inside ``RedisStore.find`` on the
-step's critical path), embedding apply (``SparseOptimizer.apply``), the prefetch driver
+step's critical path), embedding apply (the optimizer step's reads of slot rows and writes
+of rows and slots in Redis), the prefetch driver
 (computing the next batch's ids and starting their reads) and the rest (dense compute, TF and
 Keras). Overlapping calls (two tables at once) count once.
 
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     import tfra_redis as tfra
-    from tfra_redis import optimizers, servers
+    from tfra_redis import servers
+    from tfra_redis.dynamic_embedding import optimizer as de_optimizer
     from tfra_redis.dynamic_embedding.training import _PrefetchingTrainFunction
 
     de = tfra.dynamic_embedding
@@ -186,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     intervals = Intervals()
     undo = [
         intervals.wrap(tfra.RedisStore, "find", "lookup"),
-        intervals.wrap(optimizers.SparseOptimizer, "apply", "apply"),
+        # The optimizer step's Redis I/O: slot rows read, rows and slots written.
+        intervals.wrap(de_optimizer, "find_together", "apply"),
+        intervals.wrap(de_optimizer, "insert_together", "apply"),
         intervals.wrap(_PrefetchingTrainFunction, "_prefetch", "prefetch"),
     ]
 
@@ -245,12 +249,14 @@ def main(argv: list[str] | None = None) -> int:
                 workdir.mkdir()
                 tagged = train_ctr.with_model_tag(config, f"bench{run_id}", workdir)
                 creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=tagged))
-                model, layers = train_ctr.build_model(tf, keras, de, args.dim, creator, lr)
+                model, layers = train_ctr.build_model(
+                    tf, keras, de, args.dim, creator, lr, prefetch=prefetch
+                )
                 # The optimizer as asked, no metrics (the in-memory models have none either).
                 model.compile(
-                    optimizer=optimizer_classes[opt](lr),
+                    optimizer=de.DynamicEmbeddingOptimizer(optimizer_classes[opt](lr)),
                     loss="binary_crossentropy",
-                    prefetch_embeddings=prefetch,
+                    **({"prefetch_embeddings": True} if prefetch else {}),
                 )
                 intervals.clear()
                 windows = timed_fit(keras, model, features, labels, batch, args.steps)

@@ -2,9 +2,10 @@
 
 A synthetic dataset of (user id, item id) pairs with power-law id frequencies (over a million
 distinct ids) and clicks drawn from a hidden per-id preference. The model looks user and item ids
-up in two Redis-backed embedding tables, concatenates the rows and feeds a small MLP; Keras'
-``fit`` trains the MLP and, through ``DynamicEmbeddingModel``, writes the embedding rows and their
-Adam slots back to Redis every step.
+up in two Redis-backed embedding tables, concatenates the rows and feeds a small MLP. It is a
+plain ``keras.Model``: with ``de.DynamicEmbeddingOptimizer(Adam)`` as its optimizer, Keras' own
+``fit`` trains the MLP and the embedding rows, which are written back to Redis with their Adam
+slots every step.
 
 Redis: ``--config FILE`` (a TFRA-style JSON config), else ``$TFRA_REDIS_CONFIG_PATH``; with
 neither, a private redis-server is started on a free port and stopped at the end.
@@ -118,12 +119,18 @@ def build_model(tf, keras, de, dim: int, creator, learning_rate: float, prefetch
     x = keras.layers.Concatenate()([user_emb(user_in), item_emb(item_in)])
     x = keras.layers.Dense(64, activation="relu")(x)
     out = keras.layers.Dense(1, activation="sigmoid")(x)
-    model = de.DynamicEmbeddingModel({"user": user_in, "item": item_in}, out)
+    inputs = {"user": user_in, "item": item_in}
+    if prefetch:
+        # Prefetching the next batch's rows needs DynamicEmbeddingModel's fit loop.
+        model = de.DynamicEmbeddingModel(inputs, out)
+        extra = {"prefetch_embeddings": True}
+    else:
+        model, extra = keras.Model(inputs, out), {}
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=de.DynamicEmbeddingOptimizer(keras.optimizers.Adam(learning_rate)),
         loss="binary_crossentropy",
         metrics=[keras.metrics.AUC(name="auc")],
-        prefetch_embeddings=prefetch,
+        **extra,
     )
     return model, (user_emb, item_emb)
 
