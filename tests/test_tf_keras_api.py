@@ -325,3 +325,29 @@ def test_inference_mode_never_stages(creator, unique_name):
     finally:
         de.enable_train_mode()
     assert layer.params.size().numpy() == 0
+
+
+@pytest.mark.parametrize("run_eagerly", [True, False], ids=["eager", "graph"])
+def test_redis_errors_during_fit(tmp_path, make_config, unique_name, run_eagerly):
+    """Eagerly the tfra_redis exception itself; in a compiled step TensorFlow's UnknownError,
+    whose message ends with the tfra_redis exception's name and message (README)."""
+    from tfra_redis import servers
+
+    ids, labels = _task(n=128)
+    with servers.standalone() as server:
+        path = make_config(tmp_path, server, table_store_mode=0, redis_retry_deadline_ms=300)
+        creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
+        model = _sequential(creator, unique_name)
+        model.compile(
+            optimizer=de.DynamicEmbeddingOptimizer(keras.optimizers.Adam()),
+            loss="binary_crossentropy",
+            run_eagerly=run_eagerly,
+        )
+        model.fit(ids, labels, batch_size=64, verbose=0)
+        server.stop()
+        if run_eagerly:
+            with pytest.raises(tfra.RedisConnectionError, match="cannot reach Redis"):
+                model.fit(ids, labels, batch_size=64, verbose=0)
+        else:
+            with pytest.raises(tf.errors.UnknownError, match="RedisConnectionError: cannot reach"):
+                model.fit(ids, labels, batch_size=64, verbose=0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "KERAS_OPTIMIZER_HOOKS",
     "KERAS_VARIABLE_HOOKS",
     "Functional",
     "ResourceVariable",
@@ -69,4 +70,19 @@ KERAS_VARIABLE_HOOKS = (
     "_layout",
     "_serialize_to_tensors",
     "_restore_from_tensors",
+)
+
+#: Members of ``keras.optimizers.Optimizer`` (TensorFlow backend) that DynamicEmbeddingOptimizer
+#: relies on beyond its public methods, and why:
+#:   _trainable_variables: what ``apply(grads)`` without variables applies to.
+#:   _track_trackable: TensorFlow's way to make the slot tables checkpoint dependencies of the
+#:       optimizer under a fixed name (so a restore made before they exist reaches them).
+#:   assign / assign_add / assign_sub: Keras' TensorFlow optimizer updates ``variable.value``
+#:       (the backing tf.Variable) through these, which is where other optimizers are stopped.
+KERAS_OPTIMIZER_HOOKS = (
+    "_trainable_variables",
+    "_track_trackable",
+    "assign",
+    "assign_add",
+    "assign_sub",
 )

@@ -283,14 +283,7 @@ class _DynamicEmbeddingMixin:
             return [rows for result in run_concurrently(calls) for rows in result]
 
         count = sum(len(slots) for _, slots in groups)
-        rows = tf.numpy_function(
-            read,
-            [w.ids for w, _ in groups],
-            [tf.float32] * count,
-            stateful=True,
-            name="tfra_read_slots",
-        )
-        rows = iter(rows)
+        rows = iter(_run_numpy(read, [w.ids for w, _ in groups], [tf.float32] * count, "read"))
         for wrapper, slots in groups:
             for slot in slots:
                 slot.buffer.stage(tf.reshape(next(rows), [-1, wrapper.dim]))
@@ -320,7 +313,7 @@ class _DynamicEmbeddingMixin:
             run_concurrently(calls)
             return np.int64(written)
 
-        tf.numpy_function(write, inputs, tf.int64, stateful=True, name="tfra_write_rows")
+        _run_numpy(write, inputs, tf.int64, "write")
 
     # -- .keras files -------------------------------------------------------------------------
 
@@ -351,6 +344,17 @@ class _DynamicEmbeddingMixin:
                 np.asarray(store[f"{prefix}values"]),
                 np.asarray(store[f"{prefix}manifest"], dtype=np.uint8).tobytes(),
             )
+
+
+def _run_numpy(fn: Any, inputs: list[Any], tout: Any, what: str) -> Any:
+    """``fn`` on the inputs' numpy values: called directly when eager (so that its errors
+    reach the caller as the tfra_redis exceptions they are), a ``numpy_function`` in a graph."""
+    if tf.executing_eagerly():
+        result = fn(*(np.asarray(tf.convert_to_tensor(x)) for x in inputs))
+        if isinstance(tout, list):
+            return [tf.convert_to_tensor(r, dtype=t) for r, t in zip(result, tout, strict=True)]
+        return tf.convert_to_tensor(result, dtype=tout)
+    return tf.numpy_function(fn, inputs, tout, stateful=True, name=f"tfra_{what}_rows")
 
 
 _SLOT_FILE_PREFIX = "tfra_slot:"
