@@ -226,3 +226,44 @@ def test_a_non_finite_step_writes_nothing(creator, unique_name):
     )
     assert float(optimizer.dynamic_scale.numpy()) == scale / 2
     assert int(optimizer.iterations.numpy()) == 1
+
+
+def test_slot_tables_written_by_tfra_continue_training(creator, unique_name):
+    """Rows and Adam slots stored under the names TFRA gives them (measured on TFRA 0.8.1, see
+    shared/fixtures/README.md): the first step here starts from those slots."""
+    config = creator.config.load()
+    layer_params = f"{unique_name}-parameter"
+    shadow = f"{layer_params}_DynamicEmbedding_{unique_name}-shadow"
+    rng = np.random.default_rng(9)
+    ids = np.arange(4, dtype=np.int64)
+    stored = {
+        name: rng.normal(size=(4, DIM)).astype(np.float32) for name in ("params", "m", "v")
+    }
+    stored["v"] = np.abs(stored["v"])
+    for name, table in (("params", layer_params), ("m", f"{shadow}_m"), ("v", f"{shadow}_v")):
+        store = tfra.RedisStore(config, table, DIM)
+        store.insert(ids, stored[name])
+        store.close()
+
+    layer = de.keras.layers.Embedding(DIM, name=unique_name, kv_creator=creator)
+    optimizer = de.DynamicEmbeddingOptimizer(keras.optimizers.Adam(0.1))
+    upstream = rng.normal(size=(4, DIM)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(tf.constant(ids)) * upstream)
+    grads = tape.gradient(loss, layer.trainable_weights)
+    optimizer.apply_gradients(zip(grads, layer.trainable_weights, strict=True))
+
+    reference = keras.Variable(stored["params"], name="reference")
+    keras_adam = keras.optimizers.Adam(0.1)
+    keras_adam.build([reference])
+    keras_adam._momentums[0].assign(stored["m"])
+    keras_adam._velocities[0].assign(stored["v"])
+    keras_adam.apply_gradients([(tf.constant(upstream), reference)])
+    slots = optimizer.slot_variables(layer)
+    np.testing.assert_allclose(layer.params.lookup(ids).numpy(), reference.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        slots["m"].lookup(ids).numpy(), keras_adam._momentums[0].numpy(), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        slots["v"].lookup(ids).numpy(), keras_adam._velocities[0].numpy(), rtol=1e-5
+    )
