@@ -1,5 +1,9 @@
 """Sparse optimizers that update embedding rows stored in Redis, with the Keras 3 optimizers' math.
 
+This is the numpy API, for training loops without TensorFlow (or feeding gradients computed
+elsewhere). TensorFlow/Keras models use ``de.DynamicEmbeddingOptimizer``, which runs the wrapped
+Keras optimizer's own update on the looked-up rows and supports every built-in optimizer.
+
 The update runs in Rust (``tfra_redis._native.apply_gradients``, the GIL released): it reads the
 rows of the ids in the batch and their optimizer slot rows, applies one step, and writes both
 back. Each slot (Adam's ``m`` and ``v``, Adagrad's ``accumulator``, ...) is a table of its own,

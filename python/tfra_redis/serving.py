@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfra_redis.dynamic_embedding.keras.layers import Embedding
+from tfra_redis.dynamic_embedding.keras.layers import Embedding, SquashedEmbedding
 from tfra_redis.dynamic_embedding.training import DynamicEmbeddingModel
 
 __all__ = ["StaticEmbedding", "custom_objects", "freeze_embedding", "load_model", "save_model"]
@@ -35,7 +35,11 @@ __all__ = ["StaticEmbedding", "custom_objects", "freeze_embedding", "load_model"
 
 def custom_objects() -> dict[str, Any]:
     """The classes Keras needs to rebuild a model that uses Redis-backed embeddings."""
-    return {"Embedding": Embedding, "DynamicEmbeddingModel": DynamicEmbeddingModel}
+    return {
+        "Embedding": Embedding,
+        "SquashedEmbedding": SquashedEmbedding,
+        "DynamicEmbeddingModel": DynamicEmbeddingModel,
+    }
 
 
 def save_model(model: keras.Model, path: str | os.PathLike[str]) -> Path:
