@@ -38,6 +38,7 @@ from tfra_redis.dynamic_embedding.trainable import (
     DynamicRows,
     TrainableWrapper,
     applied_steps,
+    update_dtype,
     updating_buffers,
     wrapper_of,
 )
@@ -118,6 +119,14 @@ def _check_no_strategy() -> None:
         )
 
 
+def _slot_variable_name(params: Variable, wrapper: TrainableWrapper, slot: str) -> str:
+    """TFRA's name of a slot variable: ``<params>/<wrapper>/<slot>``, or ``<params>/<slot>``
+    with ``short_file_name`` (then two optimizers with the same slot share it, as in TFRA)."""
+    if params.short_file_name:
+        return f"{params.name}/{slot}"
+    return f"{params.name}/{wrapper.wrapper_name}/{slot}"
+
+
 def _table_identity(variable: Variable) -> tuple[str, str]:
     store = variable.table.store
     return store.config.to_json(), store.name
@@ -153,11 +162,12 @@ class _DynamicEmbeddingMixin:
                 keras.ops.convert_to_numpy(init(shape=(params.dim,), dtype="float32")),
                 dtype=np.float32,
             )
+            # TFRA's slot tables hold the embedding's own dtype (staged in float32 here).
             variable = Variable(
                 key_dtype=params.key_dtype,
-                value_dtype=tf.float32,
+                value_dtype=params.value_dtype,
                 dim=params.dim,
-                name=f"{params.name}/{wrapper.wrapper_name}/{slot_name}",
+                name=_slot_variable_name(params, wrapper, slot_name),
                 initializer=default,
                 trainable=False,
                 checkpoint=params.checkpoint,
@@ -165,7 +175,7 @@ class _DynamicEmbeddingMixin:
             )
             buffer = DynamicRows(
                 params.dim,
-                tf.float32,
+                update_dtype(params.value_dtype),
                 name=f"{wrapper.name}_{name}",
                 trainable=False,
                 guarded=False,
@@ -206,10 +216,10 @@ class _DynamicEmbeddingMixin:
         owners: dict[tuple[str, str], TrainableWrapper] = {}
         for wrapper in wrappers:
             params = wrapper.params
-            if params.value_dtype != tf.float32:
+            if not params.value_dtype.is_floating:
                 raise TypeError(
-                    f"{params.name!r} holds {params.value_dtype.name} rows; "
-                    "DynamicEmbeddingOptimizer trains float32 embeddings"
+                    f"{params.name!r} holds {params.value_dtype.name} rows; only floating-point "
+                    "embeddings (float16, bfloat16, float32, float64) can be trained"
                 )
             if params.bp_v2:
                 raise NotImplementedError(
@@ -275,15 +285,17 @@ class _DynamicEmbeddingMixin:
         stores = [[s.variable.table.store for s in slots] for _, slots in groups]
         defaults = [[s.default for s in slots] for _, slots in groups]
 
+        dtypes = [s.buffer.value.dtype for _, slots in groups for s in slots]
+
         def read(*key_sets: np.ndarray) -> list[np.ndarray]:
             calls = [
                 functools.partial(find_together, stores[i], keys, defaults[i])
                 for i, keys in enumerate(key_sets)
             ]
-            return [rows for result in run_concurrently(calls) for rows in result]
+            found = [rows for result in run_concurrently(calls) for rows in result]
+            return [r.astype(d.as_numpy_dtype, copy=False) for r, d in zip(found, dtypes, strict=True)]
 
-        count = sum(len(slots) for _, slots in groups)
-        rows = iter(_run_numpy(read, [w.ids for w, _ in groups], [tf.float32] * count, "read"))
+        rows = iter(_run_numpy(read, [w.ids for w, _ in groups], dtypes, "read"))
         for wrapper, slots in groups:
             for slot in slots:
                 slot.buffer.stage(tf.reshape(next(rows), [-1, wrapper.dim]))

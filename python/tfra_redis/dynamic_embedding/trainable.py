@@ -256,7 +256,11 @@ class TrainableWrapper(DynamicRows):
         keras_name = name.rsplit("/", 1)[-1] or "ShadowVariable"
         with tf.init_scope():
             super().__init__(
-                params.dim, params.value_dtype, name=keras_name, trainable=trainable, guarded=True
+                params.dim,
+                update_dtype(params.value_dtype),
+                name=keras_name,
+                trainable=trainable,
+                guarded=True,
             )
             self.ids = tf.Variable(
                 tf.zeros([0], dtype=params.key_dtype),
@@ -343,6 +347,15 @@ class TrainableWrapper(DynamicRows):
         self.stage(rows)
         merged = tf.reshape(merged, [-1, self.dim])
         return merged
+
+
+def update_dtype(value_dtype: tf.DType) -> tf.DType:
+    """The dtype rows of ``value_dtype`` are trained in: float32 for float16 and bfloat16 rows
+    (TFRA's rule: half-precision tables are updated in float32 and stored in their dtype)."""
+    value_dtype = tf.as_dtype(value_dtype)
+    if value_dtype in (tf.float16, tf.bfloat16):
+        return tf.float32
+    return value_dtype
 
 
 def wrapper_of(variable: Any) -> TrainableWrapper | None:

@@ -168,6 +168,7 @@ class Variable(tf.__internal__.tracking.Trackable):
         kv_creator: Any = None,
         restrict_policy: Any = None,
         bp_v2: bool = False,
+        short_file_name: bool = False,
         shadow_name: str | None = None,
     ) -> None:
         self._key_dtype = tf.as_dtype(key_dtype)
@@ -198,6 +199,7 @@ class Variable(tf.__internal__.tracking.Trackable):
         self._kv_creator = kv_creator if kv_creator is not None else RedisTableCreator()
         self._restrict_policy = None
         self._bp_v2 = bool(bp_v2)
+        self._short_file_name = bool(short_file_name)
         self._shadow_name = shadow_name
         self._row_init = _RowInitializer(initializer, self._dim, self._value_dtype)
         self._initializer = initializer
@@ -279,6 +281,12 @@ class Variable(tf.__internal__.tracking.Trackable):
     @property
     def bp_v2(self) -> bool:
         return self._bp_v2
+
+    @property
+    def short_file_name(self) -> bool:
+        """TFRA's flag: optimizer slot tables are named ``<params>_<slot>`` (without the
+        wrapper's name in the middle)."""
+        return self._short_file_name
 
     @property
     def shadow_name(self) -> str:
@@ -430,6 +438,7 @@ def get_variable(
     bp_v2: bool = False,
     KVCreator: Any = None,  # noqa: N803 - the spelling of the seed design note
     reuse: Any = None,
+    short_file_name: bool = False,
     shadow_name: str | None = None,
 ) -> Variable:
     """Gets an existing :class:`Variable` with this name (prefixed by the current
@@ -444,7 +453,7 @@ def get_variable(
             raise ValueError("pass kv_creator or KVCreator, not both")
         kv_creator = KVCreator
     scope = tf.compat.v1.get_variable_scope()
-    full_name = f"{scope.name}/{name}" if scope.name else name
+    full_name = f"{scope.name}/{name}" if scope.name and not short_file_name else name
     if reuse is None and not tf.executing_eagerly() and not tf.inside_function():
         reuse = scope.reuse  # TF1 graph mode: the scope decides
     existing = _VARIABLES.get(full_name)
@@ -475,6 +484,7 @@ def get_variable(
         kv_creator=kv_creator,
         restrict_policy=restrict_policy,
         bp_v2=bp_v2,
+        short_file_name=short_file_name,
         shadow_name=shadow_name,
     )
     _VARIABLES[full_name] = variable
@@ -539,6 +549,9 @@ def lookup_rows(
     if ids.shape.rank != 1:
         embeddings = tf.reshape(embeddings, tf.concat([tf.shape(ids), [params.dim]], 0))
     embeddings.set_shape(out_shape)
+    # Half-precision rows are staged (and trained) in float32; the lookup gives the table's
+    # dtype either way.
+    embeddings = tf.cast(embeddings, params.value_dtype)
     if max_norm is not None:
         embeddings = tf.clip_by_norm(embeddings, max_norm, axes=[-1])
     return embeddings
