@@ -106,7 +106,12 @@ impl<T: Target> std::ops::DerefMut for Pooled<'_, T> {
 
 impl<T: Target> Drop for Pooled<'_, T> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
+            // A panic (in a reply handler, say) may unwind out of a pipeline half read; the
+            // next user of the connection would get its leftover replies as answers.
+            if std::thread::panicking() {
+                conn.broken = true;
+            }
             self.pool.put_back(conn);
         }
     }
