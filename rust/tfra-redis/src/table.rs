@@ -209,8 +209,8 @@ impl Table {
         let pid = std::process::id();
         if guard.0 != pid {
             let fresh = backend::connect(&self.config)?;
-            let old = std::mem::replace(&mut *guard, (pid, fresh));
-            std::mem::forget(old);
+            // Dropped, not forgotten: see `backend::connect` (closes inherited sockets).
+            *guard = (pid, fresh);
         }
         Ok(guard.1.clone())
     }

@@ -750,6 +750,17 @@ impl Backend for Cluster {
         ConnectionMode::Cluster
     }
 
+    fn release_inherited(&self) {
+        let pools = match self.pools.try_lock() {
+            Ok(pools) => pools,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        for pool in pools.values() {
+            pool.close_idle();
+        }
+    }
+
     fn describe(&self) -> String {
         self.target.clone()
     }

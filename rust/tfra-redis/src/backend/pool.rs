@@ -216,6 +216,20 @@ impl<T: Target> Pool<T> {
         }
     }
 
+    /// Closes the idle connections (see `Backend::release_inherited`). Only tries the lock: in
+    /// a forked child, a lock a parent thread held at the fork is never released.
+    pub(crate) fn close_idle(&self) {
+        let mut slots = match self.slots.try_lock() {
+            Ok(slots) => slots,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        let idle = std::mem::take(&mut slots.idle);
+        slots.open -= idle.len() as u32;
+        drop(slots);
+        drop(idle);
+    }
+
     pub(crate) fn target(&self) -> &T {
         &self.target
     }
