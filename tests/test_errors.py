@@ -4,6 +4,7 @@ name themselves ``tfra_redis.<Name>``."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import pickle
 import traceback
@@ -47,6 +48,16 @@ def test_the_largest_bucket_count_opens(standalone_server, unique_name):
     config = {**standalone_server.config_dict(), "storage_slice": 16384}
     store = RedisStore(config, unique_name, 2, manage_ttl=False)
     assert len(store.bucket_keys) == 16384
+
+
+@pytest.mark.parametrize("dim", [2**26 + 1, 2**61 + 1, 2**62])
+def test_a_dim_whose_rows_cannot_be_stored_is_refused(standalone_server, unique_name, dim):
+    # dim x value width used to overflow: 2**62 float32 values gave rows of 0 bytes.
+    config = _native.Config.from_json(json.dumps(standalone_server.config_dict()))
+    with pytest.raises(ValueError, match="embedding dim must be between 1 and 67108864"):
+        _native.Table(config, unique_name, "int64", "float32", dim, False)
+    with pytest.raises(ValueError, match="embedding dim"):
+        RedisStore(standalone_server.config_dict(), unique_name, dim, manage_ttl=False)
 
 
 def test_a_panic_in_the_native_code_is_a_tfra_redis_exception():
