@@ -104,6 +104,13 @@ where
     }
 }
 
+/// [`detached`] for the calls that keep the GIL (config parsing): no panic is known there, and
+/// if one is found it must still reach Python as an `Exception`.
+fn guarded<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|payload| Err(panic_error(payload.as_ref())))
+}
+
 /// Panics inside [`detached`], for the test that checks what Python gets from a panic (no
 /// input is known to reach one).
 #[pyfunction]
@@ -127,7 +134,8 @@ impl PyConfig {
     #[staticmethod]
     #[pyo3(signature = (text, source = "<string>"))]
     fn from_json(text: &str, source: &str) -> PyResult<Self> {
-        let (inner, warnings) = RedisConfig::from_json_str(text, source).map_err(to_py)?;
+        let (inner, warnings) =
+            guarded(|| RedisConfig::from_json_str(text, source).map_err(to_py))?;
         Ok(PyConfig {
             inner,
             path: None,
@@ -138,10 +146,12 @@ impl PyConfig {
     /// Reads and parses a JSON file.
     #[staticmethod]
     fn from_path(path: &str) -> PyResult<Self> {
-        let (inner, warnings) = RedisConfig::from_path(Path::new(path)).map_err(|e| match e {
-            // An unreadable config file is a config problem, whatever the OS said.
-            tfra_redis::Error::Io { .. } => ConfigError::new_err(e.to_string()),
-            other => to_py(other),
+        let (inner, warnings) = guarded(|| {
+            RedisConfig::from_path(Path::new(path)).map_err(|e| match e {
+                // An unreadable config file is a config problem, whatever the OS said.
+                tfra_redis::Error::Io { .. } => ConfigError::new_err(e.to_string()),
+                other => to_py(other),
+            })
         })?;
         Ok(PyConfig {
             inner,
@@ -177,9 +187,8 @@ impl PyConfig {
 #[pyfunction]
 #[pyo3(signature = (env_name = None, abs_dir = None))]
 fn resolve_path(env_name: Option<&str>, abs_dir: Option<&str>) -> PyResult<String> {
-    resolve_config_path(env_name, abs_dir)
+    guarded(|| resolve_config_path(env_name, abs_dir).map_err(to_py))
         .map(|p| p.to_string_lossy().into_owned())
-        .map_err(to_py)
 }
 
 /// An open Redis-backed table. Ids and rows cross as flat numpy buffers: ids as int64, rows as
