@@ -91,8 +91,8 @@ def test_a_forked_child_completes_prefetches_and_concurrent_calls(standalone_ser
     assert store.prefetch_stats.taken == 1
 
 
-def redis_sockets(port: int) -> set[int]:
-    """Inodes of this process's TCP sockets connected to ``port`` on 127.0.0.1."""
+def redis_sockets(ports: set[int]) -> set[int]:
+    """Inodes of this process's TCP sockets connected to one of ``ports``."""
     connected = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -102,7 +102,7 @@ def redis_sockets(port: int) -> set[int]:
         for line in lines:
             fields = line.split()
             remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-            if remote_port == port:
+            if remote_port in ports:
                 connected.add(int(fields[9]))
     mine = set()
     for fd in os.listdir("/proc/self/fd"):
@@ -116,18 +116,27 @@ def redis_sockets(port: int) -> set[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
-def test_a_forked_child_closes_the_sockets_it_inherited(standalone_server, unique_name):
-    store = RedisStore(standalone_server.config_dict(), unique_name, 2, manage_ttl=False)
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
+def test_a_forked_child_closes_the_sockets_it_inherited(request, kind, unique_name):
+    if kind == "cluster":
+        topology = request.getfixturevalue("cluster")
+        ports = {node.port for node in topology.nodes}
+        config = {**topology.config_dict(), "storage_slice": 3}
+    else:
+        topology = request.getfixturevalue("standalone_server")
+        ports = {topology.port}
+        config = topology.config_dict()
+    store = RedisStore(config, unique_name, 2, manage_ttl=False)
     keys = np.arange(1000, dtype=np.int64)
     store.insert(keys, rows(keys, 2, 0.0))
     # Several idle pooled connections, none in use at the fork.
     run_concurrently([lambda: store.find(keys) for _ in range(4)])
-    inherited = redis_sockets(standalone_server.port)
+    inherited = redis_sockets(ports)
     assert inherited
 
     def child() -> str:
         np.testing.assert_array_equal(store.find(keys), rows(keys, 2, 0.0))
-        own = redis_sockets(standalone_server.port)
+        own = redis_sockets(ports)
         assert own, "the child reads over sockets of its own"
         still_open = own & inherited
         assert not still_open, f"{len(still_open)} of {len(inherited)} inherited sockets open"
