@@ -318,6 +318,96 @@ def test_import_rejects_bad_files(config_file, tmp_path):
     assert missing.returncode == 2
 
 
+def with_meta(data: bytes, **changes: Any) -> bytes:
+    """The export file ``data`` with its metadata line's fields changed."""
+    line_end = data.index(b"\n", len(MAGIC))
+    meta = {**json.loads(data[len(MAGIC) : line_end]), **changes}
+    return MAGIC + json.dumps(meta).encode() + data[line_end:]
+
+
+@pytest.mark.parametrize("kind", ["standalone"], indirect=True)
+def test_import_of_a_damaged_file_writes_nothing(config_file, tmp_path):
+    """Every check runs before the first row is written: a damaged file changes nothing, and
+    sizes in the file are checked against its length before anything is allocated (a huge
+    ``row_bytes`` or page count once gave a bare MemoryError)."""
+    n, dim = 3000, 2
+    store_for(config_file, "t", dim).insert(np.arange(n), rows(np.arange(n), dim))
+    good = tmp_path / "t.tfra"
+    ok_json(
+        cli(
+            "--config", config_file, "--json", "export", "--table", "t", "--dim", dim,
+            "--out", good, "--page", 500,
+        )
+    )  # fmt: skip
+    data = good.read_bytes()
+    meta, pages = read_export(good)
+    assert pages > 2
+    # Where each page header starts, walking the documented format.
+    page_at = [data.index(b"\n", len(MAGIC)) + 1]
+    for _ in range(pages - 1):
+        (count,) = struct.unpack_from("<I", data, page_at[-1] + 4)
+        page_at.append(page_at[-1] + 12 + count * (meta["key_bytes"] + meta["row_bytes"]))
+    huge_page = bytearray(data)
+    struct.pack_into("<I", huge_page, page_at[1] + 4, 0xFFFFFFFF)
+    bad_crc = bytearray(data)
+    bad_crc[page_at[-1] + 12] ^= 0xFF
+    cases = {
+        # Cut just before the trailer: every page is intact.
+        "no trailer": (data[:-12], "truncated"),
+        "trailer cut": (data[:-3], "truncated"),
+        "trailer count": (data[:-8] + struct.pack("<Q", n + 1), f"trailer says {n + 1} rows"),
+        "bytes after the trailer": (data + b"x", "after its trailer"),
+        "CRC of the last page": (bytes(bad_crc), "CRC"),
+        "rows_expected": (with_meta(data, rows_expected=n + 5), f"rows_expected is {n + 5}"),
+        "rows_expected type": (with_meta(data, rows_expected="many"), "rows_expected"),
+        "huge row_bytes": (with_meta(data, row_bytes=2**40), "row_bytes"),
+        "huge dim": (with_meta(data, dim=2**40, row_bytes=2**42), "bytes are left in the file"),
+        "key_bytes": (with_meta(data, key_bytes=2**40), "key_bytes"),
+        "huge page count": (bytes(huge_page), "4294967295 rows"),
+    }
+    failures = []
+    for case, (content, message) in cases.items():
+        damaged = tmp_path / f"{case.replace(' ', '_')}.tfra"
+        damaged.write_bytes(content)
+        dim_arg = 2**40 if case == "huge dim" else dim
+        result = cli(
+            "--config", config_file, "--json", "import", "--table", "u", "--dim", dim_arg,
+            "--in", damaged,
+        )  # fmt: skip
+        target = store_for(config_file, "u", dim)
+        written = target.size()
+        target.clear()
+        if result.returncode != 2 or message not in result.stderr or written:
+            failures.append(f"{case}: exit {result.returncode}, {written} rows written, {result}")
+        elif "Traceback" in result.stderr or '"UsageError"' not in result.stdout:
+            failures.append(f"{case}: {result}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("kind", ["standalone"], indirect=True)
+def test_export_records_the_rows_it_wrote(config_file, tmp_path, monkeypatch, capsys):
+    """A table written to during an export (or a bucket rehashed meanwhile) gives another
+    count than its size when the export started; the file must still import, so its
+    rows_expected is the count of rows written."""
+    from tfra_redis import cli as cli_module
+    from tfra_redis.store import RedisStore as Store
+
+    n = 700
+    store_for(config_file, "grown", 2).insert(np.arange(n), rows(np.arange(n), 2))
+    monkeypatch.setattr(Store, "size", lambda self: 12)  # the size before rows were added
+    out = tmp_path / "grown.tfra"
+    args = ["--config", str(config_file), "export", "--table", "grown", "--dim", "2"]
+    assert cli_module.main([*args, "--out", str(out), "--page", "100"]) == 0
+    capsys.readouterr()
+    meta, _ = read_export(out)
+    assert meta["rows_expected"] == n
+    monkeypatch.undo()
+    imported = ok_json(
+        cli("--config", config_file, "--json", "import", "--table", "g2", "--dim", 2, "--in", out)
+    )
+    assert imported["rows"] == n and imported["size_after"] == n
+
+
 def test_copy_to_another_model_tag_and_to_another_server(
     kind, config_file, tmp_path, tag, standalone_server, cluster, make_config
 ):

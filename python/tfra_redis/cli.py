@@ -30,6 +30,7 @@ Export file format (``TFRAREDIS1``), everything little-endian::
     <JSON metadata>  b"\\n"                 one UTF-8 line: format, version, table, key_dtype,
                                           value_dtype, dim, key_bytes, row_bytes, byteorder,
                                           model_tag, rows_expected, created_utc, buckets, mode
+                                          (spaces may pad it before the newline)
     then pages, each:
       b"PAGE" <u32 n> <u32 crc32>         crc32 (zlib) of the n keys' bytes then the rows' bytes
       n keys   (key_bytes each: int64 or int32, two's complement)
@@ -40,6 +41,13 @@ Export file format (``TFRAREDIS1``), everything little-endian::
 Keys and rows are the very bytes TFRA keeps in Redis (spec section 3.2), so a file can be read
 with numpy alone (``np.frombuffer``). A key may appear twice if Redis rehashed a bucket while it
 was exported (HSCAN's guarantee); both copies hold the same row, and import is an upsert.
+
+``rows_expected`` is the number of rows in the pages, as the trailer's total: export writes the
+table's size first and, once the pages are written, the count it wrote in its place (the line is
+padded so that it keeps its length), because a table written to during an export, or a bucket
+rehashed meanwhile, gives a different count. Import checks the whole file (metadata, every
+page's size and CRC, the trailer, both counts) before it writes the first row, so a damaged file
+changes nothing.
 """
 
 from __future__ import annotations
@@ -69,6 +77,10 @@ END_TAG = b"END!"
 _PAGE_HEADER = struct.Struct("<4sII")
 _END_BODY = struct.Struct("<Q")
 _MAX_META_BYTES = 1 << 20
+# Room left in the metadata line for rows_expected to grow into when export rewrites it.
+_META_PADDING = 24
+# Pages are checked in pieces of this size: a page's length comes from the file.
+_CRC_CHUNK = 16 << 20
 
 VALUE_DTYPES = ("float32", "float64", "float16", "bfloat16", "int32", "int64", "int8")
 KEY_DTYPES = ("int64", "int32")
@@ -505,11 +517,96 @@ def read_export_header(stream: BinaryIO) -> dict[str, Any]:
             f"the export file holds {meta['key_dtype']} -> {meta['value_dtype']}, "
             "which this version cannot import"
         )
+    from tfra_redis.store import numpy_dtype
+
+    # Page sizes are computed from these: each must be what the dtypes and dim imply, or a
+    # damaged line could ask for any amount of memory.
+    dim = _meta_int(meta, "dim", 1)
+    key_bytes = _meta_int(meta, "key_bytes", 1)
+    row_bytes = _meta_int(meta, "row_bytes", 1)
+    if key_bytes != _KEY_BYTES[meta["key_dtype"]]:
+        raise UsageError(
+            f"the export file's metadata says key_bytes {key_bytes}, but {meta['key_dtype']} "
+            f"keys take {_KEY_BYTES[meta['key_dtype']]} (corrupt metadata)"
+        )
+    want_row_bytes = dim * numpy_dtype(meta["value_dtype"]).itemsize
+    if row_bytes != want_row_bytes:
+        raise UsageError(
+            f"the export file's metadata says row_bytes {row_bytes}, but {dim} "
+            f"{meta['value_dtype']} values take {want_row_bytes} (corrupt metadata)"
+        )
+    if "rows_expected" in meta:
+        _meta_int(meta, "rows_expected", 0)
     return meta
 
 
-def read_export_pages(stream: BinaryIO, meta: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
-    """Yields (keys, rows) numpy arrays page by page; checks CRCs and the trailer."""
+def _meta_int(meta: dict[str, Any], field: str, minimum: int) -> int:
+    value = meta[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(
+            f"the export file's metadata has {field} {value!r}; expected an integer "
+            f">= {minimum} (corrupt metadata)"
+        )
+    return value
+
+
+def _page_header(
+    stream: BinaryIO, meta: dict[str, Any], file_size: int, total: int
+) -> tuple[int, int] | None:
+    """Reads the next page header: ``(rows, crc)``, or ``None`` at a valid trailer (then the
+    stream is at the end of the file). Checks the page fits in what is left of the file before
+    anything of that size is read."""
+    tag = _read_exact(stream, 4, "a page header")
+    if tag == END_TAG:
+        (count,) = _END_BODY.unpack(_read_exact(stream, _END_BODY.size, "the trailer"))
+        if count != total:
+            raise UsageError(f"the trailer says {count} rows but the pages hold {total}")
+        if stream.read(1):
+            raise UsageError("the export file has bytes after its trailer")
+        return None
+    if tag != PAGE_TAG:
+        raise UsageError(f"expected a page header at row {total}, found {tag!r}")
+    n, crc = struct.unpack("<II", _read_exact(stream, 8, "a page header"))
+    size = n * (meta["key_bytes"] + meta["row_bytes"])
+    left = file_size - stream.tell()
+    if size > left:
+        raise UsageError(
+            f"the page starting at row {total} says it holds {n} rows ({size} bytes), but only "
+            f"{left} bytes are left in the file (truncated or corrupt)"
+        )
+    return n, crc
+
+
+def verify_export(stream: BinaryIO, meta: dict[str, Any], file_size: int) -> int:
+    """Reads the pages from the stream's position to the end, checking each page's size and
+    CRC, the trailer and ``rows_expected``, without keeping any of them; returns the row
+    count."""
+    total = 0
+    while (page := _page_header(stream, meta, file_size, total)) is not None:
+        n, crc = page
+        left = n * (meta["key_bytes"] + meta["row_bytes"])
+        computed = 0
+        while left:
+            chunk = _read_exact(stream, min(left, _CRC_CHUNK), "a page")
+            computed = zlib.crc32(chunk, computed)
+            left -= len(chunk)
+        if computed != crc:
+            raise UsageError(f"the page starting at row {total} fails its CRC check (corrupt)")
+        total += n
+    expected = meta.get("rows_expected", total)
+    if expected != total:
+        raise UsageError(
+            f"the export file's metadata says rows_expected is {expected}, but its pages hold "
+            f"{total} rows (an incomplete file, or not the file its metadata describes)"
+        )
+    return total
+
+
+def read_export_pages(
+    stream: BinaryIO, meta: dict[str, Any], file_size: int
+) -> Iterator[tuple[Any, Any]]:
+    """Yields (keys, rows) numpy arrays page by page; checks sizes, CRCs and the trailer (run
+    :func:`verify_export` first to know the whole file is good before using any page)."""
     import numpy as np
 
     from tfra_redis.store import numpy_dtype
@@ -518,18 +615,8 @@ def read_export_pages(stream: BinaryIO, meta: dict[str, Any]) -> Iterator[tuple[
     value_dtype = numpy_dtype(meta["value_dtype"])
     key_bytes, row_bytes, dim = meta["key_bytes"], meta["row_bytes"], meta["dim"]
     total = 0
-    while True:
-        tag = _read_exact(stream, 4, "a page header")
-        if tag == END_TAG:
-            (count,) = _END_BODY.unpack(_read_exact(stream, _END_BODY.size, "the trailer"))
-            if count != total:
-                raise UsageError(f"the trailer says {count} rows but the pages hold {total}")
-            if stream.read(1):
-                raise UsageError("the export file has bytes after its trailer")
-            return
-        if tag != PAGE_TAG:
-            raise UsageError(f"expected a page header at row {total}, found {tag!r}")
-        n, crc = struct.unpack("<II", _read_exact(stream, 8, "a page header"))
+    while (page := _page_header(stream, meta, file_size, total)) is not None:
+        n, crc = page
         keys_raw = _read_exact(stream, n * key_bytes, "a page's keys")
         rows_raw = _read_exact(stream, n * row_bytes, "a page's rows")
         if zlib.crc32(rows_raw, zlib.crc32(keys_raw)) != crc:
@@ -581,13 +668,21 @@ def cmd_export(args: argparse.Namespace, config: Any, out: Output) -> int:
     try:
         with stream:
             stream.write(MAGIC)
-            stream.write(json.dumps(meta, separators=(",", ":")).encode() + b"\n")
+            line = json.dumps(meta, separators=(",", ":")).encode()
+            line_room = len(line) + _META_PADDING
+            stream.write(line.ljust(line_room) + b"\n")
 
             def sink(keys: Any, rows: Any) -> None:
                 progress.advance(_write_page(stream, keys, rows, store.key_dtype))
 
             store.export_pages(sink, page=args.page)
             stream.write(END_TAG + _END_BODY.pack(progress.done))
+            if progress.done != expected:
+                # The count import checks: the rows written, not the size before the export.
+                meta["rows_expected"] = progress.done
+                line = json.dumps(meta, separators=(",", ":")).encode()
+                stream.seek(len(MAGIC))
+                stream.write(line.ljust(line_room))
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, args.out)
@@ -636,11 +731,13 @@ def cmd_import(args: argparse.Namespace, config: Any, out: Output) -> int:
                 f"{args.input} holds {meta['key_dtype']} keys, but --key-dtype is {args.key_dtype}"
             )
         args.dtype, args.key_dtype = meta["value_dtype"], meta["key_dtype"]
+        file_size = os.fstat(stream.fileno()).st_size
+        pages_start = stream.tell()
+        rows_in_file = verify_export(stream, meta, file_size)
+        stream.seek(pages_start)
         store, notes = _open_store(config, args, out)
-        progress = Progress(
-            f"import {store.name}", meta.get("rows_expected"), _progress_enabled(args)
-        )
-        for keys, rows in read_export_pages(stream, meta):
+        progress = Progress(f"import {store.name}", rows_in_file, _progress_enabled(args))
+        for keys, rows in read_export_pages(stream, meta, file_size):
             store.insert(keys, rows)
             progress.advance(len(keys))
     progress.finish()

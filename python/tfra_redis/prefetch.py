@@ -17,7 +17,9 @@ after the prefetch started may be missed, as they would be by a ``find`` made a 
 from __future__ import annotations
 
 import atexit
+import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,14 +34,39 @@ _MAX_THREADS = 4
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
 
+# Objects whose locks and pending work must be reset in a forked child.
+_forkables: weakref.WeakSet[WriteLog | RowPrefetcher] = weakref.WeakSet()
+
 
 def _submit(fn: Callable[..., object], *args: object) -> Future:
     global _executor
     with _executor_lock:
         if _executor is None:
             _executor = ThreadPoolExecutor(_MAX_THREADS, thread_name_prefix="tfra-redis-prefetch")
-            atexit.register(_executor.shutdown, wait=False, cancel_futures=True)
         return _executor.submit(fn, *args)
+
+
+@atexit.register
+def _shutdown_executor() -> None:
+    # The executor of this process only: a forked child must not touch its parent's.
+    if _executor is not None:
+        _executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _after_fork_in_child() -> None:
+    """Only the thread that called fork() exists in the child. The parent's executor has no
+    workers here but believes its idle ones will take new work, so everything submitted to it
+    waited forever; its futures, and those of pending prefetches, never complete; and a lock
+    another thread held at the fork stays locked. Start over with none of them."""
+    global _executor, _executor_lock
+    _executor = None
+    _executor_lock = threading.Lock()
+    for item in list(_forkables):
+        item._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def run_concurrently(calls: Sequence[Callable[[], object]]) -> list[object]:
@@ -69,6 +96,15 @@ class WriteLog:
         self._in_flight: dict[int, np.ndarray | None] = {}
         self._done: deque[tuple[int, np.ndarray | None]] = deque()
         self._watchers: list[int] = []
+        _forkables.add(self)
+
+    def _reset_after_fork(self) -> None:
+        # Writes in flight at the fork belong to threads the child does not have; the
+        # prefetches that watched are dropped by their prefetchers.
+        self._lock = threading.Lock()
+        self._in_flight.clear()
+        self._done.clear()
+        self._watchers.clear()
 
     def begin(self, keys: np.ndarray | None) -> int:
         """Marks the start of a write of ``keys`` (the caller's array, not copied: it is in use
@@ -179,6 +215,13 @@ class RowPrefetcher:
         self._pending: list[_Fetch] = []
         self._generation = 0
         self.stats = PrefetchStats()
+        _forkables.add(self)
+
+    def _reset_after_fork(self) -> None:
+        # The reads of pending prefetches ran on the parent's threads: their results never
+        # arrive here. find() reads those rows itself instead.
+        self._lock = threading.Lock()
+        self._pending = []
 
     def issue(self, key_sets: Sequence[np.ndarray]) -> None:
         """Starts reading the rows of each key set in the background. A later :meth:`take` of

@@ -15,43 +15,43 @@ use tfra_redis::config::{RedisConfig, resolve_config_path};
 use tfra_redis::table::{Defaults, TableSpec};
 
 pyo3::create_exception!(
-    _native,
+    tfra_redis,
     RedisTableError,
     PyException,
     "Base class of every tfra-redis error."
 );
 pyo3::create_exception!(
-    _native,
+    tfra_redis,
     ConfigError,
     RedisTableError,
     "The JSON config is invalid, has a bad field, or cannot be found."
 );
 pyo3::create_exception!(
-    _native,
+    tfra_redis,
     RedisConnectionError,
     RedisTableError,
     "Redis cannot be reached, or the connection broke (retried until the deadline first)."
 );
 pyo3::create_exception!(
-    _native,
+    tfra_redis,
     RedisTimeoutError,
     RedisConnectionError,
     "Redis did not answer within the configured socket timeout."
 );
 pyo3::create_exception!(
-    _native,
+    tfra_redis,
     RedisAuthError,
     RedisTableError,
     "Redis refused the credentials or an ACL forbids a command."
 );
 pyo3::create_exception!(
-    _native,
+    tfra_redis,
     RedisCommandError,
     RedisTableError,
     "Redis answered a command with an error."
 );
 pyo3::create_exception!(
-    _native,
+    tfra_redis,
     RedisDataError,
     RedisTableError,
     "Data stored in Redis does not fit the table (e.g. rows of another dim)."
@@ -75,6 +75,51 @@ fn to_py(err: tfra_redis::Error) -> PyErr {
     }
 }
 
+/// A panic is a bug in tfra-redis, but Python must still get an `Exception` it can catch and
+/// pickle: pyo3's own `PanicException` derives from `BaseException`, which slips past
+/// `except Exception` handlers and kills worker loops.
+fn panic_error(payload: &(dyn std::any::Any + Send)) -> PyErr {
+    let what = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    RedisTableError::new_err(format!(
+        "internal error in tfra-redis (please report it): {what}"
+    ))
+}
+
+/// Runs `f` without the GIL, as every Redis round trip does, turning its errors and any panic
+/// into Python exceptions.
+fn detached<T, F>(py: Python<'_>, f: F) -> PyResult<T>
+where
+    F: FnOnce() -> tfra_redis::Result<T> + Send,
+    T: Send,
+{
+    // Unwind safety: after a panic nothing of `f`'s state is used again, and the pools discard
+    // connections a panic unwound through.
+    match py.detach(move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))) {
+        Ok(result) => result.map_err(to_py),
+        Err(payload) => Err(panic_error(payload.as_ref())),
+    }
+}
+
+/// [`detached`] for the calls that keep the GIL (config parsing): no panic is known there, and
+/// if one is found it must still reach Python as an `Exception`.
+fn guarded<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|payload| Err(panic_error(payload.as_ref())))
+}
+
+/// Panics inside [`detached`], for the test that checks what Python gets from a panic (no
+/// input is known to reach one).
+#[pyfunction]
+fn _panic_for_tests(py: Python<'_>) -> PyResult<()> {
+    detached(py, || -> tfra_redis::Result<()> {
+        panic!("deliberate panic for a test")
+    })
+}
+
 /// A parsed, validated config.
 #[pyclass(frozen, module = "tfra_redis._native", name = "Config")]
 struct PyConfig {
@@ -89,7 +134,8 @@ impl PyConfig {
     #[staticmethod]
     #[pyo3(signature = (text, source = "<string>"))]
     fn from_json(text: &str, source: &str) -> PyResult<Self> {
-        let (inner, warnings) = RedisConfig::from_json_str(text, source).map_err(to_py)?;
+        let (inner, warnings) =
+            guarded(|| RedisConfig::from_json_str(text, source).map_err(to_py))?;
         Ok(PyConfig {
             inner,
             path: None,
@@ -100,10 +146,12 @@ impl PyConfig {
     /// Reads and parses a JSON file.
     #[staticmethod]
     fn from_path(path: &str) -> PyResult<Self> {
-        let (inner, warnings) = RedisConfig::from_path(Path::new(path)).map_err(|e| match e {
-            // An unreadable config file is a config problem, whatever the OS said.
-            tfra_redis::Error::Io { .. } => ConfigError::new_err(e.to_string()),
-            other => to_py(other),
+        let (inner, warnings) = guarded(|| {
+            RedisConfig::from_path(Path::new(path)).map_err(|e| match e {
+                // An unreadable config file is a config problem, whatever the OS said.
+                tfra_redis::Error::Io { .. } => ConfigError::new_err(e.to_string()),
+                other => to_py(other),
+            })
         })?;
         Ok(PyConfig {
             inner,
@@ -139,9 +187,8 @@ impl PyConfig {
 #[pyfunction]
 #[pyo3(signature = (env_name = None, abs_dir = None))]
 fn resolve_path(env_name: Option<&str>, abs_dir: Option<&str>) -> PyResult<String> {
-    resolve_config_path(env_name, abs_dir)
+    guarded(|| resolve_config_path(env_name, abs_dir).map_err(to_py))
         .map(|p| p.to_string_lossy().into_owned())
-        .map_err(to_py)
 }
 
 /// An open Redis-backed table. Ids and rows cross as flat numpy buffers: ids as int64, rows as
@@ -173,15 +220,13 @@ impl PyTable {
             dim: Dim::new(dim).map_err(to_py)?,
         };
         let config = config.inner.clone();
-        let (table, notes) = py
-            .detach(move || {
-                let options = tfra_redis::store::OpenOptions {
-                    persist: manage_ttl,
-                    ..Default::default()
-                };
-                tfra_redis::store::open_table_with(&config, spec, options)
-            })
-            .map_err(to_py)?;
+        let (table, notes) = detached(py, move || {
+            let options = tfra_redis::store::OpenOptions {
+                persist: manage_ttl,
+                ..Default::default()
+            };
+            tfra_redis::store::open_table_with(&config, spec, options)
+        })?;
         Ok(PyTable {
             inner: Arc::new(table),
             notes,
@@ -198,9 +243,7 @@ impl PyTable {
     /// (`table_store_mode` 1); returns the file paths.
     fn save_files(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         let table = &self.inner;
-        let paths = py
-            .detach(|| tfra_redis::store::save_files(table))
-            .map_err(to_py)?;
+        let paths = detached(py, || tfra_redis::store::save_files(table))?;
         Ok(paths
             .into_iter()
             .map(|p| p.to_string_lossy().into_owned())
@@ -210,43 +253,39 @@ impl PyTable {
     /// Restores the import tag's files into the runtime buckets; returns how many were read.
     fn restore_files(&self, py: Python<'_>) -> PyResult<usize> {
         let table = &self.inner;
-        py.detach(|| tfra_redis::store::restore_files(table))
-            .map_err(to_py)
+        detached(py, || tfra_redis::store::restore_files(table))
     }
 
     /// Copies rows stored under `model_tag_import` into the runtime layout.
     fn import_model_tag(&self, py: Python<'_>) -> PyResult<u64> {
         let table = &self.inner;
-        py.detach(|| tfra_redis::store::import_model_tag(table))
-            .map_err(to_py)
+        detached(py, || tfra_redis::store::import_model_tag(table))
     }
 
     /// Moves rows of this table found in other bucket layouts into the runtime one; returns
     /// (old bucket names, rows copied).
     fn rebucket(&self, py: Python<'_>) -> PyResult<(Vec<String>, u64)> {
         let table = &self.inner;
-        let r = py
-            .detach(|| tfra_redis::store::rebucket(table))
-            .map_err(to_py)?;
+        let r = detached(py, || tfra_redis::store::rebucket(table))?;
         Ok((r.old_buckets, r.rows_copied))
     }
 
     /// Clears the TTL of the table's buckets.
     fn persist(&self, py: Python<'_>) -> PyResult<()> {
         let table = &self.inner;
-        py.detach(|| table.persist()).map_err(to_py)
+        detached(py, || table.persist())
     }
 
     /// Sets a TTL in seconds on the table's buckets.
     fn expire(&self, py: Python<'_>, seconds: u64) -> PyResult<()> {
         let table = &self.inner;
-        py.detach(|| table.expire(seconds)).map_err(to_py)
+        detached(py, || table.expire(seconds))
     }
 
     /// What TFRA does when a table closes: the configured TTL (`expire_model_tag_in_seconds`).
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let table = &self.inner;
-        py.detach(|| table.expire_per_config()).map_err(to_py)
+        detached(py, || table.expire_per_config())
     }
 
     /// Bytes per row.
@@ -290,8 +329,7 @@ impl PyTable {
             Defaults::PerKey(default)
         };
         let table = &self.inner;
-        py.detach(|| table.find(keys, defaults, out, exists))
-            .map_err(to_py)
+        detached(py, || table.find(keys, defaults, out, exists))
     }
 
     /// Upserts rows (`values` holds `len(keys)` rows of row bytes).
@@ -304,14 +342,14 @@ impl PyTable {
         let keys = keys.as_slice()?;
         let values = values.as_slice()?;
         let table = &self.inner;
-        py.detach(|| table.insert(keys, values)).map_err(to_py)
+        detached(py, || table.insert(keys, values))
     }
 
     /// Removes ids.
     fn remove(&self, py: Python<'_>, keys: PyReadonlyArray1<'_, i64>) -> PyResult<()> {
         let keys = keys.as_slice()?;
         let table = &self.inner;
-        py.detach(|| table.remove(keys)).map_err(to_py)
+        detached(py, || table.remove(keys))
     }
 
     /// BP-v2 accumulate: deltas for flagged ids, values for unflagged ones.
@@ -326,26 +364,25 @@ impl PyTable {
         let deltas = deltas.as_slice()?;
         let exists = exists.as_slice()?;
         let table = &self.inner;
-        py.detach(|| table.accum(keys, deltas, exists))
-            .map_err(to_py)
+        detached(py, || table.accum(keys, deltas, exists))
     }
 
     /// Number of ids stored.
     fn size(&self, py: Python<'_>) -> PyResult<u64> {
         let table = &self.inner;
-        py.detach(|| table.size()).map_err(to_py)
+        detached(py, || table.size())
     }
 
     /// Deletes every bucket of the table.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
         let table = &self.inner;
-        py.detach(|| table.clear()).map_err(to_py)
+        detached(py, || table.clear())
     }
 
     /// Every pair: (int64 ids, row bytes).
     fn export<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         let table = &self.inner;
-        let (keys, values) = py.detach(|| table.export()).map_err(to_py)?;
+        let (keys, values) = detached(py, || table.export())?;
         let keys = numpy::PyArray1::from_vec(py, keys).into_any();
         let values = numpy::PyArray1::from_vec(py, values).into_any();
         Ok((keys, values))
@@ -385,7 +422,7 @@ impl PyTable {
         }
         match result {
             Ok(r) => r.map_err(to_py),
-            Err(_) => Err(RedisTableError::new_err("export worker panicked")),
+            Err(payload) => Err(panic_error(payload.as_ref())),
         }
     }
 
@@ -407,6 +444,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(apply_gradients, m)?)?;
     m.add_function(wrap_pyfunction!(find_together, m)?)?;
     m.add_function(wrap_pyfunction!(insert_together, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add("RedisTableError", py.get_type::<RedisTableError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add(
@@ -446,10 +484,9 @@ fn apply_gradients(
     let keys = keys.as_slice()?;
     let grads = grads.as_slice()?;
     let init_rows = init_rows.as_slice()?;
-    py.detach(|| {
+    detached(py, || {
         tfra_redis::optim::apply_gradients(&optimizer, params, &slots, keys, grads, init_rows, step)
     })
-    .map_err(to_py)
 }
 
 /// Looks the same `keys` up in several tables with one pipeline per node (an embedding and its
@@ -497,8 +534,7 @@ fn find_together(
             out,
         })
         .collect();
-    py.detach(|| tfra_redis::table::Table::find_together(&mut lookups))
-        .map_err(to_py)
+    detached(py, || tfra_redis::table::Table::find_together(&mut lookups))
 }
 
 /// Upserts `values[i]` (`len(keys)` rows) into `tables[i]` for the same `keys`, with one
@@ -527,6 +563,5 @@ fn insert_together(
         .zip(values)
         .map(|(t, v)| (&*t.get().inner, keys, v))
         .collect();
-    py.detach(|| tfra_redis::table::Table::insert_together(&writes))
-        .map_err(to_py)
+    detached(py, || tfra_redis::table::Table::insert_together(&writes))
 }

@@ -174,13 +174,20 @@ impl fmt::Display for ValueDtype {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dim(usize);
 
+/// The largest embedding dim: a row of the widest dtype (8 bytes) then fills Redis's largest
+/// string, 512 MiB. Past it no row could be stored, and `dim x width` could overflow (a dim of
+/// 2^62 float32 values gave rows of 0 bytes).
+pub const MAX_DIM: usize = (512 << 20) / 8;
+
 impl Dim {
-    /// A row length; zero is rejected because a zero-length row cannot be told from a missing one.
+    /// A row length, 1 to [`MAX_DIM`]; zero is rejected because a zero-length row cannot be
+    /// told from a missing one.
     pub fn new(dim: usize) -> Result<Dim> {
-        if dim == 0 {
-            return Err(Error::InvalidArgument(
-                "embedding dim must be at least 1".into(),
-            ));
+        if !(1..=MAX_DIM).contains(&dim) {
+            return Err(Error::InvalidArgument(format!(
+                "embedding dim must be between 1 and {MAX_DIM} (rows of at most 512 MiB, \
+                 Redis's largest string), got {dim}"
+            )));
         }
         Ok(Dim(dim))
     }
@@ -322,6 +329,15 @@ mod tests {
     #[test]
     fn rows() {
         assert!(Dim::new(0).is_err());
+        assert_eq!(Dim::new(MAX_DIM).unwrap().get(), 1 << 26);
+        for too_big in [MAX_DIM + 1, 1 << 62, usize::MAX] {
+            let message = Dim::new(too_big).unwrap_err().to_string();
+            assert!(message.contains(&too_big.to_string()), "{message}");
+        }
+        assert_eq!(
+            row_bytes(ValueDtype::F64, Dim::new(MAX_DIM).unwrap()),
+            512 << 20
+        );
         assert_eq!(row_bytes(ValueDtype::F32, Dim::new(4).unwrap()), 16);
         assert_eq!(row_bytes(ValueDtype::BF16, Dim::new(3).unwrap()), 6);
         assert_eq!(hex(&f32_row(&[1.0, -2.0])), "0000803f000000c0");

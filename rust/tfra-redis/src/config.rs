@@ -41,6 +41,10 @@ pub const DEFAULT_CONFIG_ENV: &str = "TFRA_REDIS_CONFIG_PATH";
 /// The file looked for when a config location is a directory.
 pub const CONFIG_FILE_NAME: &str = "redis_config.json";
 
+/// The most buckets a table can have (`storage_slice`, `storage_slice_import`): one per
+/// cluster slot. Bucket tags are picked from TFRA's per-slot table, which has no entry beyond.
+pub const MAX_STORAGE_SLICE: u32 = crate::layout::SLOT_COUNT as u32;
+
 /// How tfra-redis reaches Redis (`redis_connection_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ConnectionMode {
@@ -188,7 +192,8 @@ pub struct RedisConfig {
     /// Bucket count of the layout to import from, already resolved: a JSON value <= 0 (TFRA's
     /// default is -1) or an absent key means "same as `storage_slice`".
     pub storage_slice_import: u32,
-    /// Number of buckets (Redis hashes) per table; need not be a power of two. Default 1.
+    /// Number of buckets (Redis hashes) per table, 1 to [`MAX_STORAGE_SLICE`]; need not be a
+    /// power of two. Default 1.
     pub storage_slice: u32,
     /// Cluster mode: choose an integer key's bucket by CRC-32C instead of the low 32 bits.
     /// Default false.
@@ -498,8 +503,14 @@ impl RedisConfig {
     /// parsed) could break. Parsing already calls it.
     pub fn validate(&self) -> Result<()> {
         for (key, n) in [
-            ("storage_slice", u64::from(self.storage_slice)),
-            ("storage_slice_import", u64::from(self.storage_slice_import)),
+            ("storage_slice", self.storage_slice),
+            ("storage_slice_import", self.storage_slice_import),
+        ] {
+            if !(1..=MAX_STORAGE_SLICE).contains(&n) {
+                return Err(bucket_count_error(key, n.into()));
+            }
+        }
+        for (key, n) in [
             ("keys_sending_size", self.keys_sending_size as u64),
             ("redis_conn_pool_size", u64::from(self.redis_conn_pool_size)),
         ] {
@@ -665,11 +676,7 @@ const FIELDS: &[Field] = &[
     field!(redis_sentinel_connect_timeout, millis, json),
     field!(redis_sentinel_socket_timeout, millis, json),
     field!(storage_slice_import, slice_import, json),
-    field!(
-        storage_slice,
-        |k, v| integer(k, v, 1, u32::MAX.into()),
-        json
-    ),
+    field!(storage_slice, bucket_count, json),
     field!(using_hash_storage_slice, boolean, json),
     field!(
         keys_sending_size,
@@ -784,10 +791,32 @@ fn minutes(key: &str, value: &Value) -> Result<u64> {
     integer(key, value, 0, (u64::MAX / 60).into())
 }
 
+/// The one message for a bucket count out of range, whether it was parsed or built in code.
+fn bucket_count_error(key: &str, n: i128) -> Error {
+    Error::field(
+        key,
+        format!(
+            "must be between 1 and {MAX_STORAGE_SLICE} (one bucket per cluster slot at most), \
+             got {n}"
+        ),
+    )
+}
+
+fn bucket_count(key: &str, value: &Value) -> Result<u32> {
+    let n = json_integer(key, value)?;
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (1..=MAX_STORAGE_SLICE).contains(n))
+        .ok_or_else(|| bucket_count_error(key, n))
+}
+
 /// TFRA: a value <= 0 means "same as storage_slice", marked 0 until that is known.
 fn slice_import(key: &str, value: &Value) -> Result<u32> {
-    let n: i64 = integer(key, value, i64::MIN.into(), u32::MAX.into())?;
-    Ok(u32::try_from(n).unwrap_or(0))
+    let n = json_integer(key, value)?;
+    if n <= 0 {
+        return Ok(0);
+    }
+    bucket_count(key, value)
 }
 
 /// A negative TTL disables expiry (TFRA's rule); 0 is kept, it deletes at close.
@@ -1370,16 +1399,22 @@ mod tests {
     // ---- ranges ----
 
     #[test]
-    fn storage_slice_must_be_positive_and_fit_u32() {
-        for n in [0i64, -1, 1 << 32] {
+    fn storage_slice_must_be_positive_and_at_most_the_slot_count() {
+        for n in [0i64, -1, 16385, 1 << 32] {
             let (field, message) = field_error(parse(&one("storage_slice", n.into())).unwrap_err());
             assert_eq!(field, "storage_slice");
             assert_eq!(
                 message,
-                format!("must be between 1 and 4294967295, got {n}")
+                format!(
+                    "must be between 1 and 16384 (one bucket per cluster slot at most), got {n}"
+                )
             );
         }
         assert_eq!(parse_ok(&one("storage_slice", 16.into())).storage_slice, 16);
+        assert_eq!(
+            parse_ok(&one("storage_slice", 16384.into())).storage_slice,
+            16384
+        );
     }
 
     #[test]
@@ -1394,9 +1429,15 @@ mod tests {
         }
         let config = parse_ok(r#"{"storage_slice": 4, "storage_slice_import": 2}"#);
         assert_eq!(config.storage_slice_import, 2);
-        let (field, _) =
-            field_error(parse(&one("storage_slice_import", (1i64 << 32).into())).unwrap_err());
-        assert_eq!(field, "storage_slice_import");
+        for n in [16385i64, 1 << 32] {
+            let (field, message) =
+                field_error(parse(&one("storage_slice_import", n.into())).unwrap_err());
+            assert_eq!(field, "storage_slice_import");
+            assert!(
+                message.starts_with("must be between 1 and 16384"),
+                "{message}"
+            );
+        }
     }
 
     #[test]
@@ -1611,8 +1652,18 @@ mod tests {
         };
         assert_eq!(
             config.validate().unwrap_err().to_string(),
-            "storage_slice must be at least 1, got 0"
+            "storage_slice must be between 1 and 16384 (one bucket per cluster slot at most), \
+             got 0"
         );
+        for (slices, import) in [(16385, 1), (1, 16385), (u32::MAX, 1)] {
+            let config = RedisConfig {
+                storage_slice: slices,
+                storage_slice_import: import,
+                ..RedisConfig::default()
+            };
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains("must be between 1 and 16384"), "{message}");
+        }
         let config = RedisConfig {
             redis_hash_tags_runtime: vec!["{1}".into()],
             ..RedisConfig::default()

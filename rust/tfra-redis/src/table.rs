@@ -136,6 +136,9 @@ impl std::fmt::Debug for Table {
 impl Table {
     /// Connects (or reuses a connection for the same config) and works out the bucket keys.
     pub fn open(config: &RedisConfig, spec: TableSpec) -> Result<Table> {
+        // A config built or changed in code never went through the parser's checks, and the
+        // layout code relies on them (a bucket count past the slot table panicked).
+        config.validate()?;
         let backend = backend::connect(config)?;
         let slices = config.storage_slice as usize;
         let tags = layout_tags(
@@ -206,8 +209,8 @@ impl Table {
         let pid = std::process::id();
         if guard.0 != pid {
             let fresh = backend::connect(&self.config)?;
-            let old = std::mem::replace(&mut *guard, (pid, fresh));
-            std::mem::forget(old);
+            // Dropped, not forgotten: see `backend::connect` (closes inherited sockets).
+            *guard = (pid, fresh);
         }
         Ok(guard.1.clone())
     }

@@ -29,6 +29,7 @@ use super::standalone::FixedNode;
 use super::{Backend, Retry, Role, check_replies, classify, scan_connection, with_retry};
 use crate::config::ConnectionMode;
 use crate::error::{Error, Result};
+use crate::layout::SLOT_COUNT;
 
 /// `(host, port)` of a node, as `CLUSTER SLOTS` reports it.
 type Addr = (String, u16);
@@ -630,11 +631,29 @@ fn parse_cluster_slots(reply: Value, asked_host: &str) -> Result<SlotMap> {
         ) else {
             return Err(bad("range bounds"));
         };
+        // Slots index TFRA's slot table when bucket tags are picked from the topology, so a
+        // slot past the slot space must stop here rather than panic there.
+        let slot = |n: i64| {
+            u16::try_from(n)
+                .ok()
+                .filter(|&s| usize::from(s) < SLOT_COUNT)
+        };
+        let (Some(start), Some(end)) = (slot(start), slot(end)) else {
+            return Err(bad(&format!(
+                "slot range {start}-{end} outside 0-{}",
+                SLOT_COUNT - 1
+            )));
+        };
+        if start > end {
+            return Err(bad(&format!(
+                "slot range {start}-{end} ends before it starts"
+            )));
+        }
         let master = node(parts.get(2).ok_or_else(|| bad("master entry"))?)?;
         let replicas = parts[3..].iter().map(node).collect::<Result<Vec<_>>>()?;
         ranges.push(SlotRange {
-            start: u16::try_from(start).map_err(|_| bad("range bounds"))?,
-            end: u16::try_from(end).map_err(|_| bad("range bounds"))?,
+            start,
+            end,
             master,
             replicas,
         });
@@ -731,6 +750,17 @@ impl Backend for Cluster {
         ConnectionMode::Cluster
     }
 
+    fn release_inherited(&self) {
+        let pools = match self.pools.try_lock() {
+            Ok(pools) => pools,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        for pool in pools.values() {
+            pool.close_idle();
+        }
+    }
+
     fn describe(&self) -> String {
         self.target.clone()
     }
@@ -784,6 +814,29 @@ mod tests {
         assert_eq!(map.nodes().len(), 4);
         let firsts: Vec<_> = map.masters().into_values().map(|r| r[0]).collect();
         assert_eq!(firsts, vec![(0, 5460), (5461, 10922), (12000, 16383)]);
+    }
+
+    #[test]
+    fn slot_numbers_outside_the_slot_space_are_a_named_error() {
+        // A server (or a proxy posing as one) can answer anything; slots past 16383 used to
+        // index past the slot table when the bucket tags were picked from the topology.
+        for (start, end) in [(0, 16384), (16384, 16384), (20000, 30000), (10, 5), (-1, 5)] {
+            let reply = Value::Array(vec![Value::Array(vec![
+                Value::Int(start),
+                Value::Int(end),
+                node("127.0.0.1", 7000),
+            ])]);
+            match parse_cluster_slots(reply, "10.0.0.1") {
+                Err(Error::Command {
+                    command, message, ..
+                }) => {
+                    assert_eq!(command, "CLUSTER SLOTS");
+                    assert!(message.contains("slot range"), "{message}");
+                }
+                Err(other) => panic!("{start}-{end}: {other:?}"),
+                Ok(map) => panic!("{start}-{end} accepted: {:?}", map.masters()),
+            }
+        }
     }
 
     #[test]

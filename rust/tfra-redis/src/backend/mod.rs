@@ -108,6 +108,10 @@ pub trait Backend: Send + Sync {
 
     /// A short human description for messages, e.g. `standalone 127.0.0.1:6379`.
     fn describe(&self) -> String;
+
+    /// Closes this process's copies of the idle pooled connections, without a word to the
+    /// server. [`connect`] calls it in a forked child on every backend of its parent.
+    fn release_inherited(&self) {}
 }
 
 /// Opens (or reuses) the backend for a config. Tables with the same connection settings in the
@@ -125,15 +129,20 @@ pub fn connect(config: &RedisConfig) -> Result<Arc<dyn Backend>> {
     }
     let backend = open(opts)?;
     let mut guard = cache.lock().unwrap_or_else(|e| e.into_inner());
-    // Entries of a parent process are unusable here; forget them without running their
-    // destructors, which would touch pool threads that do not exist after fork().
+    // Entries of a parent process are unusable here. Closing a socket in the child closes its
+    // copy only: the parent's connection stays open (only shutdown() would end it, and nothing
+    // here calls it). The pools have no threads and no destructor that talks to a server, so
+    // this is safe in a forked child. Forgetting the entries, as before, kept every inherited
+    // socket open for the child's lifetime. Connections checked out by the parent's other
+    // threads at the fork are out of reach and stay open.
     let pid = std::process::id();
-    let stale: Vec<_> = guard.keys().filter(|k| k.0 != pid).cloned().collect();
-    for k in stale {
-        if let Some(b) = guard.remove(&k) {
-            std::mem::forget(b);
+    guard.retain(|k, inherited| {
+        if k.0 != pid {
+            // Tables of the parent may keep the backend alive; its sockets need not wait.
+            inherited.release_inherited();
         }
-    }
+        k.0 == pid
+    });
     Ok(guard.entry(key).or_insert(backend).clone())
 }
 

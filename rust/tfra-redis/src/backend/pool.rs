@@ -106,7 +106,12 @@ impl<T: Target> std::ops::DerefMut for Pooled<'_, T> {
 
 impl<T: Target> Drop for Pooled<'_, T> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
+            // A panic (in a reply handler, say) may unwind out of a pipeline half read; the
+            // next user of the connection would get its leftover replies as answers.
+            if std::thread::panicking() {
+                conn.broken = true;
+            }
             self.pool.put_back(conn);
         }
     }
@@ -209,6 +214,20 @@ impl<T: Target> Pool<T> {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Closes the idle connections (see `Backend::release_inherited`). Only tries the lock: in
+    /// a forked child, a lock a parent thread held at the fork is never released.
+    pub(crate) fn close_idle(&self) {
+        let mut slots = match self.slots.try_lock() {
+            Ok(slots) => slots,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        let idle = std::mem::take(&mut slots.idle);
+        slots.open -= idle.len() as u32;
+        drop(slots);
+        drop(idle);
     }
 
     pub(crate) fn target(&self) -> &T {

@@ -211,6 +211,13 @@ impl<W: Target, R: Target> Backend for PlainBackend<W, R> {
         Ok(Vec::new())
     }
 
+    fn release_inherited(&self) {
+        self.write.close_idle();
+        if let Some(read) = &self.read {
+            read.close_idle();
+        }
+    }
+
     fn mode(&self) -> ConnectionMode {
         self.mode
     }
