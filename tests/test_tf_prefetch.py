@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfra_redis as tfra  # noqa: E402
-from tfra_redis import servers  # noqa: E402
+from tfra_redis import optimizers, servers  # noqa: E402
 from tfra_redis.dynamic_embedding.training import _PrefetchingTrainFunction  # noqa: E402
 
 de = tfra.dynamic_embedding
@@ -195,7 +195,7 @@ def test_prefetch_is_only_used_for_the_same_keys_and_only_once(store):
 
 
 def test_optimizer_writes_make_prefetched_rows_fresh(store):
-    opt = tfra.optimizers.Adam(0.1)
+    opt = optimizers.Adam(0.1)
     slots = opt.slot_stores(store)
     keys = np.array([3, 4, 5], dtype=np.int64)
     init = np.zeros((3, DIM), np.float32)

@@ -293,7 +293,9 @@ class _DynamicEmbeddingMixin:
                 for i, keys in enumerate(key_sets)
             ]
             found = [rows for result in run_concurrently(calls) for rows in result]
-            return [r.astype(d.as_numpy_dtype, copy=False) for r, d in zip(found, dtypes, strict=True)]
+            return [
+                r.astype(d.as_numpy_dtype, copy=False) for r, d in zip(found, dtypes, strict=True)
+            ]
 
         rows = iter(_run_numpy(read, [w.ids for w, _ in groups], dtypes, "read"))
         for wrapper, slots in groups:

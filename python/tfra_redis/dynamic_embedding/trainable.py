@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -231,6 +232,16 @@ class DynamicRows(keras.Variable):
 # whose rows were staged before the latest step starts over at its next lookup.
 _steps: tf.Variable | None = None
 _steps_lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    # A fork while another thread held the lock would leave the child's copy locked forever.
+    global _steps_lock
+    _steps_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def applied_steps() -> tf.Variable:
