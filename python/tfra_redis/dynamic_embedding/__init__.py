@@ -20,6 +20,11 @@ from tfra_redis.config import RedisTableConfig
 from tfra_redis.creator import RedisTableCreator
 from tfra_redis.dynamic_embedding import keras
 from tfra_redis.dynamic_embedding.keras.layers import Embedding
+from tfra_redis.dynamic_embedding.lookups import (
+    embedding_lookup_sparse,
+    embedding_lookup_unique,
+    safe_embedding_lookup_sparse,
+)
 from tfra_redis.dynamic_embedding.optimizer import DynamicEmbeddingOptimizer
 from tfra_redis.dynamic_embedding.trainable import (
     ModelMode,
@@ -46,9 +51,12 @@ __all__ = [
     "TrainableWrapper",
     "Variable",
     "embedding_lookup",
+    "embedding_lookup_sparse",
+    "embedding_lookup_unique",
     "enable_inference_mode",
     "enable_train_mode",
     "get_model_mode",
     "get_variable",
     "keras",
+    "safe_embedding_lookup_sparse",
 ]

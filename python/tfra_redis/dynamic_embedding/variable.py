@@ -91,7 +91,9 @@ class _RowInitializer:
             init, (keras_init.RandomNormal, keras_init.RandomUniform, keras_init.TruncatedNormal)
         ):
             config = init.get_config()
-            seed = getattr(init, "_init_seed", None)
+            # An unseeded Keras initializer draws its seed from Python's `random` when made,
+            # so keras.utils.set_random_seed makes these rows reproducible too.
+            seed = getattr(init, "seed", None)
             if seed is not None and not isinstance(seed, numbers.Integral):
                 # A keras.random.SeedGenerator advances on every call: call the initializer.
                 return lambda shape: init(shape=shape, dtype=draw_dtype)
@@ -502,8 +504,9 @@ def embedding_lookup(
 ) -> Any:
     """Rows of ``ids`` (any rank): shape ``ids.shape + [dim]`` (TFRA's ``de.embedding_lookup``).
 
-    Duplicate ids are looked up once. During a training step (a ``GradientTape`` recording,
-    model mode TRAIN, ``params`` trainable) the rows are staged in the trainable wrapper
+    Duplicate ids are looked up once; RaggedTensor ids give a RaggedTensor. During a
+    training step (a ``GradientTape`` recording, model mode TRAIN, ``params`` trainable) the
+    rows are staged in the trainable wrapper
     ``name`` (default ``params.shadow_name``), which the tape watches and
     ``de.DynamicEmbeddingOptimizer`` applies gradients to; ``tape.watched_variables()`` lists
     it. With ``return_trainable`` also returns that wrapper (TFRA returns it eagerly only; here
@@ -517,6 +520,12 @@ def embedding_lookup(
     if not isinstance(params, Variable):
         raise TypeError(f"params must be a de.Variable, got {type(params).__name__}")
     wrapper = params.trainable_wrapper(name) if return_trainable else None
+    if isinstance(ids, tf.RaggedTensor):
+        flat = lookup_rows(
+            params, ids.flat_values, wrapper_name=name, training=None, max_norm=max_norm
+        )
+        embeddings = ids.with_flat_values(flat)
+        return (embeddings, wrapper) if return_trainable else embeddings
     embeddings = lookup_rows(params, ids, wrapper_name=name, training=None, max_norm=max_norm)
     if return_trainable:
         return embeddings, wrapper
