@@ -26,6 +26,11 @@ from tfra_redis.dynamic_embedding.lookups import (
     safe_embedding_lookup_sparse,
 )
 from tfra_redis.dynamic_embedding.optimizer import DynamicEmbeddingOptimizer
+from tfra_redis.dynamic_embedding.restrict import (
+    FrequencyRestrictPolicy,
+    RestrictPolicy,
+    TimestampRestrictPolicy,
+)
 from tfra_redis.dynamic_embedding.trainable import (
     ModelMode,
     NotDynamicEmbeddingOptimizerError,
@@ -43,11 +48,14 @@ __all__ = [
     "DynamicEmbeddingOptimizer",
     "DynamicEmbeddingTrainer",
     "Embedding",
+    "FrequencyRestrictPolicy",
     "ModelMode",
     "NotDynamicEmbeddingOptimizerError",
     "RedisTable",
     "RedisTableConfig",
     "RedisTableCreator",
+    "RestrictPolicy",
+    "TimestampRestrictPolicy",
     "TrainableWrapper",
     "Variable",
     "embedding_lookup",

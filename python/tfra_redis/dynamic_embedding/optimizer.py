@@ -189,6 +189,8 @@ class _DynamicEmbeddingMixin:
         _state(self).slots.setdefault(id(wrapper), []).append(
             _Slot(name, buffer, variable, default)
         )
+        if params.restrict_policy is not None:
+            params.restrict_policy.track_slot(variable)
         return buffer
 
     def slot_variables(self, wrapper: Any) -> dict[str, Variable]:
@@ -305,11 +307,13 @@ class _DynamicEmbeddingMixin:
     def _tfra_write_back(self, wrappers: list[TrainableWrapper]) -> None:
         state = _state(self)
         layout = []
+        policies = []
         inputs: list[Any] = []
         for wrapper in wrappers:
             slots = state.slots.get(id(wrapper), [])
             stores = [wrapper.params.table.store] + [s.variable.table.store for s in slots]
             layout.append(stores)
+            policies.append(wrapper.params.restrict_policy)
             inputs.append(wrapper.ids)
             inputs.append(wrapper.value)
             inputs.extend(s.buffer.value for s in slots)
@@ -317,14 +321,20 @@ class _DynamicEmbeddingMixin:
         def write(*arrays: np.ndarray) -> np.int64:
             calls = []
             at = written = 0
-            for stores in layout:
+            updated = []
+            for stores, policy in zip(layout, policies, strict=True):
                 keys = arrays[at]
                 rows = arrays[at + 1 : at + 1 + len(stores)]
                 at += 1 + len(stores)
                 written += keys.size
                 if keys.size:
                     calls.append(functools.partial(insert_together, stores, keys, rows))
+                    if policy is not None:
+                        updated.append((policy, keys))
             run_concurrently(calls)
+            # TFRA updates the restrict status after the write-back, for the params only.
+            for policy, keys in updated:
+                policy.apply_update(keys)
             return np.int64(written)
 
         _run_numpy(write, inputs, tf.int64, "write")

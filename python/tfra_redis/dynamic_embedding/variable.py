@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import numbers
 import weakref
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfra_redis.creator import RedisTableCreator
+from tfra_redis.dynamic_embedding.restrict import RestrictPolicy
 from tfra_redis.dynamic_embedding.trainable import TrainableWrapper, stages_rows
 from tfra_redis.table import RedisTable, is_collecting_lookup_keys
 
@@ -188,8 +190,13 @@ class Variable(tf.__internal__.tracking.Trackable):
             )
         if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        if restrict_policy is not None:
-            raise NotImplementedError("restrict_policy is not supported by tfra-redis yet")
+        if restrict_policy is not None and not (
+            isinstance(restrict_policy, type) and issubclass(restrict_policy, RestrictPolicy)
+        ):
+            raise TypeError(
+                "restrict_policy must be a RestrictPolicy subclass (the class, e.g. "
+                f"de.TimestampRestrictPolicy), got {restrict_policy!r}"
+            )
         self._dim = int(dim)
         self._name = name
         self._devices = list(devices) if devices else ["/CPU:0"]
@@ -199,7 +206,7 @@ class Variable(tf.__internal__.tracking.Trackable):
         self._checkpoint = bool(checkpoint)
         self._init_size = init_size
         self._kv_creator = kv_creator if kv_creator is not None else RedisTableCreator()
-        self._restrict_policy = None
+        self._restrict_policy: RestrictPolicy | None = None
         self._bp_v2 = bool(bp_v2)
         self._short_file_name = bool(short_file_name)
         self._shadow_name = shadow_name
@@ -224,6 +231,12 @@ class Variable(tf.__internal__.tracking.Trackable):
             )
         # TFRA's _trainable_store: the wrappers of this variable's lookups, by name.
         self._trainable_store: dict[str, TrainableWrapper] = {}
+        if restrict_policy is not None:
+            self._restrict_policy = restrict_policy(self)
+            # Saved and restored with the variable, as TFRA tracks its status variable.
+            self._track_trackable(
+                self._restrict_policy.status_var, name="restrict_status", overwrite=True
+            )
 
     def _table_name(self, index: int, count: int) -> str:
         # TFRA: <name with / as _>_mht_<i>of<N>; Redis keys use the part before _mht_.
@@ -415,8 +428,18 @@ class Variable(tf.__internal__.tracking.Trackable):
         """All ``(ids, rows)``; the table must fit in memory."""
         return self.table.export(name=name)
 
-    def restrict(self, num_reserved: int, **kwargs: Any) -> Any:
-        raise NotImplementedError("restrict policies are not supported by tfra-redis yet")
+    def restrict(self, num_reserved: int, **kwargs: Any) -> int | None:
+        """Keeps the ``num_reserved`` newest or most used ids (per the restrict policy) if more
+        than ``trigger`` (default ``num_reserved``) are stored, removing the others from this
+        variable, its status table and its optimizer slot tables; returns how many were
+        removed. Runs now (eagerly), streaming the status table from Redis. Without a policy
+        it logs TFRA's warning and returns ``None``."""
+        if self._restrict_policy is None:
+            logging.getLogger("tfra_redis").warning(
+                "Call restrict without setting restrict policy."
+            )
+            return None
+        return self._restrict_policy.apply_restriction(num_reserved, **kwargs)
 
 
 # Variables by full name, like TF1's variable store; weak, so a dropped variable frees its name.

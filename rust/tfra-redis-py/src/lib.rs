@@ -443,6 +443,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(resolve_path, m)?)?;
     m.add_function(wrap_pyfunction!(apply_gradients, m)?)?;
     m.add_function(wrap_pyfunction!(find_together, m)?)?;
+    m.add_function(wrap_pyfunction!(restrict, m)?)?;
     m.add_function(wrap_pyfunction!(insert_together, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add("RedisTableError", py.get_type::<RedisTableError>())?;
@@ -564,4 +565,23 @@ fn insert_together(
         .map(|(t, v)| (&*t.get().inner, keys, v))
         .collect();
     detached(py, || tfra_redis::table::Table::insert_together(&writes))
+}
+
+/// Removes the ids with the smallest int32 statuses from `status` and from each of `tables`
+/// until `num_reserved` remain in `status`, streaming pages of `page` ids; returns `(ids
+/// before, ids removed)`.
+#[pyfunction]
+fn restrict(
+    py: Python<'_>,
+    status: &Bound<'_, PyTable>,
+    tables: Vec<Bound<'_, PyTable>>,
+    num_reserved: u64,
+    page: usize,
+) -> PyResult<(u64, u64)> {
+    let status = &status.get().inner;
+    let tables: Vec<&tfra_redis::table::Table> = tables.iter().map(|t| &*t.get().inner).collect();
+    detached(py, || {
+        tfra_redis::restrict::restrict(status, &tables, num_reserved, page)
+    })
+    .map(|r| (r.before, r.removed))
 }

@@ -62,6 +62,7 @@ pub mod config;
 pub mod error;
 pub mod layout;
 pub mod optim;
+pub mod restrict;
 pub mod store;
 pub mod table;
 

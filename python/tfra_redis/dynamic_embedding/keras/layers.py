@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfra_redis.dynamic_embedding.restrict import FrequencyRestrictPolicy, TimestampRestrictPolicy
 from tfra_redis.dynamic_embedding.variable import Variable, lookup_rows
 
 __all__ = [
@@ -59,6 +60,9 @@ def _serialize_max_norm(max_norm: Any) -> Any:
     if isinstance(max_norm, keras.constraints.Constraint):
         return keras.constraints.serialize(max_norm)
     raise TypeError(f"max_norm must be a number or a keras Constraint, got {max_norm!r}")
+
+
+_POLICIES = {cls.__name__: cls for cls in (TimestampRestrictPolicy, FrequencyRestrictPolicy)}
 
 
 def _restrict_policy_name(policy: Any) -> str | None:
@@ -256,15 +260,18 @@ class Embedding(keras.layers.Layer):
                 "max_norm": _serialize_max_norm(self.max_norm),
             }
         )
-        if self.restrict_policy is not None:
-            # Named only: a policy class is code, which the config cannot carry.
-            config["restrict_policy_name"] = _restrict_policy_name(self.restrict_policy)
+        # By name: a policy class is code, which a config cannot carry.
+        config["restrict_policy"] = _restrict_policy_name(self.restrict_policy)
         return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Embedding:
         config = dict(config)
-        config.pop("restrict_policy_name", None)
+        policy = config.get("restrict_policy")
+        if isinstance(policy, str):
+            if policy not in _POLICIES:
+                raise ValueError(f"unknown restrict_policy {policy!r}; known: {sorted(_POLICIES)}")
+            config["restrict_policy"] = _POLICIES[policy]
         initializer = config.get("initializer")
         if isinstance(initializer, dict):
             config["initializer"] = keras.initializers.deserialize(initializer)
