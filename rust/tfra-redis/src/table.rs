@@ -262,6 +262,20 @@ impl Table {
         out
     }
 
+    /// Ids an int32 table cannot hold are an error: encoding would keep their low 32 bits and
+    /// silently read or write another id's row.
+    fn check_keys(&self, keys: &[i64]) -> Result<()> {
+        if self.spec.key_dtype == KeyDtype::I32
+            && let Some(key) = keys.iter().find(|&&k| i32::try_from(k).is_err())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "id {key} does not fit the int32 keys of table {:?}",
+                self.spec.name
+            )));
+        }
+        Ok(())
+    }
+
     fn check_len(&self, what: &str, got: usize, rows: usize) -> Result<()> {
         let want = rows * self.row_bytes;
         if got != want {
@@ -370,6 +384,7 @@ impl Table {
 
     /// Checks a lookup's buffers against this table's row size.
     fn check_lookup(&self, keys: &[i64], defaults: Defaults<'_>, out: &[u8]) -> Result<()> {
+        self.check_keys(keys)?;
         self.check_len("the output", out.len(), keys.len())?;
         match defaults {
             Defaults::Row(r) => self.check_len("default_value", r.len(), 1),
@@ -500,6 +515,7 @@ impl Table {
     /// each entry is `(table, keys, rows)`.
     pub fn insert_together(writes: &[(&Table, &[i64], &[u8])]) -> Result<()> {
         for (table, keys, rows) in writes {
+            table.check_keys(keys)?;
             table.check_len("value", rows.len(), keys.len())?;
         }
         let Some(backend) = shared_backend(writes.iter().map(|(t, ..)| *t))? else {
@@ -534,6 +550,7 @@ impl Table {
     }
 
     fn write_rows(&self, keys: &[i64], values: &[u8], only_missing: bool) -> Result<()> {
+        self.check_keys(keys)?;
         self.check_len("value", values.len(), keys.len())?;
         if keys.is_empty() {
             return Ok(());
@@ -611,6 +628,7 @@ impl Table {
 
     /// Deletes ids from one given runtime bucket, wherever the layout would put them.
     pub fn remove_from_bucket(&self, bucket: usize, keys: &[i64]) -> Result<()> {
+        self.check_keys(keys)?;
         let backend = self.backend()?;
         let pos: Vec<u32> = (0..keys.len() as u32).collect();
         let mut batch = Batch::new();
@@ -629,6 +647,7 @@ impl Table {
 
     /// Removes ids; missing ones are ignored.
     pub fn remove(&self, keys: &[i64]) -> Result<()> {
+        self.check_keys(keys)?;
         if keys.is_empty() {
             return Ok(());
         }
@@ -641,6 +660,7 @@ impl Table {
     /// `ACCUM_LUA`); atomic per command on the server. Not retried when the outcome of a
     /// failed attempt is unknown, since applying a delta twice would be wrong.
     pub fn accum(&self, keys: &[i64], deltas: &[u8], exists: &[bool]) -> Result<()> {
+        self.check_keys(keys)?;
         self.check_len("values_or_deltas", deltas.len(), keys.len())?;
         if exists.len() != keys.len() {
             return Err(Error::InvalidArgument(format!(

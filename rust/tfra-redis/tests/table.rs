@@ -529,3 +529,33 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn ids_outside_int32_are_refused_by_int32_tables() {
+    // Encoding keeps the low 32 bits: 1 << 40 would have read and written id 0's row.
+    let s = Standalone::start();
+    let cfg = config(&s.config_json(json!({})));
+    let spec = TableSpec {
+        key_dtype: KeyDtype::I32,
+        ..spec("int32_range", 2)
+    };
+    let (t, _) = open_table(&cfg, spec).unwrap();
+    let rows = bytes(&[1.0, 2.0]);
+    for bad in [1i64 << 40, i64::from(i32::MIN) - 1] {
+        let err = t.insert(&[bad], &rows).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(err.to_string().contains(&bad.to_string()), "{err}");
+        let mut out = vec![0u8; t.row_bytes()];
+        let d = bytes(&[0.0, 0.0]);
+        assert!(t.find(&[bad], Defaults::Row(&d), &mut out, None).is_err());
+        assert!(t.remove(&[bad]).is_err());
+        assert!(t.accum(&[bad], &rows, &[false]).is_err());
+    }
+    assert_eq!(t.size().unwrap(), 0, "nothing was written");
+    t.insert(
+        &[i64::from(i32::MAX), i64::from(i32::MIN)],
+        &bytes(&[1.0, 2.0, 3.0, 4.0]),
+    )
+    .unwrap();
+    assert_eq!(find(&t, &[i64::from(i32::MIN)], 0.0).0, [3.0, 4.0]);
+}
