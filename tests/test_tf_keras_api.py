@@ -351,3 +351,28 @@ def test_redis_errors_during_fit(tmp_path, make_config, unique_name, run_eagerly
         else:
             with pytest.raises(tf.errors.UnknownError, match="RedisConnectionError: cannot reach"):
                 model.fit(ids, labels, batch_size=64, verbose=0)
+
+
+def test_several_steps_per_execution_train_as_single_steps(creator, unique_name):
+    """steps_per_execution=4 runs four steps in one traced loop: the staging of each step must
+    start over at run time, not at trace time."""
+    ids, labels = _task(n=512)
+    results = []
+    for steps in (1, 4):
+        keras.utils.set_random_seed(3)
+        model = _functional(creator, f"{unique_name}_{steps}")
+        model.compile(
+            optimizer=de.DynamicEmbeddingOptimizer(keras.optimizers.Adam(0.05)),
+            loss="binary_crossentropy",
+            steps_per_execution=steps,
+        )
+        model.fit(ids, labels, batch_size=64, epochs=2, shuffle=False, verbose=0)
+        (layer,) = [x for x in model.layers if isinstance(x, de.keras.layers.Embedding)]
+        keys = tf.constant(np.unique(ids))
+        results.append(
+            (layer.params.lookup(keys).numpy(), [w.numpy() for w in model.layers[-1].weights])
+        )
+        assert int(model.optimizer.iterations.numpy()) == 16
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
