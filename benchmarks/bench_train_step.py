@@ -10,7 +10,10 @@ Runs ``model.fit`` (graph mode) at batch 4,096 for:
 * **memory-fair**: in-memory embeddings whose vocabulary is just the ids in the data (remapped
   to 0..V-1), Adam and SGD;
 * **dense-only**: the same MLP fed the two embedding rows as inputs (no embedding at all): what
-  the dense compute and Keras' per-step work cost.
+  the dense compute and Keras' per-step work cost;
+* **tfra-0.8.1**: TFRA's own training of the same model on the same server (its C++ Redis ops,
+  tf_keras, TensorFlow 2.16), run in the venv ``benchmarks/setup_tfra_baseline.sh`` makes;
+  the column says "not installed" without it.
 
 For the Redis runs each step is split into lookup (time inside ``RedisStore.find`` on the
 step's critical path), embedding apply (the optimizer step's reads of slot rows and writes
@@ -31,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -160,6 +164,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, help="rounds; the best median counts (default 2)")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--tfra-venv",
+        default=str(ROOT / "benchmarks" / ".tfra-venv"),
+        help="venv with TFRA 0.8.1 (benchmarks/setup_tfra_baseline.sh); its training step is "
+        "timed beside ours when it exists",
+    )
     p.add_argument("--out", help="JSON path (default benchmarks/results/train_step-<time>.json)")
     args = p.parse_args(argv)
     args.steps = args.steps or (12 if args.quick else 40)
@@ -225,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     dense_rows = rng.normal(0, 0.05, size=(samples, 2 * args.dim)).astype(np.float32)
 
     results: list[Result] = []
+    tfra_python = Path(args.tfra_venv) / "bin" / "python"
+    tfra_note = None if tfra_python.exists() else f"not installed ({args.tfra_venv})"
 
     def run_memory(name: str, build: Callable[[], Any], x: Any, steps: int, opt: str) -> None:
         model = build()
@@ -286,12 +298,48 @@ def main(argv: list[str] | None = None) -> int:
                 del model, layers
                 keras.backend.clear_session()
 
+            data_path = Path(tmp) / "data.npz"
+            np.savez(data_path, labels=labels, **features)
+
+            def run_tfra(opt: str) -> None:
+                """TFRA 0.8.1's own step on the same model, data and server (its venv)."""
+                nonlocal run_id
+                run_id += 1
+                workdir = Path(tmp) / f"run{run_id}"
+                workdir.mkdir()
+                tagged = train_ctr.with_model_tag(config, f"bench{run_id}", workdir)
+                request = {
+                    "config": str(tagged),
+                    "data": str(data_path),
+                    "dim": args.dim,
+                    "optimizer": opt,
+                    "lr": lr,
+                    "steps": args.steps,
+                    "warmup": WARMUP_STEPS,
+                    "batch_size": batch,
+                }
+                done = subprocess.run(
+                    [str(tfra_python), str(ROOT / "benchmarks" / "tfra_train_step.py")]
+                    + [json.dumps(request)],
+                    env=dict(os.environ, TF_USE_LEGACY_KERAS="1"),
+                    capture_output=True,
+                    text=True,
+                )
+                if done.returncode != 0:
+                    raise RuntimeError(f"TFRA's run failed:\n{done.stderr[-3000:]}")
+                report = json.loads(done.stdout.strip().splitlines()[-1])
+                results.append(Result("tfra-0.8.1", opt, report["steps"], report["step_ms"]))
+                results[-1].notes = {"rows_in_redis": report["rows"]}
+                server.flushall()
+
             big_vocab = {"user": train_ctr.USER_VOCAB, "item": train_ctr.ITEM_VOCAB}
             for round_ in range(args.rounds):
                 print(f"round {round_ + 1}/{args.rounds} ...", flush=True)
                 for opt in ("adam", "sgd"):
                     for prefetch in (False, True):
                         run_redis(opt, prefetch)
+                    if tfra_note is None:
+                        run_tfra(opt)
                     run_memory(
                         "memory-fair",
                         lambda o=opt: memory_model(fair_vocab, o),
@@ -341,12 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {}
     for opt in ("adam", "sgd"):
         for ours in ("redis", "redis+prefetch"):
-            for base in ("memory-fair", "memory-big", "dense-only"):
+            for base in ("memory-fair", "memory-big", "dense-only", "tfra-0.8.1"):
                 if (ours, opt) in best and (base, "adam" if base == "memory-big" else opt) in best:
                     b = best[(base, "adam" if base == "memory-big" else opt)]
                     if base == "memory-big" and opt != "adam":
                         continue
                     ratios[f"{ours}/{base} ({opt})"] = best[(ours, opt)].step_ms / b.step_ms
+    if tfra_note is not None:
+        print(f"\ntfra-0.8.1: {tfra_note}")
     print("\nratios (ours / baseline, same run):")
     for k, v in ratios.items():
         print(f"  {k:<40} {v:6.2f}x")
