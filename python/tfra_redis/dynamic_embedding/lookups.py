@@ -14,21 +14,11 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfra_redis.dynamic_embedding.variable import Variable, embedding_lookup, lookup_rows
+from tfra_redis.dynamic_embedding.variable import embedding_lookup, lookup_rows, one_variable
 
 __all__ = ["embedding_lookup_sparse", "embedding_lookup_unique", "safe_embedding_lookup_sparse"]
 
 _COMBINERS = ("mean", "sqrtn", "sum")
-
-
-def _one_variable(params: Any) -> Variable:
-    if isinstance(params, (list, tuple)):
-        if len(params) != 1:
-            raise ValueError(f"params must be one de.Variable, got a list of {len(params)}")
-        params = params[0]
-    if not isinstance(params, Variable):
-        raise TypeError(f"params must be a de.Variable, got {type(params).__name__}")
-    return params
 
 
 def embedding_lookup_unique(
@@ -90,7 +80,7 @@ def embedding_lookup_sparse(
     ``[rows up to the last non-empty one, dim]``, as TFRA's and TensorFlow's. Looked up through
     the trainable wrapper ``<name>/embedding_lookup`` (TFRA's name). Zero weight sums give zero
     rows (TensorFlow's ``div_no_nan``; TFRA divides and gets NaN)."""
-    params = _one_variable(params)
+    params = one_variable(params)
     if combiner not in _COMBINERS:
         raise ValueError(f"combiner must be one of 'mean', 'sqrtn' or 'sum', got {combiner!r}")
     if not isinstance(sp_ids, tf.SparseTensor):
@@ -130,7 +120,7 @@ def safe_embedding_lookup_sparse(
     it). Ids are never dropped for their value: every int64 is a key (TFRA's rule;
     ``tf.nn.safe_embedding_lookup_sparse`` drops negative ids).
     """
-    params = _one_variable(embedding_weights)
+    params = one_variable(embedding_weights)
     if not isinstance(sparse_ids, tf.SparseTensor):
         raise TypeError(f"sparse_ids must be a SparseTensor, got {type(sparse_ids).__name__}")
     if sparse_ids.dtype != params.key_dtype:

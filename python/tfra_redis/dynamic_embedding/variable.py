@@ -516,6 +516,17 @@ def get_variable(
     return variable
 
 
+def one_variable(params: Any) -> Variable:
+    """``params`` as the one ``de.Variable`` a lookup takes (TFRA also accepts a list of one)."""
+    if isinstance(params, (list, tuple)):
+        if len(params) != 1:
+            raise ValueError(f"params must be one de.Variable, got a list of {len(params)}")
+        params = params[0]
+    if not isinstance(params, Variable):
+        raise TypeError(f"params must be a de.Variable, got {type(params).__name__}")
+    return params
+
+
 def embedding_lookup(
     params: Variable,
     ids: Any,
@@ -536,12 +547,7 @@ def embedding_lookup(
     inside ``tf.function`` too). ``partition_strategy`` and ``validate_indices`` are accepted
     for TFRA compatibility and ignored.
     """
-    if isinstance(params, (list, tuple)):
-        if len(params) != 1:
-            raise ValueError(f"params must be one de.Variable, got a list of {len(params)}")
-        params = params[0]
-    if not isinstance(params, Variable):
-        raise TypeError(f"params must be a de.Variable, got {type(params).__name__}")
+    params = one_variable(params)
     wrapper = params.trainable_wrapper(name) if return_trainable else None
     if isinstance(ids, tf.RaggedTensor):
         flat = lookup_rows(
