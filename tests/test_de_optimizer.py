@@ -265,3 +265,38 @@ def test_slot_tables_written_by_tfra_continue_training(creator, unique_name):
     np.testing.assert_allclose(
         slots["v"].lookup(ids).numpy(), keras_adam._velocities[0].numpy(), rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("kind", ["adam_amsgrad", "rmsprop_momentum_centered", "ftrl"])
+def test_fused_slots_match_keras_too(tmp_path, standalone_server, make_config, unique_name, kind):
+    """redis_fused_slots: every slot of an id in one row of one table (columns in the
+    optimizer's slot order), the same numbers as Keras."""
+    path = make_config(tmp_path, standalone_server, table_store_mode=0, redis_fused_slots=True)
+    creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
+    make = OPTIMIZERS[kind]
+    batches = _batches(seed=8)
+    layer, optimizer = _train_redis(creator, unique_name, make, batches, graph=True)
+    want_rows, want_slots, _ = _reference(make, batches)
+    touched = np.unique(np.concatenate([ids.reshape(-1) for ids, _ in batches]))
+    np.testing.assert_allclose(
+        layer.params.lookup(tf.constant(touched)).numpy(), want_rows[touched], rtol=1e-5, atol=1e-7
+    )
+    tables = optimizer.slot_variables(layer)
+    assert list(tables) == ["slots"]
+    fused = tables["slots"]
+    assert fused.dim == DIM * len(want_slots)
+    assert standalone_server.execute("KEYS", f"test:{unique_name}*_slots*") == [
+        f"test:{unique_name}-parameter_DynamicEmbedding_{unique_name}-shadow_slots{{3560}}"
+    ]
+    rows = fused.lookup(tf.constant(touched)).numpy()
+    inner = optimizer.inner_optimizer if hasattr(optimizer, "inner_optimizer") else optimizer
+    order = [s.keras_name for s in de_optimizer._state(inner).slots[id(layer.shadow)]]
+    assert sorted(order) == sorted(want_slots)
+    for i, keras_name in enumerate(order):
+        np.testing.assert_allclose(
+            rows[:, i * DIM : (i + 1) * DIM],
+            want_slots[keras_name][touched],
+            rtol=1e-5,
+            atol=1e-7,
+            err_msg=keras_name,
+        )

@@ -178,21 +178,23 @@ def _compare(a: Path, b: Path) -> None:
     want, got = np.load(a), np.load(b)
     assert sorted(want.files) == sorted(got.files)
     skip = {"batches_here"}  # how many steps the last process ran: differs by design
-    assert {"slot_m", "slot_v"} <= set(want.files)
+    assert {"slot_m", "slot_v"} <= set(want.files) or "slot_slots" in want.files
     np.testing.assert_array_equal(got["keys"], want["keys"])
     for key in set(want.files) - skip:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-7, err_msg=key)
 
 
 @pytest.mark.parametrize(
-    ("store_mode", "fmt"),
-    [(0, "checkpoint"), (2, "checkpoint"), (0, "keras")],
-    ids=["mode0-checkpoint", "mode2-checkpoint", "mode0-keras-file"],
+    ("store_mode", "fmt", "fused"),
+    [(0, "checkpoint", False), (2, "checkpoint", False), (0, "keras", False), (0, "keras", True)],
+    ids=["mode0-checkpoint", "mode2-checkpoint", "mode0-keras-file", "mode0-keras-fused-slots"],
 )
 def test_an_interrupted_run_resumes_exactly(
-    tmp_path, standalone_server, make_config, unique_name, store_mode, fmt
+    tmp_path, standalone_server, make_config, unique_name, store_mode, fmt, fused
 ):
-    config = make_config(tmp_path, standalone_server, table_store_mode=store_mode)
+    config = make_config(
+        tmp_path, standalone_server, table_store_mode=store_mode, redis_fused_slots=fused
+    )
     epochs = 2
     whole, resumed = tmp_path / "whole.npz", tmp_path / "resumed.npz"
     common = {"format": fmt, "epochs": epochs}

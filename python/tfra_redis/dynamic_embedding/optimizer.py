@@ -27,6 +27,7 @@ Slot tables are named as TFRA names them: ``<params>/<wrapper>/<slot>`` with ``/
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,12 +86,26 @@ def _keras_base(cls: type) -> str | None:
 
 @dataclass
 class _Slot:
-    """One optimizer slot of one wrapper: its buffer (what Keras' math updates) and its table."""
+    """One optimizer slot of one wrapper: its buffer (what Keras' math updates), the row a
+    never-updated id starts from, and TFRA's name for it."""
 
     keras_name: str
+    tfra_name: str
     buffer: DynamicRows
-    variable: Variable
     default: np.ndarray
+
+
+@dataclass
+class _SlotTable:
+    """A table holding slots of one wrapper: one slot (TFRA's layout) or all of them side by
+    side in each row (``redis_fused_slots``)."""
+
+    variable: Variable
+    slots: list[_Slot]
+
+    @property
+    def default(self) -> np.ndarray:
+        return np.concatenate([slot.default for slot in self.slots])
 
 
 class _State:
@@ -98,6 +113,7 @@ class _State:
 
     def __init__(self) -> None:
         self.slots: dict[int, list[_Slot]] = {}  # by id of the wrapper
+        self.tables: dict[int, list[_SlotTable]] = {}  # by id of the wrapper
         self.wrappers: dict[int, TrainableWrapper] = {}  # the wrappers it was built with
 
 
@@ -125,6 +141,11 @@ def _slot_variable_name(params: Variable, wrapper: TrainableWrapper, slot: str) 
     if params.short_file_name:
         return f"{params.name}/{slot}"
     return f"{params.name}/{wrapper.wrapper_name}/{slot}"
+
+
+def _fused_slots(params: Variable) -> bool:
+    """Whether the config of ``params`` keeps all its optimizer slots in one table."""
+    return bool(json.loads(params.table.store.config.to_json()).get("redis_fused_slots"))
 
 
 def _table_identity(variable: Variable) -> tuple[str, str]:
@@ -162,17 +183,6 @@ class _DynamicEmbeddingMixin:
                 keras.ops.convert_to_numpy(init(shape=(params.dim,), dtype="float32")),
                 dtype=np.float32,
             )
-            # TFRA's slot tables hold the embedding's own dtype (staged in float32 here).
-            variable = Variable(
-                key_dtype=params.key_dtype,
-                value_dtype=params.value_dtype,
-                dim=params.dim,
-                name=_slot_variable_name(params, wrapper, slot_name),
-                initializer=default,
-                trainable=False,
-                checkpoint=params.checkpoint,
-                kv_creator=params.kv_creator,
-            )
             buffer = DynamicRows(
                 params.dim,
                 update_dtype(params.value_dtype),
@@ -180,26 +190,46 @@ class _DynamicEmbeddingMixin:
                 trainable=False,
                 guarded=False,
             )
+        slot = _Slot(name, slot_name, buffer, default)
+        _state(self).slots.setdefault(id(wrapper), []).append(slot)
+        if not _fused_slots(params):
+            variable = self._tfra_slot_table(
+                params, _slot_variable_name(params, wrapper, slot_name), default
+            )
+            _state(self).tables.setdefault(id(wrapper), []).append(_SlotTable(variable, [slot]))
+        return buffer
+
+    def _tfra_slot_table(self, params: Variable, name: str, default: np.ndarray) -> Variable:
+        """A slot table of ``params`` whose rows start as ``default`` (one or more slots side
+        by side), in the embedding's dtype (TFRA's slot tables hold it; staged in float32)."""
+        with tf.init_scope():
+            variable = Variable(
+                key_dtype=params.key_dtype,
+                value_dtype=params.value_dtype,
+                dim=default.shape[0],
+                initializer=default,
+                name=name,
+                trainable=False,
+                checkpoint=params.checkpoint,
+                kv_creator=params.kv_creator,
+            )
         # A checkpoint dependency of the optimizer, as TFRA's optimizer tracks its slot tables:
         # tf.train.Checkpoint(optimizer=...) saves and restores them (per table_store_mode),
         # also when the restore ran before this slot existed.
         self._track_trackable(  # type: ignore[attr-defined]
             variable, name=f"tfra_slot:{variable.table.store.name}", overwrite=True
         )
-        _state(self).slots.setdefault(id(wrapper), []).append(
-            _Slot(name, buffer, variable, default)
-        )
         if params.restrict_policy is not None:
             params.restrict_policy.track_slot(variable)
-        return buffer
+        return variable
 
     def slot_variables(self, wrapper: Any) -> dict[str, Variable]:
         """The slot tables of a wrapper (or of the layer or ``de.Variable`` owning one
-        wrapper), by TFRA's slot name."""
+        wrapper), by TFRA's slot name; with ``redis_fused_slots`` the one table ``slots``."""
         wrapper = _as_wrapper(wrapper)
         return {
-            slot.variable.name.rsplit("/", 1)[-1]: slot.variable
-            for slot in _state(self).slots.get(id(wrapper), [])
+            table.variable.name.rsplit("/", 1)[-1]: table.variable
+            for table in _state(self).tables.get(id(wrapper), [])
         }
 
     # -- building -----------------------------------------------------------------------------
@@ -213,6 +243,14 @@ class _DynamicEmbeddingMixin:
             state = _state(self)
             state.wrappers.update((id(w), w) for w in wrappers)
         super().build(mapped)  # type: ignore[misc]
+        state = _state(self)
+        for wrapper in wrappers:
+            slots = state.slots.get(id(wrapper), [])
+            if slots and _fused_slots(wrapper.params) and id(wrapper) not in state.tables:
+                name = _slot_variable_name(wrapper.params, wrapper, "slots")
+                default = np.concatenate([slot.default for slot in slots])
+                variable = self._tfra_slot_table(wrapper.params, name, default)
+                state.tables[id(wrapper)] = [_SlotTable(variable, list(slots))]
 
     def _tfra_check_wrappers(self, wrappers: list[TrainableWrapper]) -> None:
         owners: dict[tuple[str, str], TrainableWrapper] = {}
@@ -280,14 +318,16 @@ class _DynamicEmbeddingMixin:
 
     def _tfra_read_slots(self, wrappers: list[TrainableWrapper]) -> None:
         state = _state(self)
-        groups = [(w, state.slots.get(id(w), [])) for w in wrappers]
-        groups = [(w, slots) for w, slots in groups if slots]
+        groups = [(w, state.tables.get(id(w), [])) for w in wrappers]
+        groups = [(w, tables) for w, tables in groups if tables]
         if not groups:
             return
-        stores = [[s.variable.table.store for s in slots] for _, slots in groups]
-        defaults = [[s.default for s in slots] for _, slots in groups]
-
-        dtypes = [s.buffer.value.dtype for _, slots in groups for s in slots]
+        stores = [[t.variable.table.store for t in tables] for _, tables in groups]
+        defaults = [[t.default for t in tables] for _, tables in groups]
+        # One array per slot, in table order: fused tables are split into their slots.
+        layout = [len(t.slots) for _, tables in groups for t in tables]
+        slots = [s for _, tables in groups for t in tables for s in t.slots]
+        dtypes = [s.buffer.value.dtype for s in slots]
 
         def read(*key_sets: np.ndarray) -> list[np.ndarray]:
             calls = [
@@ -295,14 +335,19 @@ class _DynamicEmbeddingMixin:
                 for i, keys in enumerate(key_sets)
             ]
             found = [rows for result in run_concurrently(calls) for rows in result]
+            split = [
+                part
+                for rows, k in zip(found, layout, strict=True)
+                for part in np.split(rows, k, axis=1)
+            ]
             return [
-                r.astype(d.as_numpy_dtype, copy=False) for r, d in zip(found, dtypes, strict=True)
+                np.ascontiguousarray(r, dtype=d.as_numpy_dtype)
+                for r, d in zip(split, dtypes, strict=True)
             ]
 
-        rows = iter(_run_numpy(read, [w.ids for w, _ in groups], dtypes, "read"))
-        for wrapper, slots in groups:
-            for slot in slots:
-                slot.buffer.stage(tf.reshape(next(rows), [-1, wrapper.dim]))
+        rows = _run_numpy(read, [w.ids for w, _ in groups], dtypes, "read")
+        for slot, value in zip(slots, rows, strict=True):
+            slot.buffer.stage(tf.reshape(value, [-1, slot.buffer.dim]))
 
     def _tfra_write_back(self, wrappers: list[TrainableWrapper]) -> None:
         state = _state(self)
@@ -310,13 +355,17 @@ class _DynamicEmbeddingMixin:
         policies = []
         inputs: list[Any] = []
         for wrapper in wrappers:
-            slots = state.slots.get(id(wrapper), [])
-            stores = [wrapper.params.table.store] + [s.variable.table.store for s in slots]
+            tables = state.tables.get(id(wrapper), [])
+            stores = [wrapper.params.table.store] + [t.variable.table.store for t in tables]
             layout.append(stores)
             policies.append(wrapper.params.restrict_policy)
             inputs.append(wrapper.ids)
             inputs.append(wrapper.value)
-            inputs.extend(s.buffer.value for s in slots)
+            for table in tables:
+                if len(table.slots) == 1:
+                    inputs.append(table.slots[0].buffer.value)
+                else:  # a fused row: every slot side by side
+                    inputs.append(tf.concat([s.buffer.value for s in table.slots], axis=1))
 
         def write(*arrays: np.ndarray) -> np.int64:
             calls = []
@@ -341,13 +390,13 @@ class _DynamicEmbeddingMixin:
 
     # -- .keras files -------------------------------------------------------------------------
 
-    def _tfra_slots_in_order(self) -> list[_Slot]:
+    def _tfra_slot_tables(self) -> list[_SlotTable]:
         state = _state(self)
-        return [slot for slots in state.slots.values() for slot in slots]
+        return [table for tables in state.tables.values() for table in tables]
 
     def save_own_variables(self, store: Any) -> None:
         super().save_own_variables(store)  # type: ignore[misc]
-        for slot in self._tfra_slots_in_order():
+        for slot in self._tfra_slot_tables():
             if not slot.variable.checkpoint:
                 continue
             keys, values, manifest = slot.variable.table.save_rows()
@@ -359,7 +408,7 @@ class _DynamicEmbeddingMixin:
     def load_own_variables(self, store: Any) -> None:
         super().load_own_variables(_WithoutSlotTables(store))  # type: ignore[misc]
         names = set(store.keys())
-        for slot in self._tfra_slots_in_order():
+        for slot in self._tfra_slot_tables():
             prefix = _file_prefix(slot)
             if not slot.variable.checkpoint or f"{prefix}manifest" not in names:
                 continue
@@ -384,7 +433,7 @@ def _run_numpy(fn: Any, inputs: list[Any], tout: Any, what: str) -> Any:
 _SLOT_FILE_PREFIX = "tfra_slot:"
 
 
-def _file_prefix(slot: _Slot) -> str:
+def _file_prefix(slot: _SlotTable) -> str:
     return f"{_SLOT_FILE_PREFIX}{slot.variable.table.store.name}:"
 
 

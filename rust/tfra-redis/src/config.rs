@@ -243,6 +243,11 @@ pub struct RedisConfig {
     pub redis_durable_write_replicas: u32,
     /// Timeout of that WAIT, in ms; must be >= 1 when replicas are awaited. Default 1000.
     pub redis_durable_write_timeout_ms: u64,
+    /// Keep all optimizer slots of an embedding in one table (`<params>/<wrapper>/slots`, one
+    /// row per id holding every slot) instead of one table per slot as TFRA does: an optimizer
+    /// step then reads and writes two tables instead of one per slot. Default false (TFRA's
+    /// layout); the embedding table itself is the same either way.
+    pub redis_fused_slots: bool,
 }
 
 impl Default for RedisConfig {
@@ -287,6 +292,7 @@ impl Default for RedisConfig {
             redis_lookup_defaults_on_error: false,
             redis_durable_write_replicas: 0,
             redis_durable_write_timeout_ms: 1000,
+            redis_fused_slots: false,
         }
     }
 }
@@ -334,6 +340,7 @@ impl fmt::Debug for RedisConfig {
             redis_lookup_defaults_on_error,
             redis_durable_write_replicas,
             redis_durable_write_timeout_ms,
+            redis_fused_slots,
         } = self;
         // Configs end up in logs and error reports; a password must never follow them there.
         let hide = |password: &str| if password.is_empty() { "" } else { "***" };
@@ -392,6 +399,7 @@ impl fmt::Debug for RedisConfig {
                 "redis_durable_write_timeout_ms",
                 redis_durable_write_timeout_ms,
             )
+            .field("redis_fused_slots", redis_fused_slots)
             .finish()
     }
 }
@@ -708,6 +716,7 @@ const FIELDS: &[Field] = &[
         json
     ),
     field!(redis_durable_write_timeout_ms, millis, json),
+    field!(redis_fused_slots, boolean, json),
 ];
 
 // ---- Readers: JSON value -> typed value, with TFRA's type messages and our range checks. ----
@@ -1681,7 +1690,7 @@ mod tests {
         for key in TFRA_KEYS {
             assert!(object.contains_key(key), "{key}");
         }
-        assert_eq!(object.len(), TFRA_KEYS.len() + 8);
+        assert_eq!(object.len(), TFRA_KEYS.len() + 9);
         assert_eq!(
             FIELDS[..TFRA_KEYS.len()]
                 .iter()
