@@ -47,8 +47,9 @@ pub enum Retry {
     /// Sending the batch twice gives the same result (HMGET, HSET, HDEL, DEL): retry on any
     /// transient failure until the deadline.
     Idempotent,
-    /// Applying the batch twice would be wrong (accum deltas): retry only when the failure
-    /// proves the batch was not executed (connection refused, MOVED/ASK, TRYAGAIN).
+    /// Applying a command twice would be wrong (accum deltas): after a failure, send again
+    /// only the commands it proves did not run (connection refused, or a MOVED/ASK/TRYAGAIN/
+    /// READONLY/MASTERDOWN/LOADING reply to that command); commands that ran keep their reply.
     AtMostOnce,
     /// One attempt only: for best-effort work such as setting a TTL when a table closes, which
     /// must not keep a process from exiting for a whole retry deadline.
