@@ -572,7 +572,7 @@ def test_paused_cluster_master_fails_the_batch_and_names_node_and_bucket(unique_
 # 7. redis_lookup_defaults_on_error
 
 
-def test_lookup_defaults_on_error_returns_defaults_only_when_asked(unique_name, capfd):
+def test_lookup_defaults_on_error_returns_defaults_only_when_asked(unique_name, caplog):
     with servers.RedisServer() as server:
         base = {**server.config_dict(), "redis_retry_deadline_ms": 300}
         tolerant = open_store({**base, "redis_lookup_defaults_on_error": True}, unique_name)
@@ -583,7 +583,7 @@ def test_lookup_defaults_on_error_returns_defaults_only_when_asked(unique_name, 
         got, exists = tolerant.find(keys, default=7.0, return_exists=True)
         np.testing.assert_array_equal(got, np.full((50, DIM), 7.0, np.float32))
         assert not exists.any()
-        assert "redis_lookup_defaults_on_error" in capfd.readouterr().err
+        assert "redis_lookup_defaults_on_error" in caplog.text  # logger tfra_redis.table
         with pytest.raises(tfra_redis.RedisConnectionError):
             strict.find(keys)
         # Writes never fall back to anything.

@@ -568,9 +568,26 @@ impl PyTable {
     }
 }
 
+/// Forwards the core crate's `log` records to Python's `logging`: target `tfra_redis::table`
+/// becomes logger `tfra_redis.table`, a child of `tfra_redis`. pyo3-log (which supports pyo3
+/// 0.26 to 0.30) does the forwarding; a record takes the GIL for a moment, which is why the
+/// core rate-limits what can recur per call. Loggers are cached but their levels are not, so
+/// a level set on `tfra_redis` after the first record still applies. Other crates' records
+/// pass from WARNING up only, so no debug chatter costs a GIL round trip.
+fn forward_logs_to_python(py: Python<'_>) -> PyResult<()> {
+    let logger = pyo3_log::Logger::new(py, pyo3_log::Caching::Loggers)?
+        .filter(log::LevelFilter::Warn)
+        .filter_target("tfra_redis".to_owned(), log::LevelFilter::Debug);
+    // Fails only when a logger is already installed in this library's copy of `log`, i.e. the
+    // module was initialized before (a second interpreter): that one still forwards.
+    let _ = logger.install();
+    Ok(())
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    forward_logs_to_python(py)?;
     m.add_class::<PyConfig>()?;
     m.add_class::<PyTable>()?;
     m.add_function(wrap_pyfunction!(resolve_path, m)?)?;
