@@ -73,3 +73,44 @@ def test_the_message_reports_the_whole_wait_when_it_exceeds_the_timeout(unique_n
         for took, err in outcomes:
             # The reported time is the call's own, less what Python adds around it.
             assert took * 1000 - 250 <= waited_ms(err) <= took * 1000 + 50, (took, str(err))
+
+
+# --------------------------------------------------------------------------------------------
+# Durable writes: WAIT with its default timeout (1000 ms) on a socket with its default timeout
+# (1000 ms). The socket timeout must not race the WAIT.
+
+
+def durable_config(server: servers.RedisServer) -> dict:
+    # Only the durable-write switch: every timeout keeps its default.
+    return {**server.config_dict(), "redis_durable_write_replicas": 1}
+
+
+def test_unconfirmed_durable_accum_says_so_and_is_not_a_socket_timeout(unique_name):
+    with servers.RedisServer() as master:  # no replica at all
+        store = RedisStore(durable_config(master), unique_name, DIM, manage_ttl=False)
+        keys = np.arange(10, dtype=np.int64)
+        for _ in range(3):
+            with pytest.raises(tfra_redis.RedisConnectionError) as info:
+                store.accum(keys, np.ones((10, DIM), np.float32), np.zeros(10, np.bool_))
+            assert not isinstance(info.value, tfra_redis.RedisTimeoutError), str(info.value)
+            assert "durable write not confirmed" in str(info.value)
+
+
+def test_unconfirmed_durable_insert_is_retried_until_the_replica_confirms(unique_name):
+    with servers.RedisServer() as master, servers.RedisServer(replica_of=master) as replica:
+        deadline = time.monotonic() + 10
+        while master.info("replication").get("connected_slaves") != "1":
+            assert time.monotonic() < deadline, "the replica never connected"
+            time.sleep(0.05)
+        store = RedisStore(durable_config(master), unique_name, DIM, manage_ttl=False)
+        keys = np.arange(10, dtype=np.int64)
+        replica.pause()
+        # The replica comes back while the insert is being retried (default deadline 30 s).
+        resume = threading.Timer(2.5, replica.resume)
+        resume.start()
+        try:
+            store.insert(keys, np.ones((10, DIM), np.float32))
+        finally:
+            resume.cancel()
+            replica.resume()
+        assert store.size() == 10

@@ -322,7 +322,19 @@ impl Cluster {
             parts.push(&wait);
             expected += 1;
         }
-        let result = conn.inner.exchange(&parts, expected);
+        let (result, read_timeout) = if durable {
+            let wait = self.opts.durable_timeout;
+            (
+                conn.inner
+                    .exchange_waiting(&parts, expected, self.opts.socket_timeout, wait),
+                self.opts.socket_timeout + wait,
+            )
+        } else {
+            (
+                conn.inner.exchange(&parts, expected),
+                self.opts.socket_timeout,
+            )
+        };
         conn.last_used = std::time::Instant::now();
         match result {
             Ok(all) => {
@@ -356,7 +368,7 @@ impl Cluster {
             Err(e) => {
                 conn.broken = true;
                 NodeOutcome::Failed {
-                    err: classify(&e, &conn.addr, self.opts.socket_timeout),
+                    err: classify(&e, &conn.addr, read_timeout),
                     sent: true,
                 }
             }

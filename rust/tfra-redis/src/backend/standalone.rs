@@ -115,16 +115,24 @@ pub(crate) fn run_on_pool<T: Target>(
             pending.iter().map(|&i| batch.command_bytes(i)).collect()
         };
         parts.push(&wait);
-        let result = conn
-            .inner
-            .exchange(&parts, pending.len() + usize::from(durable));
+        let expected = pending.len() + usize::from(durable);
+        let (result, read_timeout) = if durable {
+            let wait = opts.durable_timeout;
+            (
+                conn.inner
+                    .exchange_waiting(&parts, expected, opts.socket_timeout, wait),
+                opts.socket_timeout + wait,
+            )
+        } else {
+            (conn.inner.exchange(&parts, expected), opts.socket_timeout)
+        };
         conn.last_used = std::time::Instant::now();
         let mut replies = match result {
             Ok(replies) => replies,
             Err(e) => {
                 conn.broken = true;
                 let not_executed = super::surely_not_executed(&e);
-                return Err((classify(&e, &conn.addr, opts.socket_timeout), not_executed));
+                return Err((classify(&e, &conn.addr, read_timeout), not_executed));
             }
         };
         let acked = durable.then(|| replies.pop().and_then(|r| r.as_int()).unwrap_or(0));
