@@ -737,7 +737,7 @@ def _assert_clean(text: str) -> None:
     assert "Wrong-PW-1234" not in text, text
 
 
-def test_passwords_never_leak_into_errors_reprs_or_warnings(unique_name, capfd):
+def test_passwords_never_leak_into_errors_reprs_or_warnings(unique_name, capfd, caplog):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with servers.RedisServer(password=SECRET) as server:
@@ -768,7 +768,7 @@ def test_passwords_never_leak_into_errors_reprs_or_warnings(unique_name, capfd):
                 _assert_clean(text)
             # TFRA's default mode (Sentinel) pointed at this plain, password-protected server:
             # the probe's sentinel credentials are refused, the data password is accepted, and
-            # the table falls back to the server with a warning on stderr.
+            # the table falls back to the server with a warning (logger tfra_redis).
             no_sentinel_pw = {k: v for k, v in good.items() if k != "redis_sentinel_password"}
             for sentinel_mode in (
                 {**good, "redis_connection_mode": 1},
@@ -776,9 +776,8 @@ def test_passwords_never_leak_into_errors_reprs_or_warnings(unique_name, capfd):
             ):
                 fallback = open_store(sentinel_mode, unique_name)
                 assert fallback.find(np.arange(3), return_exists=True)[1].all()
-            stderr = capfd.readouterr().err
-            assert "plain Redis server" in stderr
-            _assert_clean(stderr)
+            assert "plain Redis server" in caplog.text
+            _assert_clean(caplog.text)
     for warning in caught:
         _assert_clean(str(warning.message))
     out, err = capfd.readouterr()
