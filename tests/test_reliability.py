@@ -572,7 +572,7 @@ def test_paused_cluster_master_fails_the_batch_and_names_node_and_bucket(unique_
 # 7. redis_lookup_defaults_on_error
 
 
-def test_lookup_defaults_on_error_returns_defaults_only_when_asked(unique_name, capfd):
+def test_lookup_defaults_on_error_returns_defaults_only_when_asked(unique_name, caplog):
     with servers.RedisServer() as server:
         base = {**server.config_dict(), "redis_retry_deadline_ms": 300}
         tolerant = open_store({**base, "redis_lookup_defaults_on_error": True}, unique_name)
@@ -583,7 +583,7 @@ def test_lookup_defaults_on_error_returns_defaults_only_when_asked(unique_name, 
         got, exists = tolerant.find(keys, default=7.0, return_exists=True)
         np.testing.assert_array_equal(got, np.full((50, DIM), 7.0, np.float32))
         assert not exists.any()
-        assert "redis_lookup_defaults_on_error" in capfd.readouterr().err
+        assert "redis_lookup_defaults_on_error" in caplog.text  # logger tfra_redis.table
         with pytest.raises(tfra_redis.RedisConnectionError):
             strict.find(keys)
         # Writes never fall back to anything.
@@ -737,7 +737,7 @@ def _assert_clean(text: str) -> None:
     assert "Wrong-PW-1234" not in text, text
 
 
-def test_passwords_never_leak_into_errors_reprs_or_warnings(unique_name, capfd):
+def test_passwords_never_leak_into_errors_reprs_or_warnings(unique_name, capfd, caplog):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with servers.RedisServer(password=SECRET) as server:
@@ -768,7 +768,7 @@ def test_passwords_never_leak_into_errors_reprs_or_warnings(unique_name, capfd):
                 _assert_clean(text)
             # TFRA's default mode (Sentinel) pointed at this plain, password-protected server:
             # the probe's sentinel credentials are refused, the data password is accepted, and
-            # the table falls back to the server with a warning on stderr.
+            # the table falls back to the server with a warning (logger tfra_redis).
             no_sentinel_pw = {k: v for k, v in good.items() if k != "redis_sentinel_password"}
             for sentinel_mode in (
                 {**good, "redis_connection_mode": 1},
@@ -776,9 +776,8 @@ def test_passwords_never_leak_into_errors_reprs_or_warnings(unique_name, capfd):
             ):
                 fallback = open_store(sentinel_mode, unique_name)
                 assert fallback.find(np.arange(3), return_exists=True)[1].all()
-            stderr = capfd.readouterr().err
-            assert "plain Redis server" in stderr
-            _assert_clean(stderr)
+            assert "plain Redis server" in caplog.text
+            _assert_clean(caplog.text)
     for warning in caught:
         _assert_clean(str(warning.message))
     out, err = capfd.readouterr()

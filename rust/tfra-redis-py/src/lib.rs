@@ -5,7 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use numpy::{PyReadonlyArray1, PyReadwriteArray1};
+use numpy::{
+    BorrowError, Element, PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadwriteArray1,
+    PyUntypedArrayMethods,
+};
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -118,6 +121,122 @@ fn _panic_for_tests(py: Python<'_>) -> PyResult<()> {
     detached(py, || -> tfra_redis::Result<()> {
         panic!("deliberate panic for a test")
     })
+}
+
+/// A 1-D numpy array argument, borrowed by [`input`] or [`output`] rather than by PyO3's
+/// conversion: numpy's borrow checks then fail as a `ValueError` instead of a panic (which
+/// Python sees as a `PanicException`).
+type Array<'py, T> = Bound<'py, PyArray1<T>>;
+
+/// Borrows an array the call only reads.
+fn input<'py, T: Element>(array: &Array<'py, T>, what: &str) -> PyResult<PyReadonlyArray1<'py, T>> {
+    array.try_readonly().map_err(|e| borrow_error(e, what))
+}
+
+/// Borrows an array the call writes into.
+fn output<'py, T: Element>(
+    array: &Array<'py, T>,
+    what: &str,
+) -> PyResult<PyReadwriteArray1<'py, T>> {
+    array.try_readwrite().map_err(|e| borrow_error(e, what))
+}
+
+fn borrow_error(err: BorrowError, what: &str) -> PyErr {
+    match err {
+        BorrowError::NotWriteable => PyValueError::new_err(format!(
+            "{what} is read-only; pass a writeable array (for example a copy)"
+        )),
+        // numpy tracks borrows per base array, across threads too: the array shares memory
+        // with another array of this call, or another call is writing into it right now.
+        _ => PyValueError::new_err(format!(
+            "{what} overlaps another array passed to this call (or one another call is \
+             writing into); pass arrays that share no memory"
+        )),
+    }
+}
+
+/// The addresses a slice covers.
+fn span<T>(s: &[T]) -> std::ops::Range<usize> {
+    let r = s.as_ptr_range();
+    r.start as usize..r.end as usize
+}
+
+/// Fails when an output shares memory with an input or with another output. numpy's borrow
+/// tracking only sees arrays with a common base object; two arrays over one foreign buffer
+/// (`np.frombuffer` twice) escape it, and Rust must never hold a `&mut` slice that aliases
+/// another slice.
+fn check_disjoint(
+    outputs: &[(String, std::ops::Range<usize>)],
+    inputs: &[(String, std::ops::Range<usize>)],
+) -> PyResult<()> {
+    for (k, (name, out)) in outputs.iter().enumerate() {
+        for (other, range) in inputs.iter().chain(&outputs[k + 1..]) {
+            if !out.is_empty()
+                && !range.is_empty()
+                && out.start < range.end
+                && range.start < out.end
+            {
+                return Err(PyValueError::new_err(format!(
+                    "{name} overlaps {other} in memory; pass an output array that shares no \
+                     memory with the other arrays of the call"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The flags of a numpy bool array that the call reads. numpy stores a bool as one byte and
+/// never checks it (`np.uint8(2)` viewed as bool stays 2), while a Rust `bool` other than 0 or
+/// 1 is undefined behaviour: the bytes are read as `u8` and checked before they become bools.
+fn bool_flags<'a>(flags: &'a PyReadonlyArray1<'_, bool>, what: &str) -> PyResult<&'a [bool]> {
+    let len = flags.len();
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if !flags.is_contiguous() {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be a contiguous bool array"
+        )));
+    }
+    let data = flags.data() as *const u8;
+    // SAFETY: a contiguous 1-D array of `len` one-byte elements, borrowed read-only for 'a;
+    // any byte is a valid u8.
+    let bytes = unsafe { std::slice::from_raw_parts(data, len) };
+    if let Some(i) = bytes.iter().position(|&b| b > 1) {
+        return Err(PyValueError::new_err(format!(
+            "{what} holds byte {} at index {i}; a numpy bool array must hold only 0 and 1 \
+             (an integer array viewed as bool is not converted: use .astype(bool))",
+            bytes[i]
+        )));
+    }
+    // SAFETY: every byte is 0 or 1, the two valid representations of a bool.
+    Ok(unsafe { std::slice::from_raw_parts(data as *const bool, len) })
+}
+
+/// The flags of a numpy bool array the call writes into. Its old bytes may be anything
+/// (`np.empty(n, bool)`), so they are cleared through a byte pointer before a `&mut [bool]`
+/// over them exists; the call overwrites every flag anyway.
+fn bool_output<'a>(
+    flags: &'a mut PyReadwriteArray1<'_, bool>,
+    what: &str,
+) -> PyResult<&'a mut [bool]> {
+    let len = flags.len();
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if !flags.is_contiguous() {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be a contiguous bool array"
+        )));
+    }
+    let data = flags.data() as *mut u8;
+    // SAFETY: a contiguous 1-D array of `len` one-byte elements, borrowed read-write for 'a.
+    // After the bytes are zeroed they are all valid bools.
+    unsafe {
+        std::ptr::write_bytes(data, 0, len);
+        Ok(std::slice::from_raw_parts_mut(data as *mut bool, len))
+    }
 }
 
 /// A parsed, validated config.
@@ -310,19 +429,33 @@ impl PyTable {
     fn find(
         &self,
         py: Python<'_>,
-        keys: PyReadonlyArray1<'_, i64>,
-        default: PyReadonlyArray1<'_, u8>,
-        mut out: PyReadwriteArray1<'_, u8>,
-        exists: Option<PyReadwriteArray1<'_, bool>>,
+        keys: Array<'_, i64>,
+        default: Array<'_, u8>,
+        out: Array<'_, u8>,
+        exists: Option<Array<'_, bool>>,
     ) -> PyResult<()> {
+        let keys = input(&keys, "keys")?;
+        let default = input(&default, "default")?;
+        let mut out = output(&out, "out")?;
+        let mut exists = exists.map(|e| output(&e, "exists")).transpose()?;
         let keys = keys.as_slice()?;
         let default = default.as_slice()?;
         let out = out.as_slice_mut()?;
-        let mut exists = exists;
         let exists = match exists.as_mut() {
-            Some(e) => Some(e.as_slice_mut()?),
+            Some(e) => Some(bool_output(e, "exists")?),
             None => None,
         };
+        let mut outputs = vec![("out".to_string(), span(out))];
+        if let Some(e) = &exists {
+            outputs.push(("exists".to_string(), span(e)));
+        }
+        check_disjoint(
+            &outputs,
+            &[
+                ("keys".to_string(), span(keys)),
+                ("default".to_string(), span(default)),
+            ],
+        )?;
         let defaults = if default.len() == self.inner.row_bytes() {
             Defaults::Row(default)
         } else {
@@ -333,12 +466,8 @@ impl PyTable {
     }
 
     /// Upserts rows (`values` holds `len(keys)` rows of row bytes).
-    fn insert(
-        &self,
-        py: Python<'_>,
-        keys: PyReadonlyArray1<'_, i64>,
-        values: PyReadonlyArray1<'_, u8>,
-    ) -> PyResult<()> {
+    fn insert(&self, py: Python<'_>, keys: Array<'_, i64>, values: Array<'_, u8>) -> PyResult<()> {
+        let (keys, values) = (input(&keys, "keys")?, input(&values, "values")?);
         let keys = keys.as_slice()?;
         let values = values.as_slice()?;
         let table = &self.inner;
@@ -346,7 +475,8 @@ impl PyTable {
     }
 
     /// Removes ids.
-    fn remove(&self, py: Python<'_>, keys: PyReadonlyArray1<'_, i64>) -> PyResult<()> {
+    fn remove(&self, py: Python<'_>, keys: Array<'_, i64>) -> PyResult<()> {
+        let keys = input(&keys, "keys")?;
         let keys = keys.as_slice()?;
         let table = &self.inner;
         detached(py, || table.remove(keys))
@@ -356,13 +486,16 @@ impl PyTable {
     fn accum(
         &self,
         py: Python<'_>,
-        keys: PyReadonlyArray1<'_, i64>,
-        deltas: PyReadonlyArray1<'_, u8>,
-        exists: PyReadonlyArray1<'_, bool>,
+        keys: Array<'_, i64>,
+        deltas: Array<'_, u8>,
+        exists: Array<'_, bool>,
     ) -> PyResult<()> {
+        let keys = input(&keys, "keys")?;
+        let deltas = input(&deltas, "deltas")?;
+        let exists = input(&exists, "exists")?;
         let keys = keys.as_slice()?;
         let deltas = deltas.as_slice()?;
-        let exists = exists.as_slice()?;
+        let exists = bool_flags(&exists, "exists")?;
         let table = &self.inner;
         detached(py, || table.accum(keys, deltas, exists))
     }
@@ -435,9 +568,26 @@ impl PyTable {
     }
 }
 
+/// Forwards the core crate's `log` records to Python's `logging`: target `tfra_redis::table`
+/// becomes logger `tfra_redis.table`, a child of `tfra_redis`. pyo3-log (which supports pyo3
+/// 0.26 to 0.30) does the forwarding; a record takes the GIL for a moment, which is why the
+/// core rate-limits what can recur per call. Loggers are cached but their levels are not, so
+/// a level set on `tfra_redis` after the first record still applies. Other crates' records
+/// pass from WARNING up only, so no debug chatter costs a GIL round trip.
+fn forward_logs_to_python(py: Python<'_>) -> PyResult<()> {
+    let logger = pyo3_log::Logger::new(py, pyo3_log::Caching::Loggers)?
+        .filter(log::LevelFilter::Warn)
+        .filter_target("tfra_redis".to_owned(), log::LevelFilter::Debug);
+    // Fails only when a logger is already installed in this library's copy of `log`, i.e. the
+    // module was initialized before (a second interpreter): that one still forwards.
+    let _ = logger.install();
+    Ok(())
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    forward_logs_to_python(py)?;
     m.add_class::<PyConfig>()?;
     m.add_class::<PyTable>()?;
     m.add_function(wrap_pyfunction!(resolve_path, m)?)?;
@@ -472,11 +622,14 @@ fn apply_gradients(
     hyper: std::collections::HashMap<String, f64>,
     params: &Bound<'_, PyTable>,
     slots: Vec<Bound<'_, PyTable>>,
-    keys: PyReadonlyArray1<'_, i64>,
-    grads: PyReadonlyArray1<'_, f32>,
-    init_rows: PyReadonlyArray1<'_, f32>,
+    keys: Array<'_, i64>,
+    grads: Array<'_, f32>,
+    init_rows: Array<'_, f32>,
     step: u64,
 ) -> PyResult<()> {
+    let keys = input(&keys, "keys")?;
+    let grads = input(&grads, "grads")?;
+    let init_rows = input(&init_rows, "init_rows")?;
     let hyper: Vec<(&str, f64)> = hyper.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     let optimizer =
         tfra_redis::optim::Optimizer::from_keras_name(optimizer, &hyper).map_err(to_py)?;
@@ -497,9 +650,9 @@ fn apply_gradients(
 fn find_together(
     py: Python<'_>,
     tables: Vec<Bound<'_, PyTable>>,
-    keys: PyReadonlyArray1<'_, i64>,
-    defaults: Vec<PyReadonlyArray1<'_, u8>>,
-    mut outs: Vec<PyReadwriteArray1<'_, u8>>,
+    keys: Array<'_, i64>,
+    defaults: Vec<Array<'_, u8>>,
+    outs: Vec<Array<'_, u8>>,
 ) -> PyResult<()> {
     if defaults.len() != tables.len() || outs.len() != tables.len() {
         return Err(PyValueError::new_err(format!(
@@ -510,7 +663,18 @@ fn find_together(
             outs.len()
         )));
     }
+    let keys = input(&keys, "keys")?;
     let keys = keys.as_slice()?;
+    let defaults = defaults
+        .iter()
+        .enumerate()
+        .map(|(i, d)| input(d, &format!("defaults[{i}]")))
+        .collect::<PyResult<Vec<_>>>()?;
+    let mut outs = outs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| output(o, &format!("outs[{i}]")))
+        .collect::<PyResult<Vec<_>>>()?;
     let defaults: Vec<&[u8]> = defaults
         .iter()
         .map(|d| d.as_slice())
@@ -519,6 +683,19 @@ fn find_together(
         .iter_mut()
         .map(|o| o.as_slice_mut())
         .collect::<Result<_, _>>()?;
+    let mut inputs = vec![("keys".to_string(), span(keys))];
+    inputs.extend(
+        defaults
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("defaults[{i}]"), span(d))),
+    );
+    let spans: Vec<_> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (format!("outs[{i}]"), span(o)))
+        .collect();
+    check_disjoint(&spans, &inputs)?;
     let tables: Vec<&tfra_redis::table::Table> = tables.iter().map(|t| &*t.get().inner).collect();
     let mut lookups: Vec<tfra_redis::table::Lookup<'_>> = tables
         .iter()
@@ -544,8 +721,8 @@ fn find_together(
 fn insert_together(
     py: Python<'_>,
     tables: Vec<Bound<'_, PyTable>>,
-    keys: PyReadonlyArray1<'_, i64>,
-    values: Vec<PyReadonlyArray1<'_, u8>>,
+    keys: Array<'_, i64>,
+    values: Vec<Array<'_, u8>>,
 ) -> PyResult<()> {
     if values.len() != tables.len() {
         return Err(PyValueError::new_err(format!(
@@ -554,7 +731,13 @@ fn insert_together(
             values.len()
         )));
     }
+    let keys = input(&keys, "keys")?;
     let keys = keys.as_slice()?;
+    let values = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| input(v, &format!("values[{i}]")))
+        .collect::<PyResult<Vec<_>>>()?;
     let values: Vec<&[u8]> = values
         .iter()
         .map(|v| v.as_slice())

@@ -69,13 +69,21 @@ pub enum Error {
         message: String,
     },
 
-    /// A command did not answer within the configured socket timeout.
-    #[error("Redis timed out ({target}) after {timeout_ms} ms: {message}")]
+    /// A server did not answer within the configured timeout. `waited_ms` is how long the
+    /// whole call took until it gave up, which can exceed `timeout_ms`: a call may first wait
+    /// for a pooled connection, connect, or refresh a cluster's slot map, each bounded by its
+    /// own timeout (see the README, "Timeouts").
+    #[error(
+        "Redis timed out ({target}) after {waited_ms} ms (timeout {timeout_ms} ms per wait): \
+         {message}"
+    )]
     Timeout {
         /// Host:port.
         target: String,
-        /// The configured timeout.
+        /// The configured timeout that expired (socket or connect timeout).
         timeout_ms: u64,
+        /// How long the call had been running when it gave up.
+        waited_ms: u64,
         /// Details.
         message: String,
     },

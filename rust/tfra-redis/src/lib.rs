@@ -55,6 +55,10 @@
 //! # server.wait().ok();
 //! # Ok::<(), tfra_redis::Error>(())
 //! ```
+//!
+//! Diagnostics (a lookup served default rows, a Sentinel config pointed at a plain server) go
+//! through the [`log`](https://docs.rs/log) crate under the `tfra_redis` target; the Python
+//! bindings forward them to Python's `logging` logger `tfra_redis`.
 
 pub mod backend;
 pub mod codec;
@@ -65,5 +69,6 @@ pub mod optim;
 pub mod restrict;
 pub mod store;
 pub mod table;
+mod throttle;
 
 pub use error::{Error, Result};

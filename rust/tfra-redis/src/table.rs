@@ -14,6 +14,7 @@ use crate::layout::{
     BucketFn, BucketKey, HashTag, KeyPrefix, bucket_keys, bucket_of, embedding_name,
     hypodispersion_tags, topology_tags,
 };
+use crate::throttle::{Throttle, held_back_note};
 
 /// What a table holds: its name and the shape of its keys and rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +53,9 @@ pub enum Defaults<'a> {
 /// Keys per pipeline round trip. Large enough that the round trip is paid rarely, small enough
 /// that replies for one window stay a modest multiple of the output buffer.
 const WINDOW_KEYS: usize = 1 << 16;
+
+/// At most one "lookup served defaults" warning per table in this time.
+const LOOKUP_FAILURE_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Fields per `HSCAN` page when exporting.
 const SCAN_COUNT: usize = 1024;
@@ -122,6 +126,8 @@ pub struct Table {
     data_buckets: u32,
     row_bytes: usize,
     chunk: usize,
+    /// Rate limit of the "lookup served defaults" warning, per table.
+    lookup_failures: Throttle,
 }
 
 impl std::fmt::Debug for Table {
@@ -162,6 +168,7 @@ impl Table {
         Ok(Table {
             row_bytes,
             chunk: config.keys_sending_size.max(1),
+            lookup_failures: Throttle::new(LOOKUP_FAILURE_LOG_INTERVAL),
             bucket_fn: BucketFn::from_flag(config.using_hash_storage_slice),
             data_buckets,
             prefix,
@@ -314,11 +321,16 @@ impl Table {
         let result = self.find_inner(keys, defaults, out, exists.as_deref_mut());
         match result {
             Err(e) if self.config.redis_lookup_defaults_on_error && e.is_transient() => {
-                eprintln!(
-                    "tfra-redis: warning: lookup in {} failed, returning default rows because \
-                     redis_lookup_defaults_on_error is set: {e}",
-                    self.spec.name
-                );
+                // Once per call would flood the log (and the Python bridge) while a server
+                // is down: see `throttle.rs`.
+                if let Some(held_back) = self.lookup_failures.admit() {
+                    log::warn!(
+                        "lookup in {} failed, returning default rows because \
+                         redis_lookup_defaults_on_error is set: {e}{}",
+                        self.spec.name,
+                        held_back_note(held_back, LOOKUP_FAILURE_LOG_INTERVAL)
+                    );
+                }
                 for i in 0..n {
                     self.write_default(defaults, i, out);
                 }

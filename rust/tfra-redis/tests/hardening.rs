@@ -107,3 +107,123 @@ fn a_panicking_reply_handler_does_not_give_its_connection_back_with_replies_unre
         .unwrap();
     assert_eq!(ping, vec![Value::SimpleString("PONG".into())]);
 }
+
+/// A scripted RESP server for one condition a real server cannot be made to produce on cue:
+/// a pipeline whose first commands run and whose later ones are refused with READONLY, as
+/// when a master is demoted between two commands of one pipeline during a failover. (A real
+/// demotion lands between two pipelines in practice; pausing and re-roling a real server
+/// mid-pipeline is not something a test can time.) The first connection that sends EVALs
+/// runs `run_before_demotion` of them and refuses the rest; every later connection plays a
+/// healthy master. Each EVAL that "ran" is recorded with its fields.
+struct DemotedMaster {
+    port: u16,
+    ran: std::sync::Arc<std::sync::Mutex<Vec<Vec<Vec<u8>>>>>,
+}
+
+impl DemotedMaster {
+    fn start(run_before_demotion: usize) -> DemotedMaster {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let ran: Arc<Mutex<Vec<Vec<Vec<u8>>>>> = Arc::default();
+        let demoted = Arc::new(AtomicUsize::new(usize::MAX));
+        let record = ran.clone();
+        // The thread ends with the test binary; it holds nothing but its sockets.
+        std::thread::spawn(move || {
+            for (id, stream) in listener.incoming().enumerate() {
+                let Ok(stream) = stream else { return };
+                let (ran, demoted) = (record.clone(), demoted.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut out = stream;
+                    let mut evals = 0;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let n: usize = line.trim_end()[1..].parse().unwrap();
+                        let mut args = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            line.clear();
+                            reader.read_line(&mut line).unwrap();
+                            let len: usize = line.trim_end()[1..].parse().unwrap();
+                            let mut arg = vec![0; len + 2];
+                            std::io::Read::read_exact(&mut reader, &mut arg).unwrap();
+                            arg.truncate(len);
+                            args.push(arg);
+                        }
+                        let reply: &[u8] = match &args[0].to_ascii_uppercase()[..] {
+                            b"INFO" => b"$30\r\n# Cluster\r\ncluster_enabled:0\r\n\r\n",
+                            b"PING" => b"+PONG\r\n",
+                            b"EVAL" => {
+                                let first = demoted
+                                    .compare_exchange(
+                                        usize::MAX,
+                                        id,
+                                        Ordering::SeqCst,
+                                        Ordering::SeqCst,
+                                    )
+                                    .is_ok();
+                                let on_demoted = first || demoted.load(Ordering::SeqCst) == id;
+                                evals += 1;
+                                if on_demoted && evals > run_before_demotion {
+                                    b"-READONLY You can't write against a read only replica.\r\n"
+                                } else {
+                                    ran.lock().unwrap().push(args);
+                                    b":1\r\n"
+                                }
+                            }
+                            _ => b"-ERR unknown command\r\n",
+                        };
+                        if out.write_all(reply).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        DemotedMaster { port, ran }
+    }
+}
+
+#[test]
+fn accum_after_a_demotion_mid_pipeline_sends_only_the_refused_commands_again() {
+    let server = DemotedMaster::start(2);
+    let text = json!({
+        "redis_connection_mode": 2,
+        "redis_host_ip": ["127.0.0.1"],
+        "redis_host_port": [server.port],
+        // Two ids per command: eight ids are four EVALs in one pipeline.
+        "keys_sending_size": 2,
+    })
+    .to_string();
+    let config = RedisConfig::from_json_str(&text, "<test>").unwrap().0;
+    let table = Table::open(&config, spec("role_change")).unwrap();
+    let keys: Vec<i64> = (1..=8).collect();
+    let deltas: Vec<u8> = keys
+        .iter()
+        .flat_map(|_| [1.0f32, 1.0])
+        .flat_map(f32::to_le_bytes)
+        .collect();
+    table.accum(&keys, &deltas, &[true; 8]).unwrap();
+    // EVAL script 1 bucket dtype flags id delta id delta: the ids are args 6, 8, ...
+    let mut applied: Vec<i64> = server
+        .ran
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|args| {
+            args[6..]
+                .iter()
+                .step_by(2)
+                .map(|id| i64::from_le_bytes(id[..].try_into().unwrap()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    applied.sort();
+    assert_eq!(applied, keys, "every delta applied exactly once");
+}

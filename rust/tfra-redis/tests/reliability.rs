@@ -218,3 +218,42 @@ fn default_sentinel_mode_falls_back_to_a_password_protected_plain_server() {
         assert_eq!(find(&t, &[1]).unwrap(), vec![5.0; DIM]);
     }
 }
+
+#[test]
+fn calls_after_a_cluster_master_paused_wait_one_socket_timeout_not_two() {
+    // A long node timeout, so that the pause does not become a failover.
+    let mut c = Cluster::start_with(ServerOptions {
+        cluster_node_timeout_ms: Some(30_000),
+        ..ServerOptions::default()
+    });
+    let t = open(
+        &c.config_json(json!({"storage_slice": 3, "redis_socket_timeout": 1000})),
+        "slot_refresh",
+    );
+    let keys: Vec<i64> = (0..3_000).collect();
+    t.insert(&keys, &rows(&keys, 1.0)).unwrap();
+    // The master of slot 0 is the first node a slot map refresh used to ask.
+    let victim_port = c.node_for_slot(0).port();
+    let victim = c
+        .nodes
+        .iter()
+        .position(|n| n.port() == victim_port)
+        .unwrap();
+    c.nodes[victim].pause();
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = find(&t, &keys).unwrap_err();
+        took.push(started.elapsed());
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        assert!(err.to_string().contains("per wait"), "{err}");
+    }
+    c.nodes[victim].resume();
+    // Each call meets the paused master once (its own pipeline, 1 s). Before, every call after
+    // the first asked the paused master for the slot map first: 2.05 s. The margin is for a
+    // loaded machine; the item under test is this time bound itself.
+    for d in &took {
+        assert!(*d < Duration::from_millis(1800), "{took:?}");
+    }
+    assert_eq!(find(&t, &keys).unwrap(), vec![1.0; keys.len() * DIM]);
+}

@@ -138,6 +138,10 @@ pub(crate) struct Cluster {
     stale: AtomicBool,
     pools: Mutex<NodePools>,
     next_replica: AtomicUsize,
+    /// Nodes whose last command or slot query failed. A refresh asks them last: a paused
+    /// master listed first cost every call after its failure one more socket timeout (the
+    /// slot query) before the call's own.
+    suspects: Mutex<HashSet<Addr>>,
 }
 
 impl Cluster {
@@ -184,6 +188,7 @@ impl Cluster {
             stale: AtomicBool::new(true),
             pools: Mutex::new(HashMap::new()),
             next_replica: AtomicUsize::new(0),
+            suspects: Mutex::new(HashSet::new()),
         };
         // Fail at open, not at the first lookup, when the cluster cannot be used.
         with_retry(cluster.opts.retry_deadline, Retry::Idempotent, || {
@@ -205,6 +210,15 @@ impl Cluster {
             .clone()
     }
 
+    fn suspect(&self, addr: &Addr, failed: bool) {
+        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        if failed {
+            suspects.insert(addr.clone());
+        } else {
+            suspects.remove(addr);
+        }
+    }
+
     fn slot_map(&self) -> Arc<SlotMap> {
         self.slots.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -218,12 +232,18 @@ impl Cluster {
                 candidates.push(seed.clone());
             }
         }
+        {
+            let suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+            // Stable: otherwise masters first, as before.
+            candidates.sort_by_key(|a| suspects.contains(a));
+        }
         let mut failures = Vec::new();
         for addr in candidates {
             let pool = self.pool(&addr, false);
             let mut conn = match pool.get() {
                 Ok(c) => c,
                 Err(e) => {
+                    self.suspect(&addr, true);
                     failures.push(e.to_string());
                     continue;
                 }
@@ -235,8 +255,13 @@ impl Cluster {
                 conn.broken = true;
                 classify(&e, &conn.addr, self.opts.socket_timeout)
             }) {
+                Err(e) => {
+                    self.suspect(&addr, true);
+                    failures.push(e.to_string());
+                }
                 Ok(reply) => match parse_cluster_slots(reply, &addr.0) {
                     Ok(map) if !map.ranges.is_empty() => {
+                        self.suspect(&addr, false);
                         *self.slots.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
                         self.stale.store(false, Ordering::Relaxed);
                         return Ok(());
@@ -244,7 +269,6 @@ impl Cluster {
                     Ok(_) => failures.push(format!("{}: serves no slots", conn.addr)),
                     Err(e) => failures.push(format!("{}: {e}", conn.addr)),
                 },
-                Err(e) => failures.push(e.to_string()),
             }
         }
         Err(Error::Connection {
@@ -298,7 +322,19 @@ impl Cluster {
             parts.push(&wait);
             expected += 1;
         }
-        let result = conn.inner.exchange(&parts, expected);
+        let (result, read_timeout) = if durable {
+            let wait = self.opts.durable_timeout;
+            (
+                conn.inner
+                    .exchange_waiting(&parts, expected, self.opts.socket_timeout, wait),
+                self.opts.socket_timeout + wait,
+            )
+        } else {
+            (
+                conn.inner.exchange(&parts, expected),
+                self.opts.socket_timeout,
+            )
+        };
         conn.last_used = std::time::Instant::now();
         match result {
             Ok(all) => {
@@ -332,7 +368,7 @@ impl Cluster {
             Err(e) => {
                 conn.broken = true;
                 NodeOutcome::Failed {
-                    err: classify(&e, &conn.addr, self.opts.socket_timeout),
+                    err: classify(&e, &conn.addr, read_timeout),
                     sent: true,
                 }
             }
@@ -362,11 +398,13 @@ impl Cluster {
         match err {
             Error::Timeout {
                 timeout_ms,
+                waited_ms,
                 message,
                 ..
             } => Error::Timeout {
                 target: context,
                 timeout_ms,
+                waited_ms,
                 message,
             },
             Error::Connection { message, .. } => Error::Connection {
@@ -474,6 +512,7 @@ impl Cluster {
             for ((node, idxs), outcome) in groups.iter().zip(outcomes) {
                 match outcome {
                     NodeOutcome::Failed { err, sent } => {
+                        self.suspect(&node.0, true);
                         let err = self.node_error(err, node, batch, idxs);
                         // The node may be gone for good (failover): look again next time.
                         self.stale.store(true, Ordering::Relaxed);
@@ -486,6 +525,7 @@ impl Cluster {
                         }
                     }
                     NodeOutcome::Replied { replies, acked } => {
+                        self.suspect(&node.0, false);
                         for (&i, reply) in idxs.iter().zip(replies) {
                             if let Some(e) = reply.server_error()
                                 && TOPOLOGY_CODES.contains(&e.code())

@@ -99,6 +99,37 @@ impl Link {
     }
 }
 
+impl Link {
+    /// [`Link::exchange`] for a pipeline that ends with a durable-write `WAIT`. The server
+    /// holds WAIT's reply for up to `wait` (`redis_durable_write_timeout_ms`) when replicas do
+    /// not confirm, so reading it with only the socket timeout raced the two: with both at
+    /// their 1000 ms defaults the socket usually lost, and the caller got a timeout (never
+    /// retried) instead of "durable write not confirmed" (retried when idempotent). The read
+    /// timeout is `socket_timeout + wait` for this pipeline only.
+    pub(crate) fn exchange_waiting(
+        &mut self,
+        parts: &[&[u8]],
+        expected: usize,
+        socket_timeout: Duration,
+        wait: Duration,
+    ) -> RedisResult<Vec<Reply>> {
+        self.set_read_timeout(socket_timeout.saturating_add(wait))?;
+        let result = self.exchange(parts, expected);
+        // After a failure the connection is dropped anyway.
+        if result.is_ok() {
+            self.set_read_timeout(socket_timeout)?;
+        }
+        result
+    }
+
+    fn set_read_timeout(&mut self, timeout: Duration) -> RedisResult<()> {
+        match self {
+            Link::Plain(link) => Ok(link.stream.set_read_timeout(Some(timeout))?),
+            Link::Tls(conn) => conn.set_read_timeout(Some(timeout)),
+        }
+    }
+}
+
 /// Why a streamed pipeline stopped. Either way the connection is out of step afterwards.
 pub(crate) enum StreamError {
     /// The connection failed.

@@ -47,8 +47,9 @@ pub enum Retry {
     /// Sending the batch twice gives the same result (HMGET, HSET, HDEL, DEL): retry on any
     /// transient failure until the deadline.
     Idempotent,
-    /// Applying the batch twice would be wrong (accum deltas): retry only when the failure
-    /// proves the batch was not executed (connection refused, MOVED/ASK, TRYAGAIN).
+    /// Applying a command twice would be wrong (accum deltas): after a failure, send again
+    /// only the commands it proves did not run (connection refused, or a MOVED/ASK/TRYAGAIN/
+    /// READONLY/MASTERDOWN/LOADING reply to that command); commands that ran keep their reply.
     AtMostOnce,
     /// One attempt only: for best-effort work such as setting a TTL when a table closes, which
     /// must not keep a process from exiting for a whole retry deadline.
@@ -162,6 +163,8 @@ pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration)
         return Error::Timeout {
             target: target.to_string(),
             timeout_ms: timeout.as_millis() as u64,
+            // The call's own time when known: `with_retry` sets it.
+            waited_ms: timeout.as_millis() as u64,
             message,
         };
     }
@@ -254,12 +257,32 @@ pub(crate) fn with_retry<T>(
                     && !matches!(err, Error::Timeout { .. })
                     && (retry == Retry::Idempotent || not_executed);
                 if !may_retry || start.elapsed() + wait > deadline {
-                    return Err(err);
+                    return Err(with_waited(err, start));
                 }
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(Duration::from_millis(500));
             }
         }
+    }
+}
+
+/// Puts the real time of the call into a timeout error: a call can wait for more than one
+/// timeout (a busy pool, then its own command; a slot map refresh, then the command), and a
+/// message that only named the configured timeout hid where the time went.
+fn with_waited(err: Error, start: Instant) -> Error {
+    match err {
+        Error::Timeout {
+            target,
+            timeout_ms,
+            message,
+            ..
+        } => Error::Timeout {
+            target,
+            timeout_ms,
+            waited_ms: start.elapsed().as_millis() as u64,
+            message,
+        },
+        other => other,
     }
 }
 

@@ -249,6 +249,7 @@ mod tests {
             Err(Error::Timeout {
                 target: "nowhere:1".into(),
                 timeout_ms: 5,
+                waited_ms: 5,
                 message: "handshake".into(),
             })
         }

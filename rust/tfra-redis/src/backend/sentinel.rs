@@ -242,12 +242,13 @@ fn says_sentinel(info: &str) -> bool {
 /// Opens Sentinel mode. TFRA's default mode is Sentinel, and its own tests (and the seed's
 /// example config, which names no mode) point that default at a plain redis-server; TFRA then
 /// falls back to a direct connection. We keep that fallback so those configs work, but only
-/// when the host really is a plain data server, and we say so on stderr.
+/// when the host really is a plain data server, and we say so in a warning (`log`).
 pub(crate) fn open(opts: ConnectOptions) -> Result<Arc<dyn Backend>> {
     if !first_host_is_sentinel(&opts)? {
         {
-            eprintln!(
-                "tfra-redis: warning: redis_connection_mode is 1 (Sentinel, TFRA's default) but \
+            // Once per backend (backends are cached per config), so no rate limit is needed.
+            log::warn!(
+                "redis_connection_mode is 1 (Sentinel, TFRA's default) but \
                  {} is a plain Redis server; connecting to it directly as standalone. Set \
                  \"redis_connection_mode\": 2 to silence this.",
                 opts.first_target()

@@ -6,7 +6,7 @@ use super::link::{Link, StreamError};
 use super::options::ConnectOptions;
 use super::pool::{Pool, Target};
 use super::reply::{Reply, ReplyView};
-use super::{Backend, Retry, Role, check_replies, classify, scan_connection, with_retry};
+use super::{Backend, Retry, Role, classify, scan_connection, with_retry};
 use crate::config::ConnectionMode;
 use crate::error::{Error, Result};
 
@@ -81,6 +81,11 @@ impl Standalone {
 
 /// Runs one pipeline on a pooled connection, marking the connection broken on any transport
 /// failure so the pool replaces it.
+///
+/// Commands are tracked one by one, as in cluster mode: a server demoted in the middle of a
+/// pipeline (failover) runs its first commands and answers the rest READONLY / MASTERDOWN /
+/// LOADING. Only the refused ones surely did not run, so only they are sent again; resending
+/// the whole pipeline applied the first accum deltas twice.
 pub(crate) fn run_on_pool<T: Target>(
     pool: &Pool<T>,
     batch: &Batch,
@@ -96,41 +101,78 @@ pub(crate) fn run_on_pool<T: Target>(
     } else {
         Vec::new()
     };
-    let expected = batch.len() + usize::from(durable);
-    let all: Vec<usize> = (0..batch.len()).collect();
+    let mut results: Vec<Option<Reply>> = vec![None; batch.len()];
     with_retry(opts.retry_deadline, retry, || {
+        let pending: Vec<usize> = (0..batch.len()).filter(|&i| results[i].is_none()).collect();
         let mut conn = pool.get().map_err(|e| (e, true))?;
         if retry == Retry::AtMostOnce {
             conn.probe(opts.socket_timeout).map_err(|e| (e, true))?;
         }
-        let result = conn.inner.exchange(&[batch.bytes(), &wait], expected);
+        // The first attempt sends the batch as encoded, in one piece.
+        let mut parts: Vec<&[u8]> = if pending.len() == batch.len() {
+            vec![batch.bytes()]
+        } else {
+            pending.iter().map(|&i| batch.command_bytes(i)).collect()
+        };
+        parts.push(&wait);
+        let expected = pending.len() + usize::from(durable);
+        let (result, read_timeout) = if durable {
+            let wait = opts.durable_timeout;
+            (
+                conn.inner
+                    .exchange_waiting(&parts, expected, opts.socket_timeout, wait),
+                opts.socket_timeout + wait,
+            )
+        } else {
+            (conn.inner.exchange(&parts, expected), opts.socket_timeout)
+        };
         conn.last_used = std::time::Instant::now();
-        match result {
-            Ok(mut replies) => {
-                // READONLY means we are talking to a demoted master after a failover: drop the
-                // connection so the next one is resolved again.
-                if replies.iter().any(|r| {
-                    r.server_error()
-                        .is_some_and(|e| super::is_failover_reply(&e))
-                }) {
-                    conn.broken = true;
-                    return Err((failover_error(&conn.addr), true));
-                }
-                if durable {
-                    let acked = replies.pop().and_then(|r| r.as_int()).unwrap_or(0);
-                    check_replies(batch, &all, &replies).map_err(|e| (e, false))?;
-                    super::check_durable(acked, opts, &conn.addr).map_err(|e| (e, false))?;
-                }
-                check_replies(batch, &all, &replies).map_err(|e| (e, false))?;
-                Ok(replies)
-            }
+        let mut replies = match result {
+            Ok(replies) => replies,
             Err(e) => {
                 conn.broken = true;
                 let not_executed = super::surely_not_executed(&e);
-                Err((classify(&e, &conn.addr, opts.socket_timeout), not_executed))
+                return Err((classify(&e, &conn.addr, read_timeout), not_executed));
+            }
+        };
+        let acked = durable.then(|| replies.pop().and_then(|r| r.as_int()).unwrap_or(0));
+        let mut refused = false;
+        let mut ran = Vec::with_capacity(pending.len());
+        for (&i, reply) in pending.iter().zip(replies) {
+            match reply.server_error() {
+                // A demoted master or one still loading: this command did not run.
+                Some(e) if super::is_failover_reply(&e) => refused = true,
+                Some(e) => return Err((super::error_reply(batch, i, &e), false)),
+                None => {
+                    results[i] = Some(reply);
+                    ran.push(i);
+                }
             }
         }
-    })
+        if let Some(acked) = acked
+            && !ran.is_empty()
+            && let Err(e) = super::check_durable(acked, opts, &conn.addr)
+        {
+            // The writes reached the master but not enough replicas. Sending them again is
+            // harmless for an idempotent batch and makes WAIT look again; a batch that must
+            // not run twice stops here (the error says the write is not confirmed).
+            for i in ran {
+                results[i] = None;
+            }
+            return Err((e, false));
+        }
+        if refused {
+            // Drop the connection so the next one is resolved again (Sentinel asks for the
+            // new master).
+            conn.broken = true;
+            return Err((failover_error(&conn.addr), true));
+        }
+        Ok(())
+    })?;
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every command has a reply after a successful attempt"))
+        .collect())
 }
 
 fn failover_error(addr: &str) -> Error {
