@@ -4,7 +4,8 @@ embeddings against in-memory ones, on the same data in one run.
 Runs ``model.fit`` (graph mode) at batch 4,096 for:
 
 * **redis**: the example model, embeddings in a private redis-server, with and without
-  prefetching the next batch's rows (``compile(prefetch_embeddings=...)``), Adam and SGD;
+  prefetching the next batch's rows (``compile(prefetch_embeddings=...)``), Adam and SGD, and
+  with Adam's slots fused into one table (``redis_fused_slots``: **redis+fused**);
 * **memory-big**: the example's in-memory model, ``keras.layers.Embedding`` over the whole
   4.5M-id vocabulary (Keras' Adam updates every row of it every step);
 * **memory-fair**: in-memory embeddings whose vocabulary is just the ids in the data (remapped
@@ -253,13 +254,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             run_id = 0
 
-            def run_redis(opt: str, prefetch: bool) -> None:
+            def run_redis(opt: str, prefetch: bool, fused: bool = False) -> None:
                 nonlocal run_id
                 run_id += 1
                 # A model tag per run: fresh embedding and slot tables.
                 workdir = Path(tmp) / f"run{run_id}"
                 workdir.mkdir()
                 tagged = train_ctr.with_model_tag(config, f"bench{run_id}", workdir)
+                if fused:
+                    settings = json.loads(tagged.read_text())
+                    tagged.write_text(json.dumps({**settings, "redis_fused_slots": True}))
                 creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=tagged))
                 model, layers = train_ctr.build_model(
                     tf, keras, de, args.dim, creator, lr, prefetch=prefetch
@@ -287,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                     "reread_keys": sum(s.reread for s in stats),
                     "rows_in_redis": {layer.name: int(layer.params.size()) for layer in layers},
                 }
-                name = f"redis{'+prefetch' if prefetch else ''}"
+                name = f"redis{'+prefetch' if prefetch else ''}{'+fused' if fused else ''}"
                 result = Result(name, opt, args.steps, median_ms(steps), notes=notes)
                 result.split_ms = {k: median_ms(v) for k, v in split.items()}
                 result.split_ms["dense+keras"] = median_ms(other)
@@ -338,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
                 for opt in ("adam", "sgd"):
                     for prefetch in (False, True):
                         run_redis(opt, prefetch)
+                    if opt == "adam":  # SGD has no slots to fuse
+                        run_redis(opt, False, fused=True)
                     if tfra_note is None:
                         run_tfra(opt)
                     run_memory(
@@ -388,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r.name:<16}{r.optimizer:<6}{r.step_ms:>8.1f}{cells}{reread}")
     ratios = {}
     for opt in ("adam", "sgd"):
-        for ours in ("redis", "redis+prefetch"):
+        for ours in ("redis", "redis+prefetch", "redis+fused"):
             for base in ("memory-fair", "memory-big", "dense-only", "tfra-0.8.1"):
                 if (ours, opt) in best and (base, "adam" if base == "memory-big" else opt) in best:
                     b = best[(base, "adam" if base == "memory-big" else opt)]
