@@ -116,6 +116,41 @@ def test_garbage_collection_closes_the_table(request, kind, unique_name):
     RedisStore(config, unique_name, 1, manage_ttl=False).clear()
 
 
+EXIT_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from tfra_redis import RedisStore
+    config, name = json.loads(sys.argv[1]), sys.argv[2]
+    store = RedisStore(config, name, 2)
+    store.insert(np.arange(10), np.zeros((10, 2), np.float32))
+    print(json.dumps([b.hex() for b in store.bucket_keys]), flush=True)
+    # No close(), no del: the store is still referenced when the interpreter exits.
+    """
+)
+
+
+@pytest.mark.parametrize("kind", TOPOLOGIES)
+def test_interpreter_exit_sets_the_ttl(request, kind, unique_name):
+    topology = topology_of(request, kind)
+    config = {**topology.config_dict(), "storage_slice": 3, "expire_model_tag_in_seconds": 700}
+    env = {k: v for k, v in os.environ.items() if k != "TFRA_REDIS_CONFIG_PATH"}
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_CHILD, json.dumps(config), unique_name],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    buckets = [bytes.fromhex(b) for b in json.loads(done.stdout.strip().splitlines()[-1])]
+    stored = [b for b in buckets if exists(topology, b)]
+    assert len(stored) == (3 if kind == "cluster" else 1)
+    assert all(690 <= ttl(topology, b) <= 700 for b in stored), [ttl(topology, b) for b in stored]
+    RedisStore(config, unique_name, 2, manage_ttl=False).clear()
+
+
 @pytest.mark.parametrize("kind", TOPOLOGIES)
 def test_negative_expire_setting_leaves_no_ttl(request, kind, unique_name):
     topology = topology_of(request, kind)
