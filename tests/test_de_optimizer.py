@@ -236,9 +236,7 @@ def test_slot_tables_written_by_tfra_continue_training(creator, unique_name):
     shadow = f"{layer_params}_DynamicEmbedding_{unique_name}-shadow"
     rng = np.random.default_rng(9)
     ids = np.arange(4, dtype=np.int64)
-    stored = {
-        name: rng.normal(size=(4, DIM)).astype(np.float32) for name in ("params", "m", "v")
-    }
+    stored = {name: rng.normal(size=(4, DIM)).astype(np.float32) for name in ("params", "m", "v")}
     stored["v"] = np.abs(stored["v"])
     for name, table in (("params", layer_params), ("m", f"{shadow}_m"), ("v", f"{shadow}_v")):
         store = tfra.RedisStore(config, table, DIM)
