@@ -736,34 +736,35 @@ def data_connections(server: servers.RedisServer) -> int:
 
 def test_tables_with_the_same_settings_share_one_pool(unique_name):
     # A server of its own: only this test's tables connect to it.
+    pool_size = 4
     with servers.RedisServer() as server:
-        config = {**server.config_dict(), "redis_conn_pool_size": 4}
+        config = {**server.config_dict(), "redis_conn_pool_size": pool_size}
         keys = np.arange(5000, dtype=np.int64)
 
         def use(store: RedisStore) -> None:
-            # Four threads at once: the pool opens all the connections it is allowed.
+            # Several threads at once, so the pool opens more than one connection.
             store.insert(keys, rows(keys, 2))
-            threads = [threading.Thread(target=store.find, args=(keys,)) for _ in range(4)]
+            threads = [threading.Thread(target=store.find, args=(keys,)) for _ in range(pool_size)]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
 
-        first = RedisStore(config, unique_name, 2, manage_ttl=False)
-        use(first)
-        one_table = data_connections(server)
-        assert 1 <= one_table <= 4
-        same = [RedisStore(config, f"{unique_name}_{i}", 2, manage_ttl=False) for i in range(3)]
-        for store in same:
+        # Five tables, each holding at least one connection if each had its own pool; one
+        # shared pool never holds more than its size.
+        tables = [RedisStore(config, f"{unique_name}_{i}", 2, manage_ttl=False) for i in range(5)]
+        for store in tables:
             use(store)
-        assert data_connections(server) == one_table
+            assert store.size() == len(keys)
+        shared = data_connections(server)
+        assert 1 <= shared <= pool_size
         # Another setting is another pool: the count does rise, so it measures something.
         other = RedisStore(
             {**config, "redis_socket_timeout": 4321}, f"{unique_name}_x", 2, manage_ttl=False
         )
         use(other)
-        assert data_connections(server) > one_table
-        for store in (first, *same, other):
+        assert data_connections(server) > shared
+        for store in (*tables, other):
             store.clear()
 
 
