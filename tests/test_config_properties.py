@@ -94,13 +94,44 @@ json_values = st.recursive(
 )
 
 
-def parse(text: str) -> _native.Config | None:
-    """Parses; returns None for a `ConfigError`; lets every other exception fail the test."""
+def _same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values, types included: ``True`` is not ``1`` and ``2.0`` is not ``2``."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _expected(field: str, given: Any, emitted: dict[str, Any]) -> Any:
+    """What ``to_json`` must show for a value that was accepted: the value itself, except for
+    the documented normalisations (TFRA's rules for "same as storage_slice" and "no TTL", and
+    hash tags written with braces)."""
+    if field == "storage_slice_import" and given <= 0:
+        return emitted["storage_slice"]
+    if field == "expire_model_tag_in_seconds" and given < 0:
+        return -1
+    if field in ("redis_hash_tags_import", "redis_hash_tags_runtime"):
+        return ["{" + tag.removeprefix("{").removesuffix("}") + "}" for tag in given]
+    return given
+
+
+def assert_accepted_as_given(config: _native.Config, given: dict[str, Any]) -> None:
+    """Every known field of an accepted config holds exactly the value it was given: a
+    silent coercion (``storage_slice: 2.5`` read as 2, ``"3"`` as 3, ``1`` as ``true``) fails."""
+    emitted = json.loads(config.to_json())
+    for field, value in given.items():
+        if field in KNOWN_FIELDS:
+            want = _expected(field, value, emitted)
+            assert _same_json(emitted[field], want), (field, value, emitted[field])
+
+
+def parse(text: str, given: dict[str, Any] | None = None) -> _native.Config | None:
+    """Parses; returns None for a `ConfigError`; lets every other exception fail the test.
+    With ``given`` (the dict ``text`` was made from) an accepted config must hold its values."""
     try:
         config = _native.Config.from_json(text, "<property>")
     except tfra_redis.ConfigError as err:
         assert str(err), "a ConfigError without a message"
         return None
+    if given is not None:
+        assert_accepted_as_given(config, given)
     # A config that parses must describe itself and survive its own JSON.
     text_again = config.to_json()
     again = _native.Config.from_json(text_again, "<round trip>")
@@ -112,7 +143,25 @@ def parse(text: str) -> _native.Config | None:
 
 
 def test_the_valid_config_parses():
-    assert parse(json.dumps(VALID)) is not None
+    assert parse(json.dumps(VALID), VALID) is not None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("storage_slice", 2.5),
+        ("storage_slice", 3.0),
+        ("storage_slice", "3"),
+        ("storage_slice", True),
+        ("redis_db", 1.5),
+        ("redis_host_port", [6379.5]),
+        ("redis_read_access_slave", 1),
+        ("redis_host_ip", "127.0.0.1"),
+        ("redis_master_name", 7),
+    ],
+)
+def test_values_of_another_type_are_refused_not_coerced(field: str, value: Any):
+    assert parse(json.dumps({**VALID, field: value}), {**VALID, field: value}) is None
 
 
 @PROPERTY_SETTINGS
@@ -122,13 +171,13 @@ def test_the_valid_config_parses():
     )
 )
 def test_random_configs_parse_or_raise_config_error(config: dict[str, Any]):
-    parse(json.dumps(config))
+    parse(json.dumps(config), config)
 
 
 @PROPERTY_SETTINGS
 @given(st.sampled_from(KNOWN_FIELDS), json_values)
 def test_one_corrupted_field_parses_or_raises_config_error(field: str, value: Any):
-    parse(json.dumps({**VALID, field: value}))
+    parse(json.dumps({**VALID, field: value}), {**VALID, field: value})
 
 
 @PROPERTY_SETTINGS

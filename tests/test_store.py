@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -71,11 +72,22 @@ def config(request: pytest.FixtureRequest, mode: str) -> dict[str, Any]:
     return mode_config(request, mode)
 
 
+def hmget_calls(server: servers.RedisServer) -> int:
+    """How many HMGETs ``server`` has run (``INFO commandstats``)."""
+    stat = server.info("commandstats").get("cmdstat_hmget", "calls=0")
+    return int(stat.split(",")[0].removeprefix("calls="))
+
+
 @pytest.fixture
-def open_store(config, unique_name):
+def open_store(request, mode, config, unique_name):
     """``open_store(dim, name=..., **kwargs)``: a table without TTL handling; cleared after the
-    test so big tables do not pile up in the session servers."""
+    test so big tables do not pile up in the session servers.
+
+    In a replica-read mode no lookup may reach the master: its HMGET count must not move
+    during the test (a client that ignores ``redis_read_access_slave`` fails here)."""
     opened: list[RedisStore] = []
+    master = request.getfixturevalue("sentinel").master() if "replica" in mode else None
+    master_reads = hmget_calls(master) if master is not None else 0
 
     def open_(dim: int = 4, name: str | None = None, **kwargs: Any) -> RedisStore:
         store = RedisStore(config, name or unique_name, dim, manage_ttl=False, **kwargs)
@@ -83,6 +95,8 @@ def open_store(config, unique_name):
         return store
 
     yield open_
+    if master is not None:
+        assert hmget_calls(master) == master_reads, "a lookup went to the master"
     for store in opened:
         store.clear()
 
@@ -113,10 +127,12 @@ def sorted_export(store: RedisStore) -> tuple[np.ndarray, np.ndarray]:
 
 
 @per_mode
-def test_insert_then_find_with_exists_and_defaults(open_store):
+def test_insert_then_find_with_exists_and_defaults(request, mode, open_store):
     store = open_store(dim=3)
     store.insert(np.array([1, 2, 3], dtype=np.int64), rows([1, 2, 3], 3))
     assert store.size() == 3
+    replica = request.getfixturevalue("sentinel").replica() if "replica" in mode else None
+    replica_reads = hmget_calls(replica) if replica is not None else 0
 
     keys = np.array([1, 4, 3, 5], dtype=np.int64)
     values, exists = store.find(keys, default=-1.5, return_exists=True)
@@ -138,6 +154,10 @@ def test_insert_then_find_with_exists_and_defaults(open_store):
 
     # The default dtype of find() without a default is 0.
     np.testing.assert_array_equal(store.find([5]), np.zeros((1, 3), np.float32))
+    if replica is not None:
+        # The four lookups above were served by the replica (and, see open_store, not the
+        # master).
+        assert hmget_calls(replica) >= replica_reads + 4
 
 
 @per_mode
@@ -702,3 +722,105 @@ def test_restores_tfra_0_8_1_model_lib_files_into_an_empty_server(tmp_path):
         assert exists.all()
         assert same_bits(values, fixture_rows(keys))
         assert server.execute("KEYS", "*") == ["fixture:fixture_table{3560}"]
+
+
+# --------------------------------------------------------------------------------------------
+# Connections and key names: shared pools, redis_db, using_md5_prefix_name
+
+
+def data_connections(server: servers.RedisServer) -> int:
+    """Client connections of ``server`` other than the one asking (``CLIENT LIST``)."""
+    listing = server.execute("CLIENT", "LIST")
+    return sum(1 for line in listing.splitlines() if line and "cmd=client|list" not in line)
+
+
+def test_tables_with_the_same_settings_share_one_pool(unique_name):
+    # A server of its own: only this test's tables connect to it.
+    pool_size = 4
+    with servers.RedisServer() as server:
+        config = {**server.config_dict(), "redis_conn_pool_size": pool_size}
+        keys = np.arange(5000, dtype=np.int64)
+
+        def use(store: RedisStore) -> None:
+            # Several threads at once, so the pool opens more than one connection.
+            store.insert(keys, rows(keys, 2))
+            threads = [threading.Thread(target=store.find, args=(keys,)) for _ in range(pool_size)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+        # Five tables, each holding at least one connection if each had its own pool; one
+        # shared pool never holds more than its size.
+        tables = [RedisStore(config, f"{unique_name}_{i}", 2, manage_ttl=False) for i in range(5)]
+        for store in tables:
+            use(store)
+            assert store.size() == len(keys)
+        shared = data_connections(server)
+        assert 1 <= shared <= pool_size
+        # Another setting is another pool: the count does rise, so it measures something.
+        other = RedisStore(
+            {**config, "redis_socket_timeout": 4321}, f"{unique_name}_x", 2, manage_ttl=False
+        )
+        use(other)
+        assert data_connections(server) > shared
+        for store in (*tables, other):
+            store.clear()
+
+
+def test_redis_db_other_than_0_keeps_the_rows_in_that_db(standalone_server, unique_name):
+    config = {**standalone_server.config_dict(), "redis_db": 3}
+    store = RedisStore(config, unique_name, 2, manage_ttl=False)
+    keys = np.arange(100, dtype=np.int64)
+    store.insert(keys, rows(keys, 2))
+    (bucket,) = store.bucket_keys
+    with standalone_server.client() as conn:
+        assert conn.execute("HLEN", bucket) == 0  # db 0
+        conn.execute("SELECT", 3)
+        assert conn.execute("HLEN", bucket) == 100
+    # The same table name in db 0 is another table.
+    in_db0 = RedisStore(standalone_server.config_dict(), unique_name, 2, manage_ttl=False)
+    assert in_db0.size() == 0
+    assert store.size() == 100
+    found, present = store.find(keys, return_exists=True)
+    assert present.all() and same_bits(found, rows(keys, 2))
+    store.clear()
+    with standalone_server.client() as conn:
+        conn.execute("SELECT", 3)
+        assert conn.execute("EXISTS", bucket) == 0
+
+
+# TFRA's MD5 variant of "test:probe_table" (see layout.rs, md5_vectors): not standard MD5.
+PROBE_MD5 = bytes.fromhex("bcd6590c970a8a728e3a0fad47ff0682")
+
+
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
+def test_md5_prefix_names_buckets_by_tfras_digest(request, kind):
+    topology = request.getfixturevalue(
+        {"standalone": "standalone_server", "cluster": "cluster"}[kind]
+    )
+    config = {**topology.config_dict(), "storage_slice": 3, "using_md5_prefix_name": True}
+    store = RedisStore(config, "probe_table", 2, manage_ttl=False)
+    store.clear()
+    plain = RedisStore(
+        {**config, "using_md5_prefix_name": False}, "probe_table", 2, manage_ttl=False
+    )
+    keys = np.arange(3000, dtype=np.int64)
+    store.insert(keys, rows(keys, 2))
+    assert all(b.startswith(PROBE_MD5 + b"{") for b in store.bucket_keys), store.bucket_keys
+    masters = topology.masters() if kind == "cluster" else [topology]
+    stored = [key for master in masters for key in master.scan_keys("*") if PROBE_MD5 in key]
+    assert stored and set(stored) <= set(store.bucket_keys)
+    assert sum(
+        node.execute("HLEN", key)
+        for node in masters
+        for key in node.scan_keys("*")
+        if key in stored
+    ) == len(keys)
+    assert plain.size() == 0 and not plain.find(keys, return_exists=True)[1].any()
+    found, present = store.find(keys, return_exists=True)
+    assert present.all() and same_bits(found, rows(keys, 2))
+    got_keys, got_values = sorted_export(store)
+    assert np.array_equal(got_keys, keys) and same_bits(got_values, rows(keys, 2))
+    store.clear()
+    assert not [key for master in masters for key in master.scan_keys("*") if PROBE_MD5 in key]

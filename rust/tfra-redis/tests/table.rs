@@ -51,6 +51,43 @@ fn find(t: &Table, keys: &[i64], default: f32) -> (Vec<f32>, Vec<bool>) {
 
 /// The same checks in every mode: upsert, lookup with both kinds of defaults, remove, size,
 /// export, accum, clear, empty batches, and a batch larger than one pipeline window.
+/// HMGETs the servers have run, summed (`INFO commandstats`).
+fn hmget_calls(servers: &[&support::RedisServer]) -> u64 {
+    servers
+        .iter()
+        .map(|server| {
+            server
+                .info_field("commandstats", "cmdstat_hmget")
+                .and_then(|stat| {
+                    let calls = stat.split(',').next()?.strip_prefix("calls=")?;
+                    calls.parse().ok()
+                })
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// [`exercise`] with `redis_read_access_slave`: the lookups must be served by the replicas
+/// (their HMGET count rises) and never by the masters (theirs stays put).
+fn exercise_on_replicas(
+    config_json: &str,
+    name: &str,
+    masters: &[&support::RedisServer],
+    replicas: &[&support::RedisServer],
+) {
+    let (on_masters, on_replicas) = (hmget_calls(masters), hmget_calls(replicas));
+    exercise(config_json, name);
+    assert_eq!(
+        hmget_calls(masters),
+        on_masters,
+        "a lookup went to a master"
+    );
+    assert!(
+        hmget_calls(replicas) > on_replicas,
+        "no lookup reached a replica"
+    );
+}
+
 fn exercise(config_json: &str, name: &str) {
     let cfg = config(config_json);
     let dim = 8;
@@ -288,11 +325,13 @@ fn cluster_every_operation() {
         &c.config_json(json!({"storage_slice": 2, "using_hash_storage_slice": true})),
         "ops_crc",
     );
-    exercise(
+    exercise_on_replicas(
         // Replica reads are eventually consistent; WAIT makes the test's reads see its writes.
         &c.config_json(json!({"storage_slice": 3, "redis_read_access_slave": true,
             "redis_durable_write_replicas": 1})),
         "ops_replica_reads",
+        &c.masters(),
+        &c.replicas(),
     );
     // Topology-derived tags, as TFRA measured on the same slot layout.
     let (t, _) = open_table(
@@ -344,10 +383,12 @@ fn cluster_every_operation() {
 fn sentinel_every_operation() {
     let s = Sentinel::start();
     exercise(&s.config_json(json!({})), "ops");
-    exercise(
+    exercise_on_replicas(
         // Replica reads are eventually consistent; WAIT makes the test's reads see its writes.
         &s.config_json(json!({"redis_read_access_slave": true, "redis_durable_write_replicas": 1})),
         "ops_replica",
+        &[&s.master],
+        &[&s.replica],
     );
     let bad = s.config_json(json!({"redis_master_name": "nosuchmaster"}));
     let err = open_table(&config(&bad), spec("x", 1)).unwrap_err();
