@@ -412,7 +412,7 @@ fn cluster_config_on_standalone_and_reverse() {
 
 fn fixture_dir() -> std::path::PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = here.join("../../../shared/fixtures/tfra-0.8.1-standalone");
+    let dir = here.join("../../tests/fixtures/tfra-0.8.1-standalone");
     assert!(dir.exists(), "TFRA fixture missing at {}", dir.display());
     dir
 }
