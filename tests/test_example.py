@@ -35,20 +35,20 @@ def test_redirected_log_is_plain_lines_and_the_report_judges_generalization(
             "--samples", "40000", "--epochs", "2", "--batch-size", "2048",
             "--report-json", str(report),
         ],
-        capture_output=True,
-        text=True,
+        capture_output=True,  # bytes: text mode would turn a "\r" into a newline
         env=env,
         timeout=280,
     )  # fmt: skip
+    stdout, stderr = result.stdout.decode(), result.stderr.decode()
     data = json.loads(report.read_text())
     rose = data["val_auc_rose_every_epoch"]
-    assert result.returncode == (0 if rose else 1), result.stderr[-3000:]
+    assert result.returncode == (0 if rose else 1), stderr[-3000:]
     # Keras' bar would redraw with \r and ANSI codes; with stdout a pipe there is one line per
     # epoch instead.
-    assert "\r" not in result.stdout and "\x1b" not in result.stdout
-    epoch_lines = [line for line in result.stdout.splitlines() if " - val_auc: " in line]
-    assert len(epoch_lines) == 2, result.stdout
+    assert "\r" not in stdout and "\x1b" not in stdout
+    epoch_lines = [line for line in stdout.splitlines() if " - val_auc: " in line]
+    assert len(epoch_lines) == 2, stdout
     verdict = "rose every epoch" if rose else "fell after epoch"
-    assert verdict in result.stdout + result.stderr
+    assert verdict in stdout + stderr
     # The example cleans up the tables it made in a Redis it was given.
     assert standalone_server.execute("KEYS", f"{tag}:*") == []
