@@ -123,7 +123,7 @@ def test_inspect_lists_tables_buckets_rows_dim_and_ttl(kind, topology, config_fi
     )
     other_tag.insert([1], [[1, 2]])
 
-    data = ok_json(cli("--config", config_file, "--json", "inspect"))
+    data = ok_json(cli("--config", config_file, "--json", "inspect", "--model-tag", tag))
     assert data["model_tag"] == tag and data["mode"] == kind
     assert len(data["masters"]) == (3 if kind == "cluster" else 1)
     by_name = {t["table"]: t for t in data["tables"]}
@@ -146,11 +146,25 @@ def test_inspect_lists_tables_buckets_rows_dim_and_ttl(kind, topology, config_fi
     # --json after the command name works too; a model tag with no tables is not an error.
     empty = ok_json(cli("--config", config_file, "inspect", "--model-tag", "none" + tag, "--json"))
     assert empty["tables"] == []
+    assert {tag, "x" + tag} <= set(empty["model_tags_with_tables"])  # where the tables are
 
-    human = cli("--config", config_file, "inspect")
+    human = cli("--config", config_file, "inspect", "--model-tag", tag)
     assert human.returncode == 0, human.stderr
     assert f"model tag '{tag}' on {kind}" in human.stdout
     assert "emb_Adam_m" in human.stdout and "none" in human.stdout
+    assert "hidden" not in human.stdout
+
+    # Without --model-tag: every tag found (other tests' tags too), each table under its own.
+    every = ok_json(cli("--config", config_file, "--json", "inspect"))
+    assert every["model_tag"] is None
+    assert {tag, "x" + tag} <= set(every["model_tags"])
+    ours = {(t["model_tag"], t["table"]): t["rows"] for t in every["tables"]}
+    assert ours[(tag, "emb")] == 3000 and ours[(tag, "emb_Adam_m")] == 30
+    assert ours[("x" + tag, "hidden")] == 1
+    human = cli("--config", config_file, "inspect")
+    assert human.returncode == 0, human.stderr
+    assert f"model tag 'x{tag}' on {kind}" in human.stdout
+    assert f"model tag '{tag}' on {kind}" in human.stdout and "hidden" in human.stdout
     for store in (emb, slot_table, other_tag):
         store.clear()
 
@@ -201,8 +215,8 @@ def test_export_then_import_round_trips_every_row_exactly(config_file, tmp_path,
     exported = ok_json(result)
     assert exported["rows"] == n and exported["file"] == str(out)
     assert exported["rows_per_second"] > 0
-    # The progress bar (its "\r" redraws read as newlines in text mode).
-    assert f"export src [{'#' * 30}] {n}/{n} rows" in result.stderr and "rows/s" in result.stderr
+    # Progress forced on with stderr a pipe: plain lines, no "\r" redraws (see the tests below).
+    assert f"export src {n}/{n} rows (100%)" in result.stderr and "rows/s" in result.stderr
     meta, pages = read_export(out)
     assert meta["table"] == "src" and meta["dim"] == dim and meta["value_dtype"] == "float32"
     assert meta["key_dtype"] == "int64" and meta["rows_expected"] == n
@@ -464,6 +478,69 @@ def test_copy_to_another_model_tag_and_to_another_server(
         store.clear()
 
 
+def test_export_or_copy_of_a_missing_table_fails_naming_the_tables_there(
+    kind, config_file, tmp_path, tag
+):
+    store_for(config_file, "user_emb", 2).insert(np.arange(10), rows(np.arange(10), 2))
+    store_for(config_file, "item_emb", 2).insert(np.arange(5), rows(np.arange(5), 2))
+    out = tmp_path / "typo.tfra"
+    result = cli("--config", config_file, "export", "--table", "usr_emb", "--dim", 2, "--out", out)
+    assert result.returncode == 3, result.stderr
+    assert f"'usr_emb' does not exist under model tag '{tag}'" in result.stderr
+    assert "tables there: item_emb, user_emb" in result.stderr
+    assert not out.exists() and list(tmp_path.glob("typo.tfra*")) == []
+    as_json = cli(
+        "--config", config_file, "--json", "export", "--table", "usr_emb", "--dim", 2, "--out", out
+    )
+    assert as_json.returncode == 3
+    assert json.loads(as_json.stdout)["error"]["type"] == "NoSuchTable"
+
+    # A tag with no tables at all says how to find the right one.
+    result = cli(
+        "--config", config_file, "export", "--table", "user_emb", "--dim", 2,
+        "--model-tag", "none" + tag, "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert "no table at all is stored under this model tag" in result.stderr
+    assert f"'{tag}'" in result.stderr and "tfra-redis inspect" in result.stderr
+
+    copy = cli("--config", config_file, "copy", "--table", "usr_emb", "--dim", 2, "--to-table", "c")
+    assert copy.returncode == 3 and "tables there: item_emb, user_emb" in copy.stderr
+    assert store_for(config_file, "c", 2).size() == 0
+    for name in ("user_emb", "item_emb"):
+        store_for(config_file, name, 2).clear()
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(
+    standalone_server, tmp_path, tag, make_config
+):
+    config = make_config(tmp_path, standalone_server, model_tag_runtime=tag, model_tag_import=tag)
+    store = store_for(config, "t", 2)
+    store.insert(np.arange(3000), rows(np.arange(3000), 2))
+    out = tmp_path / "t.tfra"
+    args = ["export", "--table", "t", "--dim", 2, "--out", out, "--page", 500, "--progress"]
+    # Bytes, not text: text mode would turn a "\r" into a newline.
+    result = subprocess.run(
+        [sys.executable, "-m", "tfra_redis.cli", "--config", str(config), *map(str, args)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"\r" not in result.stderr and b"\x1b" not in result.stderr
+    assert b"export t 3000/3000 rows (100%)" in result.stderr.splitlines()[-1]
+    store.clear()
+
+
+def test_progress_redraws_in_place_on_a_terminal(capsys):
+    from tfra_redis.cli import Progress
+
+    progress = Progress("copy t", 10, enabled=True, tty=True)
+    progress.advance(10)
+    progress.finish()
+    err = capsys.readouterr().err
+    assert err.startswith("\rcopy t [") and err.endswith("rows/s\n") and "10/10 rows" in err
+
+
 def test_rebucket_moves_rows_into_the_config_layout(kind, topology, tmp_path, tag, make_config):
     extra = {"redis_hash_tags_hypodispersion": True} if kind == "cluster" else {}
     old_slices, new_slices = (2, 5) if kind == "cluster" else (1, 3)
@@ -584,6 +661,9 @@ def test_config_errors_exit_2(tmp_path, standalone_server, make_config):
     assert cli("--config", tmp_path / "missing.json", "inspect").returncode == 2
     nothing = cli("inspect")  # no --config and no TFRA_REDIS_CONFIG_PATH
     assert nothing.returncode == 2 and "TFRA_REDIS_CONFIG_PATH" in nothing.stderr
+    assert "pass --config FILE" in nothing.stderr and "Traceback" not in nothing.stderr
+    missing = cli("--config", tmp_path / "missing.json", "inspect")
+    assert "--config" in missing.stderr and "missing.json" in missing.stderr
 
     # Without --config the seed's resolution applies: $TFRA_REDIS_CONFIG_PATH.
     good = make_config(tmp_path, standalone_server)
@@ -642,7 +722,7 @@ def test_inspect_through_sentinel(sentinel, tmp_path, tag, make_config):
     config_file = make_config(tmp_path, sentinel, model_tag_runtime=tag, model_tag_import=tag)
     store = store_for(config_file, "emb", 4)
     store.insert(np.arange(10), rows(np.arange(10), 4))
-    data = ok_json(cli("--config", config_file, "--json", "inspect"))
+    data = ok_json(cli("--config", config_file, "--json", "inspect", "--model-tag", tag))
     host, port = sentinel.current_master_addr()
     assert data["mode"] == "sentinel" and data["masters"] == [f"{host}:{port}"]
     assert [(t["table"], t["rows"]) for t in data["tables"]] == [("emb", 10)]

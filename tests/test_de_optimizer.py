@@ -230,7 +230,7 @@ def test_a_non_finite_step_writes_nothing(creator, unique_name):
 
 def test_slot_tables_written_by_tfra_continue_training(creator, unique_name):
     """Rows and Adam slots stored under the names TFRA gives them (measured on TFRA 0.8.1, see
-    shared/fixtures/README.md): the first step here starts from those slots."""
+    tests/fixtures/README.md): the first step here starts from those slots."""
     config = creator.config.load()
     layer_params = f"{unique_name}-parameter"
     shadow = f"{layer_params}_DynamicEmbedding_{unique_name}-shadow"

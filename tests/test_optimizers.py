@@ -194,7 +194,7 @@ def test_slot_rows_land_in_tables_with_tfra_names(standalone_server, unique_name
         "user_emb_user_emb_shadow_v",
     ]
     opt.apply(params, slots, [5, 9], np.ones((2, 2)), np.zeros((2, 2)), step=1)
-    # The bucket keys TFRA wrote for these tables (shared/fixtures/README.md, standalone).
+    # The bucket keys TFRA wrote for these tables (tests/fixtures/README.md, standalone).
     for suffix, first_moment in [
         ("", None),
         ("_user_emb_shadow_m", 0.1),

@@ -15,14 +15,8 @@ import pytest
 
 from tfra_redis import servers
 
-# The RDB that the real TFRA 0.8.1 wrote (see shared/fixtures/README.md): one hash of 1000 rows.
-FIXTURE_RDB = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "fixtures"
-    / "tfra-0.8.1-standalone"
-    / "dump.rdb"
-)
+# The RDB that the real TFRA 0.8.1 wrote (see tests/fixtures/README.md): one hash of 1000 rows.
+FIXTURE_RDB = Path(__file__).resolve().parent / "fixtures" / "tfra-0.8.1-standalone" / "dump.rdb"
 FIXTURE_BUCKET = "fixture:fixture_table{3560}"
 
 

@@ -19,7 +19,7 @@ import tfra_redis
 from tfra_redis import RedisStore, RedisTableConfig, servers
 from tfra_redis.store import numpy_dtype
 
-FIXTURE_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tfra-0.8.1-standalone"
+FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "tfra-0.8.1-standalone"
 
 # Every way a table can reach Redis. The cluster runs once with topology tags and TFRA's
 # low-32-bit bucket function, once with the fixed-spread tags and CRC-32C buckets. Replica reads
@@ -280,7 +280,7 @@ def test_export_and_export_pages(open_store):
 
 @per_mode
 def test_accum_follows_bp_v2(open_store):
-    # TFRA's (never run) test_variable_find_with_exists_and_accum, spec section 7.3.
+    # TFRA's (never run) test_variable_find_with_exists_and_accum.
     store = open_store(dim=1)
     store.insert(np.array([0, 1, 2, 3]), np.array([[0], [1], [2], [3]], dtype=np.float32))
     keys = np.array([0, 1, 100, 3])

@@ -1,5 +1,6 @@
-"""TFRA's Redis table tests (spec sections 7.2 and 7.3) ported to tfra-redis, against a real
-redis-server: each runs eagerly and inside ``tf.function`` where that makes sense."""
+"""TFRA's Redis table tests (its redis_table_ops_test.py and redis_table_variable_test.py) ported
+to tfra-redis, against a real redis-server: each runs eagerly and inside ``tf.function`` where
+that makes sense."""
 
 from __future__ import annotations
 

@@ -16,8 +16,14 @@ Run ``tfra-redis --help`` (or ``python -m tfra_redis.cli --help``) for the comma
 finds it (``RedisTableConfig``): ``$TFRA_REDIS_CONFIG_PATH``. ``--config`` and ``--json`` may be
 given before or after the command name.
 
+``inspect`` without ``--model-tag`` lists every model tag it finds (a bucket key
+``<model tag>:<table>{<digits>}`` is split at its first ``:``; tables named with
+``using_md5_prefix_name`` have no readable tag and are not listed). Table commands use the
+config's ``model_tag_runtime`` (TFRA's default: ``test``) unless ``--model-tag`` is given.
+
 Exit codes: 0 success; 1 Redis refused or failed (unreachable, authentication, ACL, bad stored
-data); 2 usage, config or input-file errors. Passwords are never printed.
+data); 2 usage, config or input-file errors; 3 the table to export or copy does not exist under
+that model tag (the error names the tables that do). Passwords are never printed.
 
 Table commands open the table with ``RedisStore(..., manage_ttl=False)``, so running one never
 puts a TTL on a table when it ends. Opening a table does what opening it in a training job does:
@@ -38,9 +44,9 @@ Export file format (``TFRAREDIS1``), everything little-endian::
     and the trailer:
       b"END!" <u64 total rows>
 
-Keys and rows are the very bytes TFRA keeps in Redis (spec section 3.2), so a file can be read
-with numpy alone (``np.frombuffer``). A key may appear twice if Redis rehashed a bucket while it
-was exported (HSCAN's guarantee); both copies hold the same row, and import is an upsert.
+Keys and rows are the very bytes TFRA keeps in Redis (README, *Layout in Redis*), so a file can
+be read with numpy alone (``np.frombuffer``). A key may appear twice if Redis rehashed a bucket
+while it was exported (HSCAN's guarantee); both copies hold the same row, and import is an upsert.
 
 ``rows_expected`` is the number of rows in the pages, as the trailer's total: export writes the
 table's size first and, once the pages are written, the count it wrote in its place (the line is
@@ -70,6 +76,7 @@ from typing import Any, BinaryIO
 EXIT_OK = 0
 EXIT_REDIS = 1
 EXIT_USAGE = 2
+EXIT_NO_TABLE = 3
 
 MAGIC = b"TFRAREDIS1\n"
 PAGE_TAG = b"PAGE"
@@ -94,6 +101,10 @@ class UsageError(Exception):
 
 class RedisUnavailable(Exception):
     """Redis could not be reached or refused a command (outside RedisStore): exit code 1."""
+
+
+class NoSuchTable(Exception):
+    """The table to read has no rows under its model tag (it does not exist): exit code 3."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,15 +140,21 @@ class Output:
 
 
 class Progress:
-    """A dependency-free progress bar on stderr: ``\\r`` redraws, at most 10 per second."""
+    """Progress on stderr without dependencies. On a terminal, a bar redrawn in place (``\\r``) at
+    most 10 times a second; otherwise (a log file, a pipe) plain lines, at most one every 5
+    seconds plus the last, so a redirected log holds no control characters."""
 
-    def __init__(self, label: str, total: int | None, enabled: bool) -> None:
+    def __init__(
+        self, label: str, total: int | None, enabled: bool, tty: bool | None = None
+    ) -> None:
         self.label = label
         self.total = total if total and total > 0 else None
         self.enabled = enabled
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.interval = 0.1 if self.tty else 5.0
         self.done = 0
         self.started = time.monotonic()
-        self._drawn = 0.0
+        self._drawn = self.started if not self.tty else 0.0
 
     def rate(self) -> float:
         elapsed = time.monotonic() - self.started
@@ -146,18 +163,27 @@ class Progress:
     def advance(self, rows: int) -> None:
         self.done += rows
         now = time.monotonic()
-        if self.enabled and now - self._drawn >= 0.1:
+        if self.enabled and now - self._drawn >= self.interval:
             self._drawn = now
             self._draw()
 
-    def _draw(self, end: str = "") -> None:
+    def _text(self) -> str:
         if self.total:
             fraction = min(self.done / self.total, 1.0)
-            filled = int(fraction * 30)
-            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} rows"
+            if self.tty:
+                filled = int(fraction * 30)
+                bar = f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} rows"
+            else:
+                bar = f"{self.done}/{self.total} rows ({fraction:.0%})"
         else:
             bar = f"{self.done} rows"
-        sys.stderr.write(f"\r{self.label} {bar} {self.rate():,.0f} rows/s{end}")
+        return f"{self.label} {bar} {self.rate():,.0f} rows/s"
+
+    def _draw(self, end: str = "") -> None:
+        if self.tty:
+            sys.stderr.write(f"\r{self._text()}{end}")
+        else:
+            sys.stderr.write(f"{self._text()}\n")
         sys.stderr.flush()
 
     def finish(self) -> None:
@@ -178,12 +204,23 @@ def _load_config(path: str | None, out: Output) -> Any:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if path is None:
-            config = RedisTableConfig().load()
+            try:
+                found = RedisTableConfig().resolve_path()
+            except _native.ConfigError as err:
+                raise UsageError(
+                    "no Redis config: pass --config FILE (a TFRA-style JSON config, e.g. "
+                    '{"redis_connection_mode": 2, "redis_host_ip": ["127.0.0.1"], '
+                    '"redis_host_port": [6379]}) or set TFRA_REDIS_CONFIG_PATH '
+                    f"({_strip_prefix(str(err))})"
+                ) from None
+            config = _native.Config.from_path(found)
+            for message in config.warnings:
+                warnings.warn(f"tfra-redis: {message} (in {found})", stacklevel=1)
         else:
             if os.path.isdir(path):
                 path = os.path.join(path, "redis_config.json")
             if not os.path.isfile(path):
-                raise UsageError(f"config file {path} does not exist")
+                raise UsageError(f"the config file given by --config, {path}, does not exist")
             config = _native.Config.from_path(path)
             for message in config.warnings:
                 warnings.warn(f"tfra-redis: {message} (in {path})", stacklevel=1)
@@ -374,78 +411,135 @@ def _bucket_facts(conn: Any, keys: list[bytes]) -> list[dict[str, Any]]:
     return facts
 
 
-def _inspect(fields: dict[str, Any], tag: str) -> dict[str, Any]:
+def _split_bucket(key: bytes, tag: str | None) -> tuple[str, str] | None:
+    """``(model tag, table)`` of a bucket key ``<tag>:<table>{<digits>}``, or ``None`` when the
+    key is not a bucket of ``tag`` (any tag when ``None``: split at the first ``:``)."""
+    match = _BUCKET.match(key)
+    if not match:
+        return None
+    prefix = match["prefix"]
+    if tag is not None:
+        tag_prefix = tag.encode() + b":"
+        if not prefix.startswith(tag_prefix):
+            return None
+        return tag, prefix[len(tag_prefix) :].decode("utf-8", "backslashreplace")
+    found_tag, colon, name = prefix.partition(b":")
+    if not colon or not found_tag:
+        return None
+    return (
+        found_tag.decode("utf-8", "backslashreplace"),
+        name.decode("utf-8", "backslashreplace"),
+    )
+
+
+def _summarize(tag: str, name: str, buckets: list[dict[str, Any]]) -> dict[str, Any]:
+    per_node: dict[str, int] = {}
+    for bucket in buckets:
+        per_node[bucket["node"]] = per_node.get(bucket["node"], 0) + 1
+    sampled = [b for b in buckets if b["value_bytes"] is not None]
+    value_bytes = sorted({b["value_bytes"] for b in sampled})
+    key_bytes = sorted({b["key_bytes"] for b in sampled})
+    ttls = [b["ttl"] for b in buckets if b["ttl"] is not None and b["ttl"] >= 0]
+    return {
+        "model_tag": tag,
+        "table": name,
+        "bucket_count": len(buckets),
+        "buckets_per_node": per_node,
+        "rows": sum(b["rows"] for b in buckets),
+        "bytes": sum(b["bytes"] or 0 for b in buckets),
+        "key_dtype": {8: "int64", 4: "int32"}.get(key_bytes[0]) if len(key_bytes) == 1 else None,
+        "value_bytes": value_bytes[0] if len(value_bytes) == 1 else value_bytes or None,
+        "dim_if_float32": value_bytes[0] // 4
+        if len(value_bytes) == 1 and value_bytes[0] % 4 == 0
+        else None,
+        "ttl_min": min(ttls) if ttls else None,
+        "ttl_max": max(ttls) if ttls else None,
+        "buckets_without_ttl": sum(1 for b in buckets if b["ttl"] == -1),
+        "buckets": buckets,
+    }
+
+
+def _buckets_of(conn: Any, tag: str | None) -> list[tuple[bytes, tuple[str, str]]]:
+    """``(key, (model tag, table))`` of the buckets on one node, sorted."""
+    pattern = "*{[0-9]*}" if tag is None else _glob_escape(tag) + ":*{[0-9]*}"
+    found = []
+    for key in _scan(conn, pattern):
+        where = _split_bucket(key, tag)
+        if where is not None:
+            found.append((key, where))
+    return sorted(found)
+
+
+def _model_tags(fields: dict[str, Any]) -> list[str]:
+    """Every model tag that holds a table."""
+    tags: set[str] = set()
+    for host, port in _masters(fields):
+        with _connect(fields, host, port) as conn:
+            tags.update(tag for _, (tag, _) in _buckets_of(conn, None))
+    return sorted(tags)
+
+
+def _inspect(fields: dict[str, Any], tag: str | None) -> dict[str, Any]:
+    """The tables of model tag ``tag``, or of every model tag found when it is ``None``."""
     masters = _masters(fields)
-    tables: dict[str, dict[str, Any]] = {}
-    tag_prefix = tag.encode() + b":"
+    tables: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for host, port in masters:
         node = f"{host}:{port}"
         with _connect(fields, host, port) as conn:
-            found = []
-            for key in _scan(conn, _glob_escape(tag) + ":*{[0-9]*}"):
-                match = _BUCKET.match(key)
-                if match and match["prefix"].startswith(tag_prefix):
-                    found.append((key, match["prefix"][len(tag_prefix) :]))
-            found.sort()
+            found = _buckets_of(conn, tag)
             for start in range(0, len(found), 256):
                 chunk = found[start : start + 256]
-                for (key, name_bytes), fact in zip(
+                for (key, where), fact in zip(
                     chunk, _bucket_facts(conn, [k for k, _ in chunk]), strict=True
                 ):
-                    name = name_bytes.decode("utf-8", "backslashreplace")
-                    table = tables.setdefault(name, {"table": name, "buckets": []})
-                    table["buckets"].append(
+                    tables.setdefault(where, []).append(
                         {"key": key.decode("utf-8", "backslashreplace"), "node": node, **fact}
                     )
-    summaries = []
-    for name in sorted(tables):
-        buckets = tables[name]["buckets"]
-        per_node: dict[str, int] = {}
-        for bucket in buckets:
-            per_node[bucket["node"]] = per_node.get(bucket["node"], 0) + 1
-        sampled = [b for b in buckets if b["value_bytes"] is not None]
-        value_bytes = sorted({b["value_bytes"] for b in sampled})
-        key_bytes = sorted({b["key_bytes"] for b in sampled})
-        ttls = [b["ttl"] for b in buckets if b["ttl"] is not None and b["ttl"] >= 0]
-        summaries.append(
-            {
-                "table": name,
-                "bucket_count": len(buckets),
-                "buckets_per_node": per_node,
-                "rows": sum(b["rows"] for b in buckets),
-                "bytes": sum(b["bytes"] or 0 for b in buckets),
-                "key_dtype": {8: "int64", 4: "int32"}.get(key_bytes[0])
-                if len(key_bytes) == 1
-                else None,
-                "value_bytes": value_bytes[0] if len(value_bytes) == 1 else value_bytes or None,
-                "dim_if_float32": value_bytes[0] // 4
-                if len(value_bytes) == 1 and value_bytes[0] % 4 == 0
-                else None,
-                "ttl_min": min(ttls) if ttls else None,
-                "ttl_max": max(ttls) if ttls else None,
-                "buckets_without_ttl": sum(1 for b in buckets if b["ttl"] == -1),
-                "buckets": buckets,
-            }
-        )
+    summaries = [_summarize(t, name, tables[(t, name)]) for t, name in sorted(tables)]
+    tags = sorted({t for t, _ in tables})
     return {
         "model_tag": tag,
+        "model_tags": [tag] if tag is not None else tags,
         "mode": _MODES.get(fields["redis_connection_mode"], "?"),
         "masters": [f"{h}:{p}" for h, p in masters],
         "tables": summaries,
     }
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
 def _human_inspect(data: dict[str, Any]) -> str:
-    lines = [
-        f"model tag {data['model_tag']!r} on {data['mode']} "
-        f"({len(data['masters'])} master{'s' if len(data['masters']) != 1 else ''}): "
-        f"{len(data['tables'])} table{'s' if len(data['tables']) != 1 else ''}"
-    ]
-    if not data["tables"]:
-        return "\n".join(lines)
+    where = f"{data['mode']} ({_plural(len(data['masters']), 'master')})"
+    if data["model_tag"] is None and not data["tables"]:
+        return f"no tables on {where}"
+    lines = []
+    if data["model_tag"] is None:
+        lines.append(
+            f"{_plural(len(data['model_tags']), 'model tag')} on {where}: "
+            + ", ".join(repr(t) for t in data["model_tags"])
+        )
+    for tag in data["model_tags"]:
+        tables = [t for t in data["tables"] if t["model_tag"] == tag]
+        lines.append(f"model tag {tag!r} on {where}: {_plural(len(tables), 'table')}")
+        if tables:
+            lines += _table_lines(tables)
+    others = data.get("model_tags_with_tables")
+    if others is not None:
+        lines.append(
+            "  model tags holding tables: " + ", ".join(repr(t) for t in others)
+            if others
+            else "  no model tag holds any table"
+        )
+    return "\n".join(lines)
+
+
+def _table_lines(tables: list[dict[str, Any]]) -> list[str]:
+    lines = []
     header = ("TABLE", "BUCKETS", "ROWS", "BYTES", "VALUE BYTES", "DIM IF F32", "TTL")
     rows = []
-    for t in data["tables"]:
+    for t in tables:
         if t["ttl_min"] is None:
             ttl = "none"
         elif t["ttl_min"] == t["ttl_max"]:
@@ -467,11 +561,13 @@ def _human_inspect(data: dict[str, Any]) -> str:
         )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    for t in data["tables"]:
+        lines.append(
+            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        )
+    for t in tables:
         nodes = ", ".join(f"{node}: {n}" for node, n in sorted(t["buckets_per_node"].items()))
-        lines.append(f"  {t['table']}: buckets per node {nodes}")
-    return "\n".join(lines)
+        lines.append(f"    {t['table']}: buckets per node {nodes}")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -633,9 +729,37 @@ def read_export_pages(
 
 def cmd_inspect(args: argparse.Namespace, config: Any, out: Output) -> int:
     fields = _config_fields(config)
-    data = _inspect(fields, args.model_tag or fields["model_tag_runtime"])
+    data = _inspect(fields, args.model_tag)
+    if args.model_tag is not None and not data["tables"]:
+        # A mistyped or defaulted tag: say where the tables are.
+        data["model_tags_with_tables"] = _model_tags(fields)
     out.result(data, _human_inspect)
     return EXIT_OK
+
+
+def _require_rows(store: Any, config: Any) -> int:
+    """The table's size; raises :class:`NoSuchTable` naming the tables that exist under its
+    model tag when it has no rows (Redis deletes an empty hash: an empty table does not exist)."""
+    size = store.size()
+    if size:
+        return size
+    fields = _config_fields(config)
+    tag = fields["model_tag_runtime"]
+    try:
+        names = [t["table"] for t in _inspect(fields, tag)["tables"]]
+        tags = [] if names else _model_tags(fields)
+    except (UsageError, RedisUnavailable) as err:  # e.g. a TLS config, which inspect lacks
+        listing = f"(could not list the tables there: {err})"
+    else:
+        if names:
+            listing = "tables there: " + ", ".join(names)
+        else:
+            listing = (
+                "no table at all is stored under this model tag; model tags holding tables: "
+                + (", ".join(repr(t) for t in tags) or "none")
+                + " (pass one as --model-tag; 'tfra-redis inspect' lists their tables)"
+            )
+    raise NoSuchTable(f"table {store.name!r} does not exist under model tag {tag!r}; {listing}")
 
 
 def _progress_enabled(args: argparse.Namespace) -> bool:
@@ -645,7 +769,7 @@ def _progress_enabled(args: argparse.Namespace) -> bool:
 def cmd_export(args: argparse.Namespace, config: Any, out: Output) -> int:
     config = _with_model_tag(config, args.model_tag)
     store, notes = _open_store(config, args, out)
-    expected = store.size()
+    expected = _require_rows(store, config)
     summary = _table_summary(store, config)
     meta = {
         "format": "tfra-redis export",
@@ -773,8 +897,9 @@ def cmd_copy(args: argparse.Namespace, config: Any, out: Output) -> int:
     if same_place and target_name == args.table:
         raise UsageError("the copy's target is the table itself; change the tag, table or config")
     source, notes = _open_store(source_config, args, out)
+    source_rows = _require_rows(source, source_config)
     target, target_notes = _open_store(target_config, args, out, name=target_name)
-    progress = Progress(f"copy {source.name}", source.size(), _progress_enabled(args))
+    progress = Progress(f"copy {source.name}", source_rows, _progress_enabled(args))
 
     def sink(keys: Any, rows: Any) -> None:
         target.insert(keys, rows)
@@ -969,7 +1094,8 @@ def _table_options(parser: argparse.ArgumentParser, *, dtype_default: str | None
     parser.add_argument(
         "--model-tag",
         metavar="TAG",
-        help="use this model tag instead of the config's model_tag_runtime",
+        help="use this model tag instead of the config's model_tag_runtime (whose default, "
+        "as in TFRA, is 'test')",
     )
 
 
@@ -988,7 +1114,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tfra-redis",
         description="Inspect, move and measure Redis-backed embedding tables (TFRA layout).",
         parents=[_global_options(suppress=False)],
-        epilog="Exit codes: 0 ok, 1 Redis error, 2 usage or config error. "
+        epilog="Exit codes: 0 ok, 1 Redis error, 2 usage or config error, 3 no such table. "
         "Run 'tfra-redis COMMAND --help' for a command's options.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -999,13 +1125,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "inspect",
-        "list the tables of a model tag",
-        "List the tables stored under a model tag: buckets per node, rows (HLEN), bytes "
+        "list the tables of every model tag, or of one",
+        "List the tables stored under every model tag found (or under --model-tag): buckets "
+        "per node, rows (HLEN), bytes "
         "(MEMORY USAGE, estimated), value size and the dim it means for float32 (sampled "
         "with HRANDFIELD), and TTL. Reads only; changes nothing.",
     )
     p.add_argument(
-        "--model-tag", metavar="TAG", help="model tag (default: the config's model_tag_runtime)"
+        "--model-tag", metavar="TAG", help="only this model tag (default: every tag found)"
     )
     p.set_defaults(run=cmd_inspect)
 
@@ -1107,6 +1234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RedisTableError as err:
         out.error(type(err).__name__, str(err))
         return EXIT_REDIS
+    except NoSuchTable as err:
+        out.error(type(err).__name__, str(err))
+        return EXIT_NO_TABLE
     except KeyboardInterrupt:
         out.error("KeyboardInterrupt", "interrupted")
         return 130

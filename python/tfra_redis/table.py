@@ -5,7 +5,7 @@ inside ``tf.function`` (never under XLA: ``numpy_function`` cannot be compiled).
 is called directly, which saves the op's overhead. Outputs get static shapes (``keys.shape +
 [dim]``, ``[None, dim]`` for export) because ``numpy_function`` loses them.
 
-Checkpoints follow the config's ``table_store_mode`` (TFRA's rule, spec section 5.7):
+Checkpoints follow the config's ``table_store_mode`` (TFRA's rule):
 
 * 0: the rows go into the checkpoint as ``-keys``/``-values`` and are upserted on restore;
 * 1: the buckets are DUMPed to files under ``model_lib_abs_dir`` and RESTOREd from the

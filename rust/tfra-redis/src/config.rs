@@ -1014,7 +1014,7 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// The config TFRA 0.8.1 used to write /work/shared/fixtures/tfra-0.8.1-standalone
+    /// The config TFRA 0.8.1 used to write tests/fixtures/tfra-0.8.1-standalone
     /// (`tfra_config_used` in its manifest.json), copied so the test runs anywhere.
     const FIXTURE_CONFIG: &str = r#"{
       "redis_connection_mode": 2, "redis_master_name": "master",
@@ -1187,11 +1187,9 @@ mod tests {
 
     #[test]
     fn fixture_manifest_config_matches_the_copy() {
-        // shared/ sits beside the checkout, on developer machines and in CI alike.
-        let dir = std::env::var("TFRA_REDIS_FIXTURES").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures").to_owned()
-        });
-        let manifest = Path::new(&dir).join("tfra-0.8.1-standalone/manifest.json");
+        // The vendored fixture (tests/fixtures/README.md at the repository's root).
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tfra-0.8.1-standalone/manifest.json");
         let text = std::fs::read_to_string(&manifest)
             .unwrap_or_else(|e| panic!("TFRA fixture {}: {e}", manifest.display()));
         let manifest: Value = serde_json::from_str(&text).unwrap();

@@ -453,7 +453,7 @@ fn cluster_config_on_standalone_and_reverse() {
 
 fn fixture_dir() -> std::path::PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = here.join("../../../shared/fixtures/tfra-0.8.1-standalone");
+    let dir = here.join("../../tests/fixtures/tfra-0.8.1-standalone");
     assert!(dir.exists(), "TFRA fixture missing at {}", dir.display());
     dir
 }
@@ -485,7 +485,7 @@ fn reads_the_rdb_written_by_tfra() {
     let work = tempdir("rdb");
     std::fs::copy(fixture_dir().join("dump.rdb"), work.join("dump.rdb")).unwrap();
     let s = Standalone::start_with(ServerOptions {
-        dir: Some(work.clone()),
+        dir: Some(work.to_path_buf()),
         dbfilename: Some("dump.rdb".into()),
         ..Default::default()
     });
@@ -541,7 +541,25 @@ fn restores_the_dump_files_written_by_tfra() {
     check_fixture_rows(&t);
 }
 
-fn tempdir(tag: &str) -> std::path::PathBuf {
+/// A fresh directory under the system temp dir, removed (with its contents) when dropped, so
+/// passing and failing tests alike leave nothing behind. Declare it before any server using it:
+/// locals drop in reverse order, so the server stops before its directory goes.
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(tag: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!(
         "tfra-redis-test-{tag}-{}-{}",
         std::process::id(),
@@ -551,7 +569,7 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
             .as_nanos()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -1,0 +1,91 @@
+"""Every ```python block of README.md runs as pasted.
+
+Each block runs in a fresh interpreter whose working directory holds ``redis.json``: the config
+of the session's standalone server with a model tag of this test's own, the situation the
+README describes ("in a directory holding your config as ``redis.json``"). Nothing else from our
+environment reaches it: ``TFRA_REDIS_CONFIG_PATH`` is unset.
+
+An HTML comment on the line before a block (invisible on GitHub) changes that:
+
+* ``<!-- readme-test: env NAME=VALUE ... -->`` runs the block with these variables set (values
+  are relative to the block's directory when they name a file there);
+* ``<!-- readme-test: skip REASON -->`` leaves the block out, for one that is not meant to run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tfra_redis import servers
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+_BLOCK = re.compile(
+    r"(?:^<!-- readme-test: (?P<directive>.*?) -->\n)?^```python\n(?P<code>.*?)^```$",
+    re.MULTILINE | re.DOTALL,
+)
+
+
+def _blocks() -> list[tuple[int, str, str]]:
+    """(line number, directive, code) of every python block."""
+    text = README.read_text()
+    return [
+        (text.count("\n", 0, m.start("code")), m["directive"] or "", m["code"])
+        for m in _BLOCK.finditer(text)
+    ]
+
+
+BLOCKS = _blocks()
+
+
+def test_the_readme_has_its_snippets():
+    # The parser sees every python fence (a typo in a directive would hide a block otherwise).
+    assert len(BLOCKS) == README.read_text().count("```python\n") >= 3
+
+
+@pytest.mark.parametrize(
+    ("line", "directive", "code"), BLOCKS, ids=[f"README.md:{b[0]}" for b in BLOCKS]
+)
+def test_readme_snippet_runs_as_pasted(line, directive, code, tmp_path, standalone_server):
+    if directive.startswith("skip"):
+        pytest.skip(f"README.md:{line} is marked not to run: {directive[4:].strip()}")
+    tag = "readme" + uuid.uuid4().hex[:8]
+    servers.write_config_file(
+        tmp_path / "redis.json",
+        standalone_server,
+        model_tag_runtime=tag,
+        model_tag_import=tag,
+        expire_model_tag_in_seconds=-1,
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TFRA_REDIS_CONFIG_PATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    if directive:
+        kind, *pairs = directive.split()
+        assert kind == "env" and pairs, f"README.md:{line}: unknown directive {directive!r}"
+        for pair in pairs:
+            name, _, value = pair.partition("=")
+            env[name] = str(tmp_path / value) if (tmp_path / value).exists() else value
+    script = tmp_path / "snippet.py"
+    script.write_text(code)
+    try:
+        result = subprocess.run(
+            [sys.executable, script.name],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, (
+            f"README.md:{line} failed (exit {result.returncode}):\n{code}\n{result.stderr[-3000:]}"
+        )
+    finally:
+        keys = standalone_server.execute("KEYS", f"{tag}:*", decode=False)
+        if keys:
+            standalone_server.execute("DEL", *keys)
