@@ -17,7 +17,7 @@ from tfra_redis.table import RedisTable, is_collecting_lookup_keys
 
 __all__ = ["Variable", "embedding_lookup", "get_variable"]
 
-# TFRA's de.Variable accepts these (key, value) pairs with int keys (spec section 5.1); the
+# TFRA's de.Variable accepts these (key, value) pairs with int keys (its valid_dtype_list); the
 # store has no string keys.
 _VALUE_DTYPES = {
     tf.int64: (tf.float32, tf.float16, tf.bfloat16, tf.int32, tf.int8, tf.int64, tf.float64),

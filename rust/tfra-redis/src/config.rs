@@ -1032,7 +1032,7 @@ mod tests {
       "model_lib_abs_dir": "model_lib/"
     }"#;
 
-    /// TFRA's 31 keys, in its parse order (spec §1.3).
+    /// TFRA's 31 keys, in the order its C++ parser reads them.
     const TFRA_KEYS: [&str; 31] = [
         "redis_connection_mode",
         "redis_master_name",

@@ -1,6 +1,6 @@
 //! Persistence and lifecycle: `table_store_mode` 1 files, model-tag import and re-bucketing.
 //!
-//! TFRA's versions of these had real bugs (spec §4.3, §5.7): inserts from the wrong buffers,
+//! TFRA's versions of these had real bugs: inserts from the wrong buffers,
 //! deletes racing ahead of copies, scans that swallowed other tables, files mapped to the wrong
 //! buckets. Here every move copies first, checks, and only then deletes, and only this table's
 //! exact bucket keys (`prefix{digits}`) are ever touched.
