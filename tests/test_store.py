@@ -824,3 +824,30 @@ def test_md5_prefix_names_buckets_by_tfras_digest(request, kind):
     assert np.array_equal(got_keys, keys) and same_bits(got_values, rows(keys, 2))
     store.clear()
     assert not [key for master in masters for key in master.scan_keys("*") if PROBE_MD5 in key]
+
+
+@pytest.mark.parametrize("mode", ["standalone"])
+def test_find_writes_into_a_given_output(open_store):
+    store = open_store(4)
+    keys = np.array([[1, 2], [3, 9]], np.int64)
+    store.insert(keys[0], np.arange(8, dtype=np.float32).reshape(2, 4))
+    out = np.full((2, 2, 4), np.nan, np.float32)
+    got = store.find(keys, default=-1.0, out=out)
+    assert got is out  # the caller's memory, not a new array
+    np.testing.assert_array_equal(out[0], np.arange(8).reshape(2, 4))
+    np.testing.assert_array_equal(out[1], -1.0)
+    rows, exists = store.find(keys, out=out, return_exists=True)
+    assert rows is out and exists.tolist() == [[True, True], [False, False]]
+    store.prefetch([keys.reshape(-1)])
+    assert store.find(keys, default=5.0, out=out) is out  # a prefetched read fills it too
+    np.testing.assert_array_equal(out[1], 5.0)
+    with pytest.raises(ValueError, match="shape"):
+        store.find(keys, out=np.empty((4, 4), np.float32))
+    with pytest.raises(ValueError, match="dtype"):
+        store.find(keys, out=np.empty((2, 2, 4), np.float64))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        store.find(keys, out=np.empty((2, 2, 8), np.float32)[..., ::2])
+    readonly = np.empty((2, 2, 4), np.float32)
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        store.find(keys, out=readonly)

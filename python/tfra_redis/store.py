@@ -174,16 +174,35 @@ class RedisStore:
     # -- operations --------------------------------------------------------------------------
 
     def find(
-        self, keys: Any, default: Any = 0, return_exists: bool = False
+        self,
+        keys: Any,
+        default: Any = 0,
+        return_exists: bool = False,
+        out: np.ndarray | None = None,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Rows for ``keys`` (any shape), shaped ``keys.shape + (dim,)``.
 
         Missing ids get ``default``: a scalar, one row of ``dim`` values, or one row per id
         (shape ``keys.shape + (dim,)``, TFRA's "full default" used by random initializers).
+
+        ``out``: a C-contiguous, writable array of that shape and the table's dtype to write the
+        rows into (and return), instead of a new one: a loop of large lookups then reuses its
+        memory rather than having fresh pages zeroed by the kernel on every call.
         """
         keys_arr = np.asarray(keys)
         flat = self._keys(keys_arr)
         n = flat.shape[0]
+        want = (*keys_arr.shape, self.dim)
+        if out is not None:
+            if not isinstance(out, np.ndarray):
+                raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+            if out.shape != want or out.dtype != self.np_value_dtype:
+                raise ValueError(
+                    f"out must have shape {list(want)} and dtype {self.value_dtype}, got "
+                    f"{list(out.shape)} {out.dtype}"
+                )
+            if not (out.flags.c_contiguous and out.flags.writeable):
+                raise ValueError("out must be C-contiguous and writable")
         default = np.asarray(default, dtype=self.np_value_dtype)
         if default.size == 1:
             default = np.full((self.dim,), default.reshape(()), dtype=self.np_value_dtype)
@@ -198,14 +217,17 @@ class RedisStore:
             )
         prefetched = self._prefetcher.take(flat) if self._prefetcher.pending else None
         if prefetched is not None:
-            out, exists = prefetched
+            rows, exists = prefetched
             defaults = default.reshape(-1, self.dim)
-            out = np.where(exists[:, None], out, defaults)
+            rows = np.where(exists[:, None], rows, defaults)
+            if out is not None:
+                out.reshape(n, self.dim)[...] = rows
         else:
-            out = np.empty((n, self.dim), dtype=self.np_value_dtype)
+            rows = np.empty((n, self.dim), self.np_value_dtype) if out is None else out
             exists = np.empty((n,), dtype=np.bool_) if return_exists else None
-            self._table.find(flat, np.ascontiguousarray(default_bytes), self._bytes(out), exists)
-        out = out.reshape((*keys_arr.shape, self.dim))
+            self._table.find(flat, np.ascontiguousarray(default_bytes), self._bytes(rows), exists)
+        # The caller's own array when given (rows is a flat view of it), else the new rows.
+        out = rows.reshape(want) if out is None else out
         if return_exists:
             return out, exists.reshape(keys_arr.shape)
         return out
