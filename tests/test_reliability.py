@@ -1033,7 +1033,7 @@ _RSS_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_huge_lookup_has_bounded_client_memory(unique_name, record_property):
-    n, dim = 5_000_000, 8
+    n, dim = 10_000_000, 8  # the size the core-hardening issue asks for
     with servers.RedisServer() as server:
         config = server.config_dict()
         store = open_store(config, unique_name, dim)
