@@ -9,8 +9,6 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "tfra-0.8.1-standalone"
 
@@ -54,13 +52,21 @@ def test_fixture_bytes_are_what_tfra_wrote():
     assert (files / "fixture:fixture_table{8209}.rdb").stat().st_size == 0
 
 
+# Outside a git checkout (an unpacked sdist), every file but these build and tool folders.
+_NOT_SOURCES = {".git", "target", "__pycache__", ".venv", ".tfra-venv", "results", ".hypothesis"}
+
+
 def _repository_files() -> list[Path]:
     try:
         listed = subprocess.run(
             ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
         ).stdout
     except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout")
+        return [
+            path
+            for path in ROOT.rglob("*")
+            if not _NOT_SOURCES.intersection(path.relative_to(ROOT).parts)
+        ]
     return [ROOT / name for name in listed.decode().split("\0") if name]
 
 

@@ -5,11 +5,10 @@ of the session's standalone server with a model tag of this test's own, the situ
 README describes ("in a directory holding your config as ``redis.json``"). Nothing else from our
 environment reaches it: ``TFRA_REDIS_CONFIG_PATH`` is unset.
 
-An HTML comment on the line before a block (invisible on GitHub) changes that:
-
-* ``<!-- readme-test: env NAME=VALUE ... -->`` runs the block with these variables set (values
-  are relative to the block's directory when they name a file there);
-* ``<!-- readme-test: skip REASON -->`` leaves the block out, for one that is not meant to run.
+An HTML comment on the line before a block (invisible on GitHub),
+``<!-- readme-test: env NAME=VALUE ... -->``, runs the block with these variables set (values
+are relative to the block's directory when they name a file there). There is no way to leave a
+block out: every snippet a newcomer can paste must run.
 """
 
 from __future__ import annotations
@@ -53,8 +52,6 @@ def test_the_readme_has_its_snippets():
     ("line", "directive", "code"), BLOCKS, ids=[f"README.md:{b[0]}" for b in BLOCKS]
 )
 def test_readme_snippet_runs_as_pasted(line, directive, code, tmp_path, standalone_server):
-    if directive.startswith("skip"):
-        pytest.skip(f"README.md:{line} is marked not to run: {directive[4:].strip()}")
     tag = "readme" + uuid.uuid4().hex[:8]
     servers.write_config_file(
         tmp_path / "redis.json",
