@@ -125,6 +125,19 @@ class RedisStore:
             raise TypeError(f"{what} must be numeric, got {values.dtype}")
         return np.ascontiguousarray(values, dtype=self.np_value_dtype)
 
+    def _default(self, default: Any, n: int) -> np.ndarray:
+        """``default`` as contiguous rows of this table: one row for every id, or one per id
+        of ``n``."""
+        default = np.asarray(default, dtype=self.np_value_dtype)
+        if default.size == 1:
+            return np.full((self.dim,), default.reshape(()), dtype=self.np_value_dtype)
+        if default.size == self.dim or default.size == n * self.dim:
+            return np.ascontiguousarray(default).reshape(-1, self.dim)
+        raise ValueError(
+            f"default must be a scalar, {self.dim} values, or {n} rows of {self.dim} values "
+            f"(table {self.name!r}); got shape {list(default.shape)}"
+        )
+
     def _bytes(self, rows: np.ndarray) -> np.ndarray:
         return rows.reshape(-1).view(np.uint8)
 
@@ -203,18 +216,7 @@ class RedisStore:
                 )
             if not (out.flags.c_contiguous and out.flags.writeable):
                 raise ValueError("out must be C-contiguous and writable")
-        default = np.asarray(default, dtype=self.np_value_dtype)
-        if default.size == 1:
-            default = np.full((self.dim,), default.reshape(()), dtype=self.np_value_dtype)
-        if default.shape == (self.dim,):
-            default_bytes = default.view(np.uint8)
-        elif default.size == n * self.dim:
-            default_bytes = np.ascontiguousarray(default).reshape(-1).view(np.uint8)
-        else:
-            raise ValueError(
-                f"default must be a scalar, {self.dim} values, or {n} rows of {self.dim} "
-                f"values; got shape {list(default.shape)}"
-            )
+        default = self._default(default, n)
         prefetched = self._prefetcher.take(flat) if self._prefetcher.pending else None
         if prefetched is not None:
             rows, exists = prefetched
@@ -225,7 +227,7 @@ class RedisStore:
         else:
             rows = np.empty((n, self.dim), self.np_value_dtype) if out is None else out
             exists = np.empty((n,), dtype=np.bool_) if return_exists else None
-            self._table.find(flat, np.ascontiguousarray(default_bytes), self._bytes(rows), exists)
+            self._table.find(flat, self._bytes(default), self._bytes(rows), exists)
         # The caller's own array when given (rows is a flat view of it), else the new rows.
         out = rows.reshape(want) if out is None else out
         if return_exists:
@@ -358,15 +360,7 @@ def find_together(
                 f"tables read together must share a key dtype: {stores[0].name!r} has "
                 f"{stores[0].key_dtype}, {store.name!r} has {store.key_dtype}"
             )
-        row = np.asarray(default, dtype=store.np_value_dtype)
-        if row.size == 1:
-            row = np.full((store.dim,), row.reshape(()), dtype=store.np_value_dtype)
-        if row.shape != (store.dim,) and row.size != flat.shape[0] * store.dim:
-            raise ValueError(
-                f"default of table {store.name!r} must be a scalar, {store.dim} values or "
-                f"{flat.shape[0]} rows, got shape {list(row.shape)}"
-            )
-        default_bytes.append(np.ascontiguousarray(row).reshape(-1).view(np.uint8))
+        default_bytes.append(store._bytes(store._default(default, flat.shape[0])))
         outs.append(np.empty((flat.shape[0], store.dim), dtype=store.np_value_dtype))
     _native.find_together(
         [s._table for s in stores],

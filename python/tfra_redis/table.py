@@ -100,6 +100,18 @@ def _scalar_op(result: Any) -> Any:
     return None if tf.executing_eagerly() else result.op
 
 
+def run_numpy(fn: Callable[..., Any], inputs: Sequence[Any], tout: Any, name: str) -> Any:
+    """Runs ``fn`` on the inputs' numpy values: directly when eager (so that its errors reach
+    the caller as the tfra_redis exceptions they are), as a stateful ``numpy_function`` in a
+    graph."""
+    if tf.executing_eagerly():
+        result = fn(*(tf.convert_to_tensor(x).numpy() for x in inputs))
+        if isinstance(tout, (list, tuple)):
+            return [tf.convert_to_tensor(r, dtype=t) for r, t in zip(result, tout, strict=True)]
+        return tf.convert_to_tensor(result, dtype=tout)
+    return tf.numpy_function(fn, list(inputs), tout, stateful=True, name=name)
+
+
 class RedisTable(tf.__internal__.tracking.Trackable):
     """A mutable hash table whose rows live in Redis, with TFRA's ``RedisTable`` API.
 
@@ -277,14 +289,8 @@ class RedisTable(tf.__internal__.tracking.Trackable):
         tout: Any,
         name: str,
     ) -> Any:
-        """Runs ``fn`` on numpy inputs: directly when eager, as a numpy_function in a graph."""
-        if tf.executing_eagerly():
-            result = fn(*(x.numpy() for x in inputs))
-            if isinstance(tout, (list, tuple)):
-                return [tf.convert_to_tensor(r, dtype=t) for r, t in zip(result, tout, strict=True)]
-            return tf.convert_to_tensor(result, dtype=tout)
         with tf.device(self._device):
-            return tf.numpy_function(fn, list(inputs), tout, stateful=True, name=name)
+            return run_numpy(fn, inputs, tout, name)
 
     # -- ops ----------------------------------------------------------------------------------
 

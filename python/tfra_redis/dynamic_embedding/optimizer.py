@@ -46,8 +46,9 @@ from tfra_redis.dynamic_embedding.trainable import (
 from tfra_redis.dynamic_embedding.variable import Variable
 from tfra_redis.prefetch import run_concurrently
 from tfra_redis.store import find_together, insert_together
+from tfra_redis.table import run_numpy
 
-__all__ = ["SUPPORTED_OPTIMIZERS", "DynamicEmbeddingOptimizer", "is_dynamic_embedding_optimizer"]
+__all__ = ["SUPPORTED_OPTIMIZERS", "DynamicEmbeddingOptimizer"]
 
 #: The Keras optimizers (and their subclasses) whose update is row by row, so that updating the
 #: looked-up rows alone is what Keras computes on a variable holding just those rows.
@@ -345,7 +346,7 @@ class _DynamicEmbeddingMixin:
                 for r, d in zip(split, dtypes, strict=True)
             ]
 
-        rows = _run_numpy(read, [w.ids for w, _ in groups], dtypes, "read")
+        rows = run_numpy(read, [w.ids for w, _ in groups], dtypes, "tfra_read_slots")
         for slot, value in zip(slots, rows, strict=True):
             slot.buffer.stage(tf.reshape(value, [-1, slot.buffer.dim]))
 
@@ -386,7 +387,7 @@ class _DynamicEmbeddingMixin:
                 policy.apply_update(keys)
             return np.int64(written)
 
-        _run_numpy(write, inputs, tf.int64, "write")
+        run_numpy(write, inputs, tf.int64, "tfra_write_rows")
 
     # -- .keras files -------------------------------------------------------------------------
 
@@ -417,17 +418,6 @@ class _DynamicEmbeddingMixin:
                 np.asarray(store[f"{prefix}values"]),
                 np.asarray(store[f"{prefix}manifest"], dtype=np.uint8).tobytes(),
             )
-
-
-def _run_numpy(fn: Any, inputs: list[Any], tout: Any, what: str) -> Any:
-    """``fn`` on the inputs' numpy values: called directly when eager (so that its errors
-    reach the caller as the tfra_redis exceptions they are), a ``numpy_function`` in a graph."""
-    if tf.executing_eagerly():
-        result = fn(*(np.asarray(tf.convert_to_tensor(x)) for x in inputs))
-        if isinstance(tout, list):
-            return [tf.convert_to_tensor(r, dtype=t) for r, t in zip(result, tout, strict=True)]
-        return tf.convert_to_tensor(result, dtype=tout)
-    return tf.numpy_function(fn, inputs, tout, stateful=True, name=f"tfra_{what}_rows")
 
 
 _SLOT_FILE_PREFIX = "tfra_slot:"
@@ -495,14 +485,6 @@ def _dynamic_embedding_class(cls: type) -> type:
         keras.saving.register_keras_serializable(package="tfra_redis")(de_cls)
         _DE_CLASSES[cls] = de_cls
     return de_cls
-
-
-def is_dynamic_embedding_optimizer(optimizer: Any) -> bool:
-    """Whether ``optimizer`` (or the optimizer a ``LossScaleOptimizer`` wraps) trains dynamic
-    embeddings."""
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        optimizer = optimizer.inner_optimizer
-    return isinstance(optimizer, _DynamicEmbeddingMixin)
 
 
 def DynamicEmbeddingOptimizer(  # noqa: N802 - TFRA's name for a function

@@ -224,9 +224,6 @@ class DynamicRows(keras.Variable):
         """Replaces the rows; for lookups and the optimizer's slot staging."""
         return self._value.stage(value)
 
-    def numpy(self) -> np.ndarray:
-        return self._value.numpy()
-
 
 # Counts optimizer steps that applied dynamic-embedding gradients in this process; a wrapper
 # whose rows were staged before the latest step starts over at its next lookup.

@@ -549,12 +549,6 @@ def embedding_lookup(
     """
     params = one_variable(params)
     wrapper = params.trainable_wrapper(name) if return_trainable else None
-    if isinstance(ids, tf.RaggedTensor):
-        flat = lookup_rows(
-            params, ids.flat_values, wrapper_name=name, training=None, max_norm=max_norm
-        )
-        embeddings = ids.with_flat_values(flat)
-        return (embeddings, wrapper) if return_trainable else embeddings
     embeddings = lookup_rows(params, ids, wrapper_name=name, training=None, max_norm=max_norm)
     if return_trainable:
         return embeddings, wrapper
@@ -571,7 +565,18 @@ def lookup_rows(
     wrapper: TrainableWrapper | None = None,
 ) -> tf.Tensor:
     """The lookup behind ``embedding_lookup`` and the Keras layers: unique ids read once, rows
-    staged in the wrapper when a training step is recording (see :mod:`.trainable`)."""
+    staged in the wrapper when a training step is recording (see :mod:`.trainable`); ragged
+    ids give ragged rows."""
+    if isinstance(ids, tf.RaggedTensor):
+        rows = lookup_rows(
+            params,
+            ids.flat_values,
+            wrapper_name=wrapper_name,
+            training=training,
+            max_norm=max_norm,
+            wrapper=wrapper,
+        )
+        return ids.with_flat_values(rows)
     ids = params.table._convert_keys(ids, "embedding_lookup")
     out_shape = ids.shape.concatenate([params.dim])
     flat = tf.reshape(ids, [-1])

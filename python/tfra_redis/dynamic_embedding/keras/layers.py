@@ -185,9 +185,8 @@ class Embedding(keras.layers.Layer):
         self.built = True
 
     def call(self, ids: Any, training: Any = None) -> tf.Tensor:
-        if isinstance(ids, tf.RaggedTensor):
-            return ids.with_flat_values(self.call(ids.flat_values, training=training))
-        ids = tf.convert_to_tensor(ids)
+        if not isinstance(ids, tf.RaggedTensor):
+            ids = tf.convert_to_tensor(ids)
         if ids.dtype != self.key_dtype:
             if not ids.dtype.is_integer:
                 raise TypeError(
@@ -205,6 +204,8 @@ class Embedding(keras.layers.Layer):
             max_norm=max_norm,
         )
         if isinstance(self.max_norm, keras.constraints.Constraint):
+            if isinstance(rows, tf.RaggedTensor):
+                return rows.with_flat_values(self.max_norm(rows.flat_values))
             rows = self.max_norm(rows)
         return rows
 
