@@ -103,7 +103,8 @@ class _StepLosses(keras.callbacks.Callback):
     [lambda: keras.optimizers.SGD(0.1), lambda: keras.optimizers.Adam(0.01)],
     ids=["sgd", "adam"],
 )
-def test_redis_embedding_trains_like_an_in_memory_one(creator, unique_name, make_optimizer):
+@pytest.mark.parametrize("plain", [False, True], ids=["DynamicEmbeddingModel", "keras.Model"])
+def test_redis_embedding_trains_like_an_in_memory_one(creator, unique_name, make_optimizer, plain):
     steps = 8
     ids, target = _every_id_each_step(steps)
     initial_rows = np.random.default_rng(1).normal(0, 0.3, size=(VOCAB, DIM)).astype(np.float32)
@@ -113,7 +114,8 @@ def test_redis_embedding_trains_like_an_in_memory_one(creator, unique_name, make
     memory_embedding.embeddings.assign(initial_rows)
 
     redis_embedding = de.keras.layers.Embedding(DIM, name=unique_name, kv_creator=creator)
-    redis_model = de.DynamicEmbeddingModel(*_head(redis_embedding))
+    # A plain keras.Model with the optimizer wrapped by hand, TFRA's way; or the sugar class.
+    redis_model = (keras.Model if plain else de.DynamicEmbeddingModel)(*_head(redis_embedding))
     redis_embedding.params.upsert(tf.range(VOCAB, dtype=tf.int64), initial_rows)
     dense = [w for w in redis_model.weights if not isinstance(w, de.TrainableWrapper)]
     for a, b in zip(memory_model.weights[1:], dense, strict=True):
@@ -121,7 +123,10 @@ def test_redis_embedding_trains_like_an_in_memory_one(creator, unique_name, make
 
     losses, epoch_losses = {}, {}
     for label, model in (("memory", memory_model), ("redis", redis_model)):
-        model.compile(optimizer=make_optimizer(), loss="mse")
+        optimizer = make_optimizer()
+        if label == "redis" and plain:
+            optimizer = de.DynamicEmbeddingOptimizer(optimizer)
+        model.compile(optimizer=optimizer, loss="mse")
         record = _StepLosses()
         history = model.fit(
             ids, target, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=[record]
