@@ -93,8 +93,9 @@ class Embedding(keras.layers.Layer):
 
     Args:
         embedding_size: the row size (``dim``).
-        key_dtype, value_dtype: ``tf.int64``/``tf.int32`` ids; value dtype of the rows (the
-            layer computes in it, whatever the global mixed-precision policy, as in TFRA).
+        key_dtype: the ids' dtype, ``tf.int64`` or ``tf.int32``.
+        value_dtype: the dtype of the rows (the layer computes in it, whatever the global
+            mixed-precision policy, as in TFRA).
         combiner: how :class:`SquashedEmbedding` and :class:`FieldWiseEmbedding` reduce rows;
             unused by this layer, as in TFRA.
         initializer: rows of ids never seen: a number, ``dim`` values, or an initializer
