@@ -1,9 +1,28 @@
 """Typed stubs of the Rust extension `tfra_redis._native` (rust/tfra-redis-py)."""
 
 from collections.abc import Callable
+from typing import final
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "Config",
+    "Table",
+    "resolve_path",
+    "apply_gradients",
+    "find_together",
+    "restrict",
+    "insert_together",
+    "_panic_for_tests",
+    "RedisTableError",
+    "ConfigError",
+    "RedisConnectionError",
+    "RedisTimeoutError",
+    "RedisAuthError",
+    "RedisCommandError",
+    "RedisDataError",
+]
 
 class RedisTableError(Exception): ...
 class ConfigError(RedisTableError): ...
@@ -13,6 +32,7 @@ class RedisAuthError(RedisTableError): ...
 class RedisCommandError(RedisTableError): ...
 class RedisDataError(RedisTableError): ...
 
+@final
 class Config:
     @staticmethod
     def from_json(text: str, source: str = "<string>") -> Config: ...
@@ -26,10 +46,19 @@ class Config:
 
 def resolve_path(env_name: str | None = None, abs_dir: str | None = None) -> str: ...
 
+@final
 class Table:
-    def __init__(
-        self, config: Config, name: str, key_dtype: str, value_dtype: str, dim: int
-    ) -> None: ...
+    def __new__(
+        cls,
+        config: Config,
+        name: str,
+        key_dtype: str,
+        value_dtype: str,
+        dim: int,
+        manage_ttl: bool = True,
+    ) -> Table:
+        """``manage_ttl=False`` leaves the buckets' TTL alone on open and close (the CLI's
+        read-only commands)."""
     @property
     def row_bytes(self) -> int: ...
     @property
