@@ -1,5 +1,13 @@
-"""Time per training step of the example model (``examples/train_ctr.py``), Redis-backed
-embeddings against in-memory ones, on the same data in one run.
+"""Time per training step of a CTR model, Redis-backed embeddings against in-memory ones and
+against TFRA 0.8.1, on the same data in one run.
+
+Two models (``--model``):
+
+* ``example`` (default): the example model (``examples/train_ctr.py``): user and item ids,
+  dim 16, MLP 64-1;
+* ``ctr3``: the performance issue's 3-feature CTR model: user (1M), item (200k) and category
+  (1k) ids drawn from Zipf distributions (exponent 1.05, ranks shuffled over the id space),
+  dim 32, MLP 128-64-1.
 
 Runs ``model.fit`` (graph mode) at batch 4,096 for:
 
@@ -24,6 +32,7 @@ Keras). Overlapping calls (two tables at once) count once.
 
     python benchmarks/bench_train_step.py --quick   # under a minute
     python benchmarks/bench_train_step.py           # more steps, two rounds (a few minutes)
+    python benchmarks/bench_train_step.py --model ctr3 --optimizers adam
 
 Prints a table and writes ``benchmarks/results/train_step-<timestamp>.json``. Compare ratios
 from one run; the machine's other load moves absolute numbers.
@@ -54,6 +63,45 @@ sys.path.insert(0, str(ROOT / "examples"))
 import train_ctr  # noqa: E402
 
 WARMUP_STEPS = 3  # tracing and first-touch costs; not timed
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A CTR model: one embedding per id feature, concatenated, then an MLP."""
+
+    features: dict[str, int]  # feature -> vocabulary size (ids are 0..vocab-1)
+    hidden: tuple[int, ...]
+    dim: int
+
+
+MODELS = {
+    "example": ModelSpec(
+        {"user": train_ctr.USER_VOCAB, "item": train_ctr.ITEM_VOCAB}, (64,), dim=16
+    ),
+    "ctr3": ModelSpec({"user": 1_000_000, "item": 200_000, "category": 1_000}, (128, 64), 32),
+}
+
+
+def zipf_ids(rng: np.random.Generator, vocab: int, samples: int, exponent: float) -> np.ndarray:
+    """Ids whose frequencies follow Zipf's law over ``vocab`` ids; the popular ranks are spread
+    over the id space (a random permutation), as real ids are."""
+    weights = 1.0 / np.arange(1, vocab + 1, dtype=np.float64) ** exponent
+    ranks = np.searchsorted(np.cumsum(weights / weights.sum()), rng.random(samples))
+    return rng.permutation(vocab)[np.minimum(ranks, vocab - 1)].astype(np.int64)
+
+
+def make_data(
+    model: str, spec: ModelSpec, samples: int, seed: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    if model == "example":
+        return train_ctr.make_dataset(samples, seed)
+    rng = np.random.default_rng(seed)
+    features = {k: zipf_ids(rng, v, samples, 1.05) for k, v in spec.features.items()}
+    logit = sum(
+        train_ctr.hidden_preference(ids, 0.7 * i) for i, ids in enumerate(features.values())
+    )
+    clicks = (rng.random(samples) < 1.0 / (1.0 + np.exp(-(logit - 0.5)))).astype(np.float32)
+    return features, clicks
 
 
 @dataclass
@@ -158,7 +206,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="few steps, one round (< 1 min)")
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--model", choices=sorted(MODELS), default="example")
+    p.add_argument("--dim", type=int, help="row size (default: the model's, 16 or 32)")
+    p.add_argument(
+        "--optimizers",
+        default="adam,sgd",
+        help="comma-separated, of adam and sgd (default both)",
+    )
     p.add_argument("--steps", type=int, help="timed steps per run (default 40, quick 12)")
     p.add_argument(
         "--big-steps", type=int, help="timed steps of memory-big (default 8, quick 4): slow"
@@ -176,6 +230,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.steps = args.steps or (12 if args.quick else 40)
     args.big_steps = args.big_steps or (4 if args.quick else 8)
     args.rounds = args.rounds or (1 if args.quick else 2)
+    args.dim = args.dim or MODELS[args.model].dim
+    args.optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    unknown = set(args.optimizers) - {"adam", "sgd"}
+    if unknown or not args.optimizers:
+        p.error(f"--optimizers: expected adam and/or sgd, got {args.optimizers}")
     return args
 
 
@@ -183,10 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     batch = args.batch_size
     samples = (WARMUP_STEPS + max(args.steps, args.big_steps)) * batch
-    features, labels = train_ctr.make_dataset(samples, args.seed)
+    spec = MODELS[args.model]
+    features, labels = make_data(args.model, spec, samples, args.seed)
+    names = list(spec.features)
 
     import keras
-    import tensorflow as tf
 
     import tfra_redis as tfra
     from tfra_redis import servers
@@ -212,28 +272,48 @@ def main(argv: list[str] | None = None) -> int:
         fair_x[key] = inverse.astype(np.int64)
         fair_vocab[key] = len(unique)
 
+    def head(x: Any) -> Any:
+        for units in spec.hidden:
+            x = keras.layers.Dense(units, activation="relu")(x)
+        return keras.layers.Dense(1, activation="sigmoid")(x)
+
     def mlp(inputs: Any, x: Any, optimizer: str) -> Any:
-        x = keras.layers.Dense(64, activation="relu")(x)
-        out = keras.layers.Dense(1, activation="sigmoid")(x)
-        model = keras.Model(inputs, out)
+        model = keras.Model(inputs, head(x))
         model.compile(optimizer=optimizer_classes[optimizer](lr), loss="binary_crossentropy")
         return model
 
     def memory_model(vocab: dict[str, int], optimizer: str) -> Any:
-        inputs = {k: keras.Input(shape=(), dtype="int64", name=k) for k in ("user", "item")}
+        inputs = {k: keras.Input(shape=(), dtype="int64", name=k) for k in names}
         init = keras.initializers.RandomNormal(0.0, 0.05, seed=1)
         rows = [
             keras.layers.Embedding(vocab[k], args.dim, embeddings_initializer=init)(inputs[k])
-            for k in ("user", "item")
+            for k in names
         ]
         return mlp(inputs, keras.layers.Concatenate()(rows), optimizer)
 
+    def redis_model(creator: Any, prefetch: bool) -> tuple[Any, list[Any]]:
+        """The model with a Redis-backed ``de.keras.layers.Embedding`` per feature (named
+        ``<feature>_emb``, as the example names its tables)."""
+        inputs = {k: keras.Input(shape=(), dtype="int64", name=k) for k in names}
+        init = keras.initializers.RandomNormal(0.0, 0.05, seed=1)
+        layers = [
+            de.keras.layers.Embedding(
+                args.dim, initializer=init, name=f"{k}_emb", kv_creator=creator
+            )
+            for k in names
+        ]
+        rows = [layer(inputs[k]) for k, layer in zip(names, layers, strict=True)]
+        x = keras.layers.Concatenate()(rows)
+        # Prefetching the next batch's rows needs DynamicEmbeddingModel's fit loop.
+        model_class = de.DynamicEmbeddingModel if prefetch else keras.Model
+        return model_class(inputs, head(x)), layers
+
     def dense_only(optimizer: str) -> Any:
-        inputs = keras.Input(shape=(2 * args.dim,), dtype="float32", name="rows")
+        inputs = keras.Input(shape=(len(names) * args.dim,), dtype="float32", name="rows")
         return mlp(inputs, inputs, optimizer)
 
     rng = np.random.default_rng(args.seed)
-    dense_rows = rng.normal(0, 0.05, size=(samples, 2 * args.dim)).astype(np.float32)
+    dense_rows = rng.normal(0, 0.05, size=(samples, len(names) * args.dim)).astype(np.float32)
 
     results: list[Result] = []
     tfra_python = Path(args.tfra_venv) / "bin" / "python"
@@ -265,9 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                     settings = json.loads(tagged.read_text())
                     tagged.write_text(json.dumps({**settings, "redis_fused_slots": True}))
                 creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=tagged))
-                model, layers = train_ctr.build_model(
-                    tf, keras, de, args.dim, creator, lr, prefetch=prefetch
-                )
+                model, layers = redis_model(creator, prefetch)
                 # The optimizer as asked, no metrics (the in-memory models have none either).
                 model.compile(
                     optimizer=de.DynamicEmbeddingOptimizer(optimizer_classes[opt](lr)),
@@ -316,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                     "config": str(tagged),
                     "data": str(data_path),
                     "dim": args.dim,
+                    "features": names,
+                    "hidden": list(spec.hidden),
                     "optimizer": opt,
                     "lr": lr,
                     "steps": args.steps,
@@ -336,10 +416,9 @@ def main(argv: list[str] | None = None) -> int:
                 results[-1].notes = {"rows_in_redis": report["rows"]}
                 server.flushall()
 
-            big_vocab = {"user": train_ctr.USER_VOCAB, "item": train_ctr.ITEM_VOCAB}
             for round_ in range(args.rounds):
                 print(f"round {round_ + 1}/{args.rounds} ...", flush=True)
-                for opt in ("adam", "sgd"):
+                for opt in args.optimizers:
                     for prefetch in (False, True):
                         run_redis(opt, prefetch)
                     if opt == "adam":  # SGD has no slots to fuse
@@ -356,13 +435,14 @@ def main(argv: list[str] | None = None) -> int:
                     run_memory(
                         "dense-only", lambda o=opt: dense_only(o), dense_rows, args.steps, opt
                     )
-                run_memory(
-                    "memory-big",
-                    lambda: memory_model(big_vocab, "adam"),
-                    features,
-                    args.big_steps,
-                    "adam",
-                )
+                if "adam" in args.optimizers:
+                    run_memory(
+                        "memory-big",
+                        lambda: memory_model(spec.features, "adam"),
+                        features,
+                        args.big_steps,
+                        "adam",
+                    )
     for restore in undo:
         restore()
 
@@ -373,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         if key not in best or r.step_ms < best[key].step_ms:
             best[key] = r
     print(
-        f"\nbatch {batch}, dim {args.dim}, two tables; median ms per step "
+        f"\n{args.model}: batch {batch}, dim {args.dim}, {len(names)} tables, MLP "
+        f"{'-'.join(map(str, spec.hidden))}-1; median ms per step "
         f"({args.steps} steps, memory-big {args.big_steps}; best of {args.rounds} rounds)\n"
     )
     header = f"{'model':<16}{'opt':<6}{'step':>8}{'lookup':>8}{'apply':>8}{'prefetch':>9}"
@@ -393,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             reread += f" ({n['reread_keys'] / n['prefetched_keys']:.0%} on the step)"
         print(f"{r.name:<16}{r.optimizer:<6}{r.step_ms:>8.1f}{cells}{reread}")
     ratios = {}
-    for opt in ("adam", "sgd"):
+    for opt in args.optimizers:
         for ours in ("redis", "redis+prefetch", "redis+fused"):
             for base in ("memory-fair", "memory-big", "dense-only", "tfra-0.8.1"):
                 if (ours, opt) in best and (base, "adam" if base == "memory-big" else opt) in best:
@@ -410,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else None
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = ROOT / "benchmarks" / "results" / f"train_step-{stamp}.json"
+        out = ROOT / "benchmarks" / "results" / f"train_step-{args.model}-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(

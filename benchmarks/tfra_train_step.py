@@ -1,9 +1,10 @@
-"""TFRA 0.8.1's own training step on the example model, for ``bench_train_step.py``.
+"""TFRA 0.8.1's own training step on the benchmark's CTR model, for ``bench_train_step.py``.
 
 Runs inside the TFRA baseline venv (``benchmarks/setup_tfra_baseline.sh``) with
-``TF_USE_LEGACY_KERAS=1``: the example model (``examples/train_ctr.py``: two Redis-backed
-embeddings, concat, Dense 64, Dense 1) built with TFRA's ``de.keras.layers.Embedding`` and
-``de.DynamicEmbeddingOptimizer``, trained by ``fit`` against the Redis the JSON config names.
+``TF_USE_LEGACY_KERAS=1``: the model the request describes (a Redis-backed embedding per
+feature, concat, the hidden Dense layers, Dense 1) built with TFRA's
+``de.keras.layers.Embedding`` and ``de.DynamicEmbeddingOptimizer``, trained by ``fit`` against
+the Redis the JSON config names.
 Prints one JSON line: the median step time and the rows TFRA wrote.
 
     TF_USE_LEGACY_KERAS=1 .tfra-venv/bin/python tfra_train_step.py '{"config": ..., ...}'
@@ -28,19 +29,22 @@ keras = tf.keras
 def main() -> int:
     args = json.loads(sys.argv[1])
     data = np.load(args["data"])
-    features = {"user": data["user"], "item": data["item"]}
+    names = args["features"]
+    features = {k: data[k] for k in names}
     labels = data["labels"]
     creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=args["config"]))
     dim = args["dim"]
-    user_in = keras.Input(shape=(), dtype=tf.int64, name="user")
-    item_in = keras.Input(shape=(), dtype=tf.int64, name="item")
+    inputs = {k: keras.Input(shape=(), dtype=tf.int64, name=k) for k in names}
     init = keras.initializers.RandomNormal(0.0, 0.05)
-    user_emb = de.keras.layers.Embedding(dim, initializer=init, name="user_emb", kv_creator=creator)
-    item_emb = de.keras.layers.Embedding(dim, initializer=init, name="item_emb", kv_creator=creator)
-    x = keras.layers.Concatenate()([user_emb(user_in), item_emb(item_in)])
-    x = keras.layers.Dense(64, activation="relu")(x)
+    layers = {
+        k: de.keras.layers.Embedding(dim, initializer=init, name=f"{k}_emb", kv_creator=creator)
+        for k in names
+    }
+    x = keras.layers.Concatenate()([layers[k](inputs[k]) for k in names])
+    for units in args["hidden"]:
+        x = keras.layers.Dense(units, activation="relu")(x)
     out = keras.layers.Dense(1, activation="sigmoid")(x)
-    model = keras.Model({"user": user_in, "item": item_in}, out)
+    model = keras.Model(inputs, out)
     optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
     optimizer = de.DynamicEmbeddingOptimizer(optimizers[args["optimizer"]](args["lr"]))
     model.compile(optimizer=optimizer, loss="binary_crossentropy")
@@ -71,10 +75,7 @@ def main() -> int:
             {
                 "step_ms": float(np.median(measured) * 1000),
                 "steps": len(measured),
-                "rows": {
-                    "user_emb": int(user_emb.params.size().numpy()),
-                    "item_emb": int(item_emb.params.size().numpy()),
-                },
+                "rows": {f"{k}_emb": int(layers[k].params.size().numpy()) for k in names},
                 "tfra": tfra.__version__,
                 "tensorflow": tf.__version__,
             }
