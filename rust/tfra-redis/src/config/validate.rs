@@ -1,0 +1,123 @@
+//! The rules a config must follow beyond each key's type: ranges, keys that depend on each
+//! other. Parsing checks them, and so does every way to open a table, because a config built in
+//! code never went through the parser.
+
+use super::{MAX_STORAGE_SLICE, RedisConfig};
+use crate::error::{Error, Result};
+
+impl RedisConfig {
+    /// Checks the rules that span several keys, and the ones a config built in code (rather than
+    /// parsed) could break. Parsing already calls it.
+    pub fn validate(&self) -> Result<()> {
+        for (key, n) in [
+            ("storage_slice", self.storage_slice),
+            ("storage_slice_import", self.storage_slice_import),
+        ] {
+            if !(1..=MAX_STORAGE_SLICE).contains(&n) {
+                return Err(bucket_count_error(key, n.into()));
+            }
+        }
+        for (key, n) in [
+            ("keys_sending_size", self.keys_sending_size as u64),
+            ("redis_conn_pool_size", u64::from(self.redis_conn_pool_size)),
+        ] {
+            if n == 0 {
+                return Err(Error::field(key, "must be at least 1, got 0"));
+            }
+        }
+        if self.redis_host_ip.is_empty() {
+            return Err(Error::field("redis_host_ip", "must list at least one host"));
+        }
+        if let Some(i) = self.redis_host_ip.iter().position(String::is_empty) {
+            return Err(Error::field("redis_host_ip", format!("entry {i} is empty")));
+        }
+        if self.redis_host_port.len() != self.redis_host_ip.len() {
+            return Err(Error::field(
+                "redis_host_port",
+                format!(
+                    "has {} entries but redis_host_ip has {}; give one port per host",
+                    self.redis_host_port.len(),
+                    self.redis_host_ip.len()
+                ),
+            ));
+        }
+        if let Some(i) = self.redis_host_port.iter().position(|&p| p == 0) {
+            return Err(Error::field(
+                "redis_host_port",
+                format!("entry {i} must be between 1 and 65535, got 0"),
+            ));
+        }
+        for (key, tag) in [
+            ("model_tag_import", &self.model_tag_import),
+            ("model_tag_runtime", &self.model_tag_runtime),
+        ] {
+            if tag.is_empty() {
+                return Err(Error::field(key, "must not be empty"));
+            }
+        }
+        check_hash_tags(
+            "redis_hash_tags_import",
+            &self.redis_hash_tags_import,
+            "storage_slice_import",
+            self.storage_slice_import,
+        )?;
+        check_hash_tags(
+            "redis_hash_tags_runtime",
+            &self.redis_hash_tags_runtime,
+            "storage_slice",
+            self.storage_slice,
+        )?;
+        if self.redis_tls_cert.is_empty() != self.redis_tls_key.is_empty() {
+            return Err(Error::field(
+                "redis_tls_cert",
+                "and redis_tls_key must be given together (a client certificate needs its key)",
+            ));
+        }
+        // WAIT with timeout 0 blocks until enough replicas answer, possibly forever.
+        if self.redis_durable_write_replicas > 0 && self.redis_durable_write_timeout_ms == 0 {
+            return Err(Error::field(
+                "redis_durable_write_timeout_ms",
+                "must be at least 1 when redis_durable_write_replicas > 0 \
+                 (WAIT with timeout 0 can block forever)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The one message for a bucket count out of range, whether it was parsed or built in code.
+pub(super) fn bucket_count_error(key: &str, n: i128) -> Error {
+    Error::field(
+        key,
+        format!(
+            "must be between 1 and {MAX_STORAGE_SLICE} (one bucket per cluster slot at most), \
+             got {n}"
+        ),
+    )
+}
+
+/// Explicit tags must be all-digit, because TFRA finds buckets with a SCAN pattern that only
+/// matches numeric tags, and one per bucket, because TFRA silently fell back to generated tags
+/// otherwise, putting the data under keys the user did not ask for.
+fn check_hash_tags(key: &str, tags: &[String], count_key: &str, count: u32) -> Result<()> {
+    if !tags.is_empty() && tags.len() != count as usize {
+        return Err(Error::field(
+            key,
+            format!(
+                "has {} entries but {count_key} is {count}; give exactly {count} tags or none",
+                tags.len()
+            ),
+        ));
+    }
+    if let Some((i, tag)) = tags
+        .iter()
+        .enumerate()
+        .find(|(_, tag)| tag.is_empty() || !tag.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(Error::field(
+            key,
+            format!("entry {i} ({tag:?}) is not a hash tag: expected digits, like \"{{3560}}\""),
+        ));
+    }
+    Ok(())
+}
