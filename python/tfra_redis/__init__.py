@@ -5,6 +5,8 @@ TensorFlow Recommenders-Addons (TFRA).
 ``tfra_redis.dynamic_embedding`` and imports TensorFlow when it is first used.
 """
 
+from types import ModuleType
+
 from tfra_redis.config import RedisTableConfig
 from tfra_redis.errors import (
     ConfigError,
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> ModuleType:
     # dynamic_embedding imports TensorFlow; load it only when asked for.
     if name == "dynamic_embedding":
         import importlib

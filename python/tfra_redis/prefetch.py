@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ _executor_lock = threading.Lock()
 _forkables: weakref.WeakSet[WriteLog | RowPrefetcher] = weakref.WeakSet()
 
 
-def _submit(fn: Callable[..., object], *args: object) -> Future:
+def _submit(fn: Callable[..., object], *args: object) -> Future[Any]:
     global _executor
     with _executor_lock:
         if _executor is None:
@@ -187,14 +188,14 @@ class PrefetchStats:
 class _Patch:
     mask: np.ndarray  # which keys of the fetch it re-reads
     horizon: int
-    future: Future
+    future: Future[Any]
 
 
 @dataclass
 class _Fetch:
     keys: np.ndarray
     horizon: int
-    future: Future
+    future: Future[Any]
     generation: int
     patches: list[_Patch] = field(default_factory=list)
 

@@ -52,7 +52,9 @@ def save_model(model: keras.Model, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def load_model(path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None):
+def load_model(
+    path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None
+) -> keras.Model:
     """Loads a model saved by :func:`save_model` and re-attaches its embeddings to Redis.
 
     ``config`` is the JSON config of the Redis to serve from; without it the layers use
@@ -117,7 +119,7 @@ class StaticEmbedding(keras.layers.Layer):
         ids = tf.cast(tf.convert_to_tensor(ids), self.key_dtype)
         return tf.gather(self._matrix, self._index.lookup(ids))
 
-    def compute_output_shape(self, input_shape: Any) -> tuple:
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
         return tuple(input_shape) + (self.embedding_size,)
 
 

@@ -43,9 +43,9 @@ try:
     from keras.src.models.functional import Functional
     from keras.src.models.model import functional_init_arguments
 except ImportError:  # pragma: no cover - checked by tests/test_keras_internals.py
-    Functional = None  # type: ignore[assignment,misc]
+    Functional = None
 
-    def functional_init_arguments(args: Any, kwargs: Any) -> bool:  # type: ignore[misc]
+    def functional_init_arguments(args: Any, kwargs: Any) -> bool:
         return False
 
 

@@ -118,5 +118,5 @@ class FrequencyRestrictPolicy(RestrictPolicy):
     def apply_update(self, ids: Any) -> None:
         ids = np.asarray(ids).reshape(-1)
         if ids.size:
-            counts = self.status_store.find(ids, default=0)
+            counts = np.asarray(self.status_store.find(ids, default=0))
             self.status_store.insert(ids, counts + 1)

@@ -326,7 +326,7 @@ class TrainableWrapper(DynamicRows):
 
         # positions is an input, not a capture: custom_gradient would otherwise trace back
         # through it to the ids variable and ask for a gradient of it.
-        @tf.custom_gradient
+        @tf.custom_gradient  # type: ignore[untyped-decorator]  # TensorFlow has no types
         def gather_rows(buffer: tf.Tensor, where: tf.Tensor) -> Any:
             def grad(upstream: tf.Tensor) -> tuple[tf.Tensor, None]:
                 # The buffer's size when the gradient is taken: a later lookup in the same

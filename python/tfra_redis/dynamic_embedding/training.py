@@ -11,7 +11,7 @@ optimizer for you, turns off ``jit_compile=True`` with a warning, and offers
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -105,7 +105,14 @@ class _PrefetchingTrainFunction:
         self._iterator = self._ahead = None
 
 
-class DynamicEmbeddingTrainer:
+# The trainer is a mixin for keras.Model subclasses; to mypy, give it keras.Model's attributes.
+if TYPE_CHECKING:
+    from keras import Model as _TrainerBase
+else:
+    _TrainerBase = object
+
+
+class DynamicEmbeddingTrainer(_TrainerBase):
     """A mixin for ``keras.Model``: ``compile`` makes the optimizer a
     ``de.DynamicEmbeddingOptimizer`` (TFRA scripts do that themselves; both work).
 
@@ -122,6 +129,8 @@ class DynamicEmbeddingTrainer:
     part of a step (a distant Redis, wide rows); against a local server the reads take ~1 ms
     of a ~20-40 ms step and the background threads compete with TensorFlow's for the CPUs.
     """
+
+    train_function: Any  # keras.Model's, set by make_train_function
 
     def compile(
         self,
@@ -200,5 +209,7 @@ class DynamicEmbeddingModel(DynamicEmbeddingTrainer, keras.Model):
             if functional is None:
                 functional = type(cls.__name__, (cls, _Functional), {"__module__": cls.__module__})
                 _functional_classes[cls] = functional
-            return functional.__new__(functional, *args, **kwargs)
-        return super().__new__(cls, *args, **kwargs)
+            made: DynamicEmbeddingModel = functional.__new__(functional, *args, **kwargs)
+            return made
+        instance: DynamicEmbeddingModel = super().__new__(cls, *args, **kwargs)
+        return instance
