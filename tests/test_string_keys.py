@@ -203,3 +203,140 @@ def test_wrong_key_kinds_are_named_errors(request: pytest.FixtureRequest, unique
         store._table.remove([b"a", 1.5])
     with pytest.raises(TypeError, match="not a single bytes"):
         store._table.remove(b"abc")
+
+
+# -- TensorFlow: RedisTable, get_variable + embedding_lookup, a Keras model trained by fit ----
+
+
+@pytest.fixture
+def tf_creator(tmp_path, request, make_config):
+    """A ``RedisTableCreator`` on the session cluster (storage_slice 3), table_store_mode 0."""
+    from tfra_redis import dynamic_embedding as de
+
+    request.getfixturevalue("collect_tables_at_module_end")
+    cluster = request.getfixturevalue("cluster")
+    path = make_config(tmp_path, cluster, storage_slice=3, table_store_mode=0)
+    return cluster, de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
+
+
+def redis_rows(topology: Any, bucket_keys: list[bytes], dim: int) -> dict[bytes, np.ndarray]:
+    """Every (field, row) of the buckets, read with the redis client."""
+    rows = {}
+    for bucket in bucket_keys:
+        with raw_client(topology, bucket) as client:
+            for field, value in client.hgetall(bucket).items():
+                rows[field] = np.frombuffer(value, dtype=np.float32).reshape(dim)
+    return rows
+
+
+def test_redis_table_ops_and_checkpoint_with_string_keys(tf_creator, unique_name, tmp_path):
+    import tensorflow as tf
+
+    from tfra_redis.dynamic_embedding import RedisTable
+
+    cluster, creator = tf_creator
+    table = RedisTable(
+        tf.string, tf.float32, [0.0, 0.0], name=unique_name, checkpoint=True, config=creator.config
+    )
+    keys = tf.constant([b"a", b"a\0", b"", "ü".encode(), b"z" * 40])
+    values = tf.reshape(tf.range(10, dtype=tf.float32), [5, 2])
+    table.insert(keys, values)
+
+    @tf.function
+    def lookup(k):
+        return table.lookup(k, return_exists=True)
+
+    found, exists = lookup(tf.constant([[b"a", b"b"], [b"", b"z" * 40]]))
+    assert found.numpy().tolist() == [[[0, 1], [0, 0]], [[4, 5], [8, 9]]]
+    assert exists.numpy().tolist() == [[True, False], [True, True]]
+    exported_keys, exported = table.export()
+    assert exported_keys.dtype == tf.string
+    assert dict(zip(exported_keys.numpy(), exported.numpy().tolist(), strict=True)) == {
+        b"a": [0, 1],
+        b"a\0": [2, 3],
+        b"": [4, 5],
+        "ü".encode(): [6, 7],
+        b"z" * 40: [8, 9],
+    }
+    stored = redis_rows(cluster, table.store.bucket_keys, 2)
+    assert {k: v.tolist() for k, v in stored.items()} == {
+        k: v for k, v in zip(exported_keys.numpy(), exported.numpy().tolist(), strict=True)
+    }
+
+    # A checkpoint (mode 0) holds the string keys and restores them into an empty table.
+    checkpoint = tf.train.Checkpoint(table=table)
+    path = checkpoint.write(str(tmp_path / "ckpt"))
+    table.clear()
+    assert int(table.size()) == 0
+    checkpoint.read(path).assert_consumed()
+    assert int(table.size()) == 5
+    assert table.lookup(tf.constant([b"a\0"])).numpy().tolist() == [[2, 3]]
+
+    table.remove(tf.constant([b"a", b"a\0"]))
+    assert int(table.size()) == 3
+    from tfra_redis.table import KeyDtypeError
+
+    with pytest.raises(KeyDtypeError, match="must be string, got int64"):
+        table.lookup(tf.constant([1], tf.int64))
+
+
+def test_get_variable_and_embedding_lookup_with_string_ids(tf_creator, unique_name):
+    import tensorflow as tf
+
+    from tfra_redis import dynamic_embedding as de
+
+    _, creator = tf_creator
+    var = de.get_variable(
+        unique_name, key_dtype=tf.string, dim=3, initializer=-1.0, kv_creator=creator
+    )
+    var.upsert(tf.constant([b"apple", b"pear"]), tf.ones([2, 3]))
+    rows = de.embedding_lookup(var, tf.constant([b"pear", b"plum", b"apple"]))
+    assert rows.numpy().tolist() == [[1.0] * 3, [-1.0] * 3, [1.0] * 3]
+    assert int(var.size()) == 2
+    with pytest.raises(TypeError, match="int64, int32 or string"):
+        de.get_variable(unique_name + "_f", key_dtype=tf.float32, dim=3, kv_creator=creator)
+
+
+def test_keras_model_with_string_ids_trains_through_fit(tf_creator, unique_name):
+    import keras
+    import tensorflow as tf
+
+    from tfra_redis import dynamic_embedding as de
+
+    cluster, creator = tf_creator
+    rng = np.random.default_rng(0)
+    vocab = [f"item-{i}".encode() for i in range(40)] + [b"", b"\0", b"x" * 30]
+    weight = rng.normal(size=len(vocab))
+    picks = rng.integers(0, len(vocab), size=(512, 2))
+    ids = np.array([[vocab[a], vocab[b]] for a, b in picks], dtype=object)
+    target = (weight[picks[:, 0]] - weight[picks[:, 1]]).astype(np.float32)[:, None]
+
+    embedding = de.keras.layers.Embedding(
+        4,
+        key_dtype=tf.string,
+        name=unique_name,
+        kv_creator=creator,
+        initializer=keras.initializers.RandomNormal(0.0, 0.1, seed=1),
+    )
+    inputs = keras.Input(shape=(2,), dtype="string")
+    x = keras.layers.Flatten()(embedding(inputs))
+    x = keras.layers.Dense(16, activation="tanh")(x)
+    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    model.compile(optimizer=de.DynamicEmbeddingOptimizer(keras.optimizers.Adam(0.05)), loss="mse")
+
+    history = model.fit(tf.constant(ids), target, batch_size=64, epochs=1, verbose=0)
+    before = redis_rows(cluster, embedding.params.table.store.bucket_keys, 4)
+    assert set(before) <= set(vocab) and len(before) > 30
+    history = model.fit(tf.constant(ids), target, batch_size=64, epochs=5, verbose=0).history
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    after = redis_rows(cluster, embedding.params.table.store.bucket_keys, 4)
+    changed = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert len(changed) > 30
+    # The Adam slot tables hold the same string keys.
+    slots = model.optimizer.slot_variables(embedding)
+    assert set(slots) == {"m", "v"}
+    slot_keys, _ = slots["m"].export()
+    assert set(slot_keys.numpy()) == set(after)
+
+    with pytest.raises(TypeError, match="ids must be strings"):
+        embedding(tf.constant([[1, 2]], tf.int64))
