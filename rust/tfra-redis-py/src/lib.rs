@@ -403,9 +403,9 @@ fn resolve_path(env_name: Option<&str>, abs_dir: Option<&str>) -> PyResult<Strin
         .map(|p| p.to_string_lossy().into_owned())
 }
 
-/// An open Redis-backed table. Ids and rows cross as flat numpy buffers: ids as int64, rows as
-/// raw bytes (`uint8` views of the rows' own dtype), so every value dtype goes through one path
-/// without conversion.
+/// An open Redis-backed table. Ids and rows cross as flat numpy buffers: ids as int64 (string
+/// ids as a sequence of bytes, see [`key_input`]), rows as raw bytes (`uint8` views of the
+/// rows' own dtype), so every value dtype goes through one path without conversion.
 #[pyclass(frozen, module = "tfra_redis._native", name = "Table")]
 struct PyTable {
     inner: Arc<tfra_redis::table::Table>,
