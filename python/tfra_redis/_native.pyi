@@ -1,6 +1,6 @@
 """Typed stubs of the Rust extension `tfra_redis._native` (rust/tfra-redis-py)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import final
 
 import numpy as np
@@ -23,6 +23,12 @@ __all__ = [
     "RedisCommandError",
     "RedisDataError",
 ]
+
+# Ids: an int64 array for int64/int32 tables; for string tables a sequence of bytes or str (a
+# numpy object array, as tf.numpy_function gives for tf.string, or a list), str as UTF-8.
+_Keys = npt.NDArray[np.int64] | npt.NDArray[np.object_] | Sequence[bytes | str]
+# Exported ids: int64, or an object array of bytes for string tables.
+_KeysOut = npt.NDArray[np.int64] | npt.NDArray[np.object_]
 
 class RedisTableError(Exception): ...
 class ConfigError(RedisTableError): ...
@@ -67,7 +73,7 @@ class Table:
     def notes(self) -> list[str]: ...
     def find(
         self,
-        keys: npt.NDArray[np.int64],
+        keys: _Keys,
         default: npt.NDArray[np.uint8],
         out: npt.NDArray[np.uint8],
         exists: npt.NDArray[np.bool_] | None = None,
@@ -75,11 +81,11 @@ class Table:
         """Rows of ``keys`` into ``out``. ``out`` and ``exists`` must be writeable and share no
         memory with each other or the inputs (``ValueError``); no array may be changed by
         another thread during the call, which runs without the GIL."""
-    def insert(self, keys: npt.NDArray[np.int64], values: npt.NDArray[np.uint8]) -> None: ...
-    def remove(self, keys: npt.NDArray[np.int64]) -> None: ...
+    def insert(self, keys: _Keys, values: npt.NDArray[np.uint8]) -> None: ...
+    def remove(self, keys: _Keys) -> None: ...
     def accum(
         self,
-        keys: npt.NDArray[np.int64],
+        keys: _Keys,
         deltas: npt.NDArray[np.uint8],
         exists: npt.NDArray[np.bool_],
     ) -> None:
@@ -87,11 +93,12 @@ class Table:
         bool) are a ``ValueError``."""
     def size(self) -> int: ...
     def clear(self) -> None: ...
-    def export(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]: ...
+    def export(self) -> tuple[_KeysOut, npt.NDArray[np.uint8]]:
+        """Every pair; string ids come as an object array of ``bytes``."""
     def export_pages(
         self,
         page: int,
-        sink: Callable[[npt.NDArray[np.int64], npt.NDArray[np.uint8]], object],
+        sink: Callable[[_KeysOut, npt.NDArray[np.uint8]], object],
     ) -> None: ...
     def save_files(self) -> list[str]: ...
     def restore_files(self) -> int: ...
@@ -106,20 +113,20 @@ def apply_gradients(
     hyper: dict[str, float],
     params: Table,
     slots: list[Table],
-    keys: npt.NDArray[np.int64],
+    keys: _Keys,
     grads: npt.NDArray[np.float32],
     init_rows: npt.NDArray[np.float32],
     step: int,
 ) -> None: ...
 def find_together(
     tables: list[Table],
-    keys: npt.NDArray[np.int64],
+    keys: _Keys,
     defaults: list[npt.NDArray[np.uint8]],
     outs: list[npt.NDArray[np.uint8]],
 ) -> None: ...
 def insert_together(
     tables: list[Table],
-    keys: npt.NDArray[np.int64],
+    keys: _Keys,
     values: list[npt.NDArray[np.uint8]],
 ) -> None: ...
 def _panic_for_tests() -> None: ...

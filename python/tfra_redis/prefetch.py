@@ -125,7 +125,7 @@ class WriteLog:
             if self._watchers:
                 # Kept past the write: a copy, since the caller may reuse its array. Without
                 # a watcher (no prefetch pending) a write costs no copy of its ids.
-                kept = None if keys is None else np.array(keys, dtype=np.int64, copy=True)
+                kept = None if keys is None else np.array(keys, copy=True)
                 self._done.append((seq, kept))
 
     def horizon(self) -> int:
@@ -204,7 +204,8 @@ class RowPrefetcher:
     """Prefetched reads of one table (see the module docstring).
 
     Args:
-        read: ``read(keys) -> (rows, exists)`` for flat int64 keys, missing rows left as they
+        read: ``read(keys) -> (rows, exists)`` for flat keys (int64, or an object array of
+            ``bytes`` for string tables), missing rows left as they
             come (the caller fills in defaults); called on a background thread.
         log: the table's :class:`WriteLog`.
     """
@@ -234,7 +235,7 @@ class RowPrefetcher:
         self._generation += 1
         fetches = []
         for keys in key_sets:
-            keys = np.array(keys, dtype=np.int64, copy=True).reshape(-1)
+            keys = np.array(keys, copy=True).reshape(-1)
             horizon = self._log.watch()
             fetches.append(_Fetch(keys, horizon, _submit(self._read, keys), self._generation))
         with self._lock:
@@ -274,9 +275,9 @@ class RowPrefetcher:
                     fetch.patches.append(_Patch(mask, horizon, future))
 
     def take(self, keys: np.ndarray) -> Rows | None:
-        """The rows of ``keys`` (flat int64) if a pending prefetch read exactly these keys, as
-        fresh as a read started now; else ``None``. Errors of the background reads are raised
-        here."""
+        """The rows of ``keys`` (flat, as the table's ``_keys`` gives them) if a pending
+        prefetch read exactly these keys, as fresh as a read started now; else ``None``.
+        Errors of the background reads are raised here."""
         with self._lock:
             index = next(
                 (i for i, f in enumerate(self._pending) if np.array_equal(f.keys, keys)), None

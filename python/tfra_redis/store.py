@@ -20,7 +20,8 @@ from tfra_redis.config import RedisTableConfig
 from tfra_redis.prefetch import PrefetchStats, RowPrefetcher, WriteLog
 
 _VALUE_DTYPES = ("float32", "float64", "float16", "bfloat16", "int32", "int64", "int8")
-_KEY_DTYPES = ("int64", "int32")
+# TFRA pairs string keys with every value dtype above (and bool, not stored here yet).
+_KEY_DTYPES = ("int64", "int32", "string")
 
 
 def numpy_dtype(name: str) -> np.dtype:
@@ -61,10 +62,16 @@ def load_config(config: Any) -> _native.Config:
 
 
 class RedisStore:
-    """An embedding table in Redis: ids (int64 or int32) to rows of ``dim`` values.
+    """An embedding table in Redis: ids (int64, int32 or string) to rows of ``dim`` values.
 
     Rows are laid out exactly as TFRA's Redis backend lays them out, so tables are shared with
     TFRA in both directions. Every method releases the GIL while it talks to Redis.
+
+    String ids (``key_dtype="string"``, TF's ``tf.string``) are ``bytes`` (``str`` is encoded
+    as UTF-8): a list, or a numpy object array as ``tf.numpy_function`` passes a ``tf.string``
+    tensor. Their hash field in Redis is the string's bytes as they are. A numpy ``S`` array
+    also works, but numpy itself drops trailing NUL bytes of its elements; use an object array
+    for ids that may end in ``\0``. Exports return string ids as an object array of ``bytes``.
     """
 
     def __init__(
@@ -104,8 +111,41 @@ class RedisStore:
 
     # -- conversions -------------------------------------------------------------------------
 
+    def _key_array(self, keys: Any) -> np.ndarray:
+        """``keys`` as a numpy array of their shape. For string tables an object array: a list
+        of ``bytes`` goes to numpy as objects, since an ``S`` array would drop trailing NULs."""
+        if self.key_dtype != "string" or isinstance(keys, np.ndarray):
+            return np.asarray(keys)
+        if hasattr(keys, "numpy"):  # an eager tf.string tensor
+            return np.asarray(keys.numpy())
+        return np.asarray(keys, dtype=object)
+
+    def _string_keys(self, keys: np.ndarray) -> np.ndarray:
+        if keys.dtype.kind == "O":
+            flat = keys.reshape(-1)
+            bad = next((k for k in flat if not isinstance(k, (bytes, str))), None)
+            if bad is not None:
+                raise TypeError(
+                    f"keys of table {self.name!r} must be string (bytes or str), got "
+                    f"{type(bad).__name__} {bad!r}"
+                )
+            if any(isinstance(k, str) for k in flat):
+                flat = np.array(
+                    [k.encode() if isinstance(k, str) else k for k in flat], dtype=object
+                )
+            return np.ascontiguousarray(flat)
+        if keys.dtype.kind in "SU":
+            flat = np.empty((keys.size,), dtype=object)
+            flat[:] = [k.encode() if isinstance(k, str) else bytes(k) for k in keys.reshape(-1)]
+            return flat
+        raise TypeError(
+            f"keys of table {self.name!r} must be string (bytes or str), got {keys.dtype}"
+        )
+
     def _keys(self, keys: Any) -> np.ndarray:
-        keys = np.asarray(keys)
+        keys = self._key_array(keys)
+        if self.key_dtype == "string":
+            return self._string_keys(keys)
         if keys.dtype.kind not in "iu":
             raise TypeError(
                 f"keys of table {self.name!r} must be {self.key_dtype}, got {keys.dtype}"
@@ -154,7 +194,7 @@ class RedisStore:
                 self._prefetcher.written(keys)
 
     def _read(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, exists)`` of flat int64 ids; missing rows are zeros."""
+        """``(rows, exists)`` of flat ids (as ``_keys`` gives them); missing rows are zeros."""
         out = np.empty((flat.shape[0], self.dim), dtype=self.np_value_dtype)
         exists = np.empty((flat.shape[0],), dtype=np.bool_)
         zero = np.zeros((self.dim,), dtype=self.np_value_dtype).view(np.uint8)
@@ -202,7 +242,7 @@ class RedisStore:
         rows into (and return), instead of a new one: a loop of large lookups then reuses its
         memory rather than having fresh pages zeroed by the kernel on every call.
         """
-        keys_arr = np.asarray(keys)
+        keys_arr = self._key_array(keys)
         flat = self._keys(keys_arr)
         n = flat.shape[0]
         want = (*keys_arr.shape, self.dim)
@@ -236,7 +276,7 @@ class RedisStore:
 
     def insert(self, keys: Any, values: Any) -> None:
         """Upserts rows; ``values`` must have shape ``keys.shape + (dim,)``."""
-        keys_arr = np.asarray(keys)
+        keys_arr = self._key_array(keys)
         flat = self._keys(keys_arr)
         rows = self._rows(values, keys_arr.shape, "value")
         with self.writing(flat):
@@ -251,7 +291,7 @@ class RedisStore:
     def accum(self, keys: Any, values_or_deltas: Any, exists: Any) -> None:
         """TFRA's BP-v2 update: adds deltas to ids flagged in ``exists`` that are still
         present; sets unflagged ids that are absent; leaves the rest alone."""
-        keys_arr = np.asarray(keys)
+        keys_arr = self._key_array(keys)
         flat = self._keys(keys_arr)
         rows = self._rows(values_or_deltas, keys_arr.shape, "values_or_deltas")
         flags = np.asarray(exists)
@@ -272,18 +312,24 @@ class RedisStore:
         with self.writing(None):
             self._table.clear()
 
+    def _exported_keys(self, keys: np.ndarray) -> np.ndarray:
+        if self.key_dtype == "string":
+            return keys  # an object array of bytes
+        return keys.astype(self.key_dtype, copy=False)
+
     def export(self) -> tuple[np.ndarray, np.ndarray]:
-        """All (ids, rows) at once; for tables that fit in memory."""
+        """All (ids, rows) at once; for tables that fit in memory. String ids come as an
+        object array of ``bytes``."""
         keys, raw = self._table.export()
         values = raw.view(self.np_value_dtype).reshape(-1, self.dim)
-        return keys.astype(self.key_dtype, copy=False), values
+        return self._exported_keys(keys), values
 
     def export_pages(self, sink: Callable[[np.ndarray, np.ndarray], None], page: int = 65536):
         """Calls ``sink(ids, rows)`` page by page; memory stays bounded."""
 
         def forward(keys: np.ndarray, raw: np.ndarray) -> None:
             sink(
-                keys.astype(self.key_dtype, copy=False),
+                self._exported_keys(keys),
                 raw.view(self.np_value_dtype).reshape(-1, self.dim),
             )
 

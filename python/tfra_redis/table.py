@@ -116,7 +116,7 @@ class RedisTable(tf.__internal__.tracking.Trackable):
     """A mutable hash table whose rows live in Redis, with TFRA's ``RedisTable`` API.
 
     Args:
-        key_dtype: ``tf.int64`` or ``tf.int32``.
+        key_dtype: ``tf.int64``, ``tf.int32`` or ``tf.string`` (ids are the strings' bytes).
         value_dtype: ``tf.float32``, ``float64``, ``float16``, ``bfloat16``, ``int32``,
             ``int64`` or ``int8``.
         default_value: the row for missing keys; its shape is the value shape (``[dim]``).

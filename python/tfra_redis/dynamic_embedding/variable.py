@@ -17,11 +17,12 @@ from tfra_redis.table import RedisTable, is_collecting_lookup_keys
 
 __all__ = ["Variable", "embedding_lookup", "get_variable"]
 
-# TFRA's de.Variable accepts these (key, value) pairs with int keys (its valid_dtype_list); the
-# store has no string keys.
+# TFRA's de.Variable accepts these (key, value) pairs (its valid_dtype_list), less its int64 ->
+# string and string -> bool tables, whose values the store does not hold.
 _VALUE_DTYPES = {
     tf.int64: (tf.float32, tf.float16, tf.bfloat16, tf.int32, tf.int8, tf.int64, tf.float64),
     tf.int32: (tf.float32, tf.int32, tf.float64, tf.bfloat16),
+    tf.string: (tf.float32, tf.float16, tf.bfloat16, tf.int32, tf.int8, tf.int64, tf.float64),
 }
 
 
@@ -149,7 +150,7 @@ class _RowInitializer:
 
 
 class Variable(tf.__internal__.tracking.Trackable):
-    """A dynamic embedding: int ids to rows of ``dim`` values, stored in Redis (TFRA's
+    """A dynamic embedding: int or string ids to rows of ``dim`` values, stored in Redis (TFRA's
     ``de.Variable``). Ids never seen get rows from ``initializer``.
 
     Normally created with :func:`get_variable`. All shards of a TFRA variable share one Redis
@@ -179,7 +180,7 @@ class Variable(tf.__internal__.tracking.Trackable):
         self._value_dtype = tf.as_dtype(value_dtype)
         if self._key_dtype not in _VALUE_DTYPES:
             raise TypeError(
-                f"key_dtype of a Redis-backed Variable must be int64 or int32, got "
+                f"key_dtype of a Redis-backed Variable must be int64, int32 or string, got "
                 f"{self._key_dtype.name}"
             )
         if self._value_dtype not in _VALUE_DTYPES[self._key_dtype]:

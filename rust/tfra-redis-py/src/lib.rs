@@ -9,11 +9,11 @@ use numpy::{
     BorrowError, Element, PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadwriteArray1,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyString};
 
-use tfra_redis::codec::{Dim, KeyDtype, ValueDtype};
+use tfra_redis::codec::{Dim, KeyBuf, KeyDtype, Keys, ValueDtype};
 use tfra_redis::config::{RedisConfig, resolve_config_path};
 use tfra_redis::table::{Defaults, TableSpec};
 
@@ -152,6 +152,99 @@ fn borrow_error(err: BorrowError, what: &str) -> PyErr {
             "{what} overlaps another array passed to this call (or one another call is \
              writing into); pass arrays that share no memory"
         )),
+    }
+}
+
+/// Ids as a call received them: an int64 array (borrowed, for integer tables) or string ids
+/// copied once into one buffer (for string tables).
+enum KeyInput<'py> {
+    Ints(PyReadonlyArray1<'py, i64>),
+    Bytes(KeyBuf),
+}
+
+impl KeyInput<'_> {
+    fn keys(&self) -> PyResult<Keys<'_>> {
+        Ok(match self {
+            KeyInput::Ints(a) => Keys::Ints(a.as_slice()?),
+            KeyInput::Bytes(b) => b.keys(),
+        })
+    }
+
+    /// The int64 ids' memory, for the overlap checks (string ids are a private copy).
+    fn span(&self) -> PyResult<std::ops::Range<usize>> {
+        Ok(match self {
+            KeyInput::Ints(a) => span(a.as_slice()?),
+            KeyInput::Bytes(_) => 0..0,
+        })
+    }
+}
+
+/// Reads `keys`: a 1-D int64 numpy array, or any 1-D sequence of `bytes` or `str` (a numpy
+/// object array, a numpy bytes/str array, a list), `str` encoded as UTF-8. String ids are
+/// copied here, with the GIL held, so that nothing Python owns is read once it is released
+/// (another thread could replace an element of an object array meanwhile).
+fn key_input<'py>(keys: &Bound<'py, PyAny>) -> PyResult<KeyInput<'py>> {
+    if let Ok(ints) = keys.cast::<PyArray1<i64>>() {
+        return Ok(KeyInput::Ints(input(ints, "keys")?));
+    }
+    if keys.is_instance_of::<PyBytes>() || keys.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(
+            "keys must be a sequence of ids, not a single bytes or str object",
+        ));
+    }
+    let iter = keys.try_iter().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "keys must be an int64 array (int64/int32 tables) or a sequence of bytes or str \
+             (string tables), got {}",
+            type_name(keys)
+        ))
+    })?;
+    let mut buf = KeyBuf::new(KeyDtype::Str);
+    for (i, item) in iter.enumerate() {
+        let item = item?;
+        if let Ok(b) = item.cast::<PyBytes>() {
+            buf.push_field(KeyDtype::Str, b.as_bytes());
+        } else if let Ok(text) = item.cast::<PyString>() {
+            buf.push_field(KeyDtype::Str, text.to_str()?.as_bytes());
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "keys must be an int64 array (int64/int32 tables) or a sequence of bytes or \
+                 str (string tables); key {i} is {}",
+                type_name(&item)
+            )));
+        }
+    }
+    Ok(KeyInput::Bytes(buf))
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    let ty = obj.get_type();
+    let name = ty
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into());
+    match ty.module() {
+        Ok(m) if m != "builtins" => format!("{m}.{name}"),
+        _ => name,
+    }
+}
+
+/// Keys for Python: an int64 array, or a numpy object array of `bytes` for string keys (what
+/// `tf.numpy_function` gives and takes for `tf.string`).
+fn keys_to_py<'py>(py: Python<'py>, keys: KeyBuf) -> Bound<'py, PyAny> {
+    match keys {
+        KeyBuf::Ints(k) => PyArray1::from_vec(py, k).into_any(),
+        buf => {
+            let keys = buf.keys();
+            let objects: Vec<Py<PyAny>> = (0..keys.len())
+                .map(|i| {
+                    PyBytes::new(py, keys.field(i, KeyDtype::Str).as_ref())
+                        .into_any()
+                        .unbind()
+                })
+                .collect();
+            PyArray1::from_vec(py, objects).into_any()
+        }
     }
 }
 
@@ -310,9 +403,9 @@ fn resolve_path(env_name: Option<&str>, abs_dir: Option<&str>) -> PyResult<Strin
         .map(|p| p.to_string_lossy().into_owned())
 }
 
-/// An open Redis-backed table. Ids and rows cross as flat numpy buffers: ids as int64, rows as
-/// raw bytes (`uint8` views of the rows' own dtype), so every value dtype goes through one path
-/// without conversion.
+/// An open Redis-backed table. Ids and rows cross as flat numpy buffers: ids as int64 (string
+/// ids as a sequence of bytes, see [`key_input`]), rows as raw bytes (`uint8` views of the
+/// rows' own dtype), so every value dtype goes through one path without conversion.
 #[pyclass(frozen, module = "tfra_redis._native", name = "Table")]
 struct PyTable {
     inner: Arc<tfra_redis::table::Table>,
@@ -429,16 +522,17 @@ impl PyTable {
     fn find(
         &self,
         py: Python<'_>,
-        keys: Array<'_, i64>,
+        keys: &Bound<'_, PyAny>,
         default: Array<'_, u8>,
         out: Array<'_, u8>,
         exists: Option<Array<'_, bool>>,
     ) -> PyResult<()> {
-        let keys = input(&keys, "keys")?;
+        let keys = key_input(keys)?;
         let default = input(&default, "default")?;
         let mut out = output(&out, "out")?;
         let mut exists = exists.map(|e| output(&e, "exists")).transpose()?;
-        let keys = keys.as_slice()?;
+        let keys_span = keys.span()?;
+        let keys = keys.keys()?;
         let default = default.as_slice()?;
         let out = out.as_slice_mut()?;
         let exists = match exists.as_mut() {
@@ -452,7 +546,7 @@ impl PyTable {
         check_disjoint(
             &outputs,
             &[
-                ("keys".to_string(), span(keys)),
+                ("keys".to_string(), keys_span),
                 ("default".to_string(), span(default)),
             ],
         )?;
@@ -466,18 +560,23 @@ impl PyTable {
     }
 
     /// Upserts rows (`values` holds `len(keys)` rows of row bytes).
-    fn insert(&self, py: Python<'_>, keys: Array<'_, i64>, values: Array<'_, u8>) -> PyResult<()> {
-        let (keys, values) = (input(&keys, "keys")?, input(&values, "values")?);
-        let keys = keys.as_slice()?;
+    fn insert(
+        &self,
+        py: Python<'_>,
+        keys: &Bound<'_, PyAny>,
+        values: Array<'_, u8>,
+    ) -> PyResult<()> {
+        let (keys, values) = (key_input(keys)?, input(&values, "values")?);
+        let keys = keys.keys()?;
         let values = values.as_slice()?;
         let table = &self.inner;
         detached(py, || table.insert(keys, values))
     }
 
     /// Removes ids.
-    fn remove(&self, py: Python<'_>, keys: Array<'_, i64>) -> PyResult<()> {
-        let keys = input(&keys, "keys")?;
-        let keys = keys.as_slice()?;
+    fn remove(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<()> {
+        let keys = key_input(keys)?;
+        let keys = keys.keys()?;
         let table = &self.inner;
         detached(py, || table.remove(keys))
     }
@@ -486,14 +585,14 @@ impl PyTable {
     fn accum(
         &self,
         py: Python<'_>,
-        keys: Array<'_, i64>,
+        keys: &Bound<'_, PyAny>,
         deltas: Array<'_, u8>,
         exists: Array<'_, bool>,
     ) -> PyResult<()> {
-        let keys = input(&keys, "keys")?;
+        let keys = key_input(keys)?;
         let deltas = input(&deltas, "deltas")?;
         let exists = input(&exists, "exists")?;
-        let keys = keys.as_slice()?;
+        let keys = keys.keys()?;
         let deltas = deltas.as_slice()?;
         let exists = bool_flags(&exists, "exists")?;
         let table = &self.inner;
@@ -512,11 +611,12 @@ impl PyTable {
         detached(py, || table.clear())
     }
 
-    /// Every pair: (int64 ids, row bytes).
+    /// Every pair: (ids, row bytes); ids are int64, or an object array of bytes for string
+    /// keys.
     fn export<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         let table = &self.inner;
         let (keys, values) = detached(py, || table.export())?;
-        let keys = numpy::PyArray1::from_vec(py, keys).into_any();
+        let keys = keys_to_py(py, keys);
         let values = numpy::PyArray1::from_vec(py, values).into_any();
         Ok((keys, values))
     }
@@ -524,12 +624,15 @@ impl PyTable {
     /// Calls `sink(ids, row_bytes)` for each page of about `page` pairs.
     fn export_pages(&self, py: Python<'_>, page: usize, sink: Py<PyAny>) -> PyResult<()> {
         let table = self.inner.clone();
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<i64>, Vec<u8>)>(2);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(KeyBuf, Vec<u8>)>(2);
         // Redis is read on a worker thread without the GIL while this thread hands pages to
         // Python, so the callback's work overlaps the next page's round trip.
         let worker = std::thread::spawn(move || {
+            let dtype = table.spec().key_dtype;
             table.export_pages(page, |k, v| {
-                tx.send((k.to_vec(), v.to_vec())).map_err(|_| {
+                let mut keys = KeyBuf::new(dtype);
+                keys.extend(k);
+                tx.send((keys, v.to_vec())).map_err(|_| {
                     tfra_redis::Error::InvalidArgument("export stopped by the consumer".into())
                 })
             })
@@ -541,7 +644,7 @@ impl PyTable {
             let (next, back) = py.detach(move || (rx.recv(), rx));
             rx = back;
             let Ok((k, v)) = next else { break };
-            let keys = numpy::PyArray1::from_vec(py, k);
+            let keys = keys_to_py(py, k);
             let values = numpy::PyArray1::from_vec(py, v);
             if let Err(e) = sink.call1(py, (keys, values)) {
                 callback_error = Some(e);
@@ -622,12 +725,12 @@ fn apply_gradients(
     hyper: std::collections::HashMap<String, f64>,
     params: &Bound<'_, PyTable>,
     slots: Vec<Bound<'_, PyTable>>,
-    keys: Array<'_, i64>,
+    keys: &Bound<'_, PyAny>,
     grads: Array<'_, f32>,
     init_rows: Array<'_, f32>,
     step: u64,
 ) -> PyResult<()> {
-    let keys = input(&keys, "keys")?;
+    let keys = key_input(keys)?;
     let grads = input(&grads, "grads")?;
     let init_rows = input(&init_rows, "init_rows")?;
     let hyper: Vec<(&str, f64)> = hyper.iter().map(|(k, v)| (k.as_str(), *v)).collect();
@@ -635,7 +738,7 @@ fn apply_gradients(
         tfra_redis::optim::Optimizer::from_keras_name(optimizer, &hyper).map_err(to_py)?;
     let params = &params.get().inner;
     let slots: Vec<&tfra_redis::table::Table> = slots.iter().map(|s| &*s.get().inner).collect();
-    let keys = keys.as_slice()?;
+    let keys = keys.keys()?;
     let grads = grads.as_slice()?;
     let init_rows = init_rows.as_slice()?;
     detached(py, || {
@@ -650,7 +753,7 @@ fn apply_gradients(
 fn find_together(
     py: Python<'_>,
     tables: Vec<Bound<'_, PyTable>>,
-    keys: Array<'_, i64>,
+    keys: &Bound<'_, PyAny>,
     defaults: Vec<Array<'_, u8>>,
     outs: Vec<Array<'_, u8>>,
 ) -> PyResult<()> {
@@ -663,8 +766,9 @@ fn find_together(
             outs.len()
         )));
     }
-    let keys = input(&keys, "keys")?;
-    let keys = keys.as_slice()?;
+    let keys = key_input(keys)?;
+    let keys_span = keys.span()?;
+    let keys = keys.keys()?;
     let defaults = defaults
         .iter()
         .enumerate()
@@ -683,7 +787,7 @@ fn find_together(
         .iter_mut()
         .map(|o| o.as_slice_mut())
         .collect::<Result<_, _>>()?;
-    let mut inputs = vec![("keys".to_string(), span(keys))];
+    let mut inputs = vec![("keys".to_string(), keys_span)];
     inputs.extend(
         defaults
             .iter()
@@ -721,7 +825,7 @@ fn find_together(
 fn insert_together(
     py: Python<'_>,
     tables: Vec<Bound<'_, PyTable>>,
-    keys: Array<'_, i64>,
+    keys: &Bound<'_, PyAny>,
     values: Vec<Array<'_, u8>>,
 ) -> PyResult<()> {
     if values.len() != tables.len() {
@@ -731,8 +835,8 @@ fn insert_together(
             values.len()
         )));
     }
-    let keys = input(&keys, "keys")?;
-    let keys = keys.as_slice()?;
+    let keys = key_input(keys)?;
+    let keys = keys.keys()?;
     let values = values
         .iter()
         .enumerate()
@@ -742,7 +846,7 @@ fn insert_together(
         .iter()
         .map(|v| v.as_slice())
         .collect::<Result<_, _>>()?;
-    let writes: Vec<(&tfra_redis::table::Table, &[i64], &[u8])> = tables
+    let writes: Vec<(&tfra_redis::table::Table, Keys<'_>, &[u8])> = tables
         .iter()
         .zip(values)
         .map(|(t, v)| (&*t.get().inner, keys, v))

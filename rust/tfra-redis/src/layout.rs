@@ -457,6 +457,50 @@ pub fn bucket_of(key: i64, key_dtype: KeyDtype, slices: u32, f: BucketFn) -> u32
     h % slices
 }
 
+/// The longest string TensorFlow keeps inside the `tstring` object itself (its "small"
+/// representation on 64-bit little-endian hosts, x86-64 and aarch64).
+pub const TSTRING_SMALL_CAPACITY: usize = 22;
+
+/// The 32-bit hash TFRA's cluster mode buckets a string key by.
+///
+/// TFRA hashes the bytes of the in-memory `tstring` *object*, not the string's data: CRC-32C
+/// ([`crc32c_tfra`]: init `0xFFFFFFFF`, no final XOR, whatever `using_hash_storage_slice`
+/// says) over `length()` bytes from the object's start. For a string of at most
+/// [`TSTRING_SMALL_CAPACITY`] bytes the object starts with one header byte `len << 2` followed
+/// by the characters, so TFRA hashes `[len << 2] ++ s[..len - 1]`: the header and all but the
+/// last character (`"abc"` hashes `0C 61 62`; the empty string hashes nothing). We reproduce
+/// that exactly, so such keys land in the bucket TFRA reads them from.
+///
+/// A longer string's object holds a heap pointer, so TFRA's bucket for it changes from
+/// process to process (and past 24 bytes it reads beyond the object). No rule can match that;
+/// we use the same CRC-32C over the string's own bytes, which is deterministic. A TFRA process
+/// may therefore look for such keys (over 22 bytes, cluster mode, `storage_slice > 1`) in
+/// another bucket than the one we wrote them to, as it may for its own earlier writes.
+pub fn string_key_hash(key: &[u8]) -> u32 {
+    let len = key.len();
+    if len > TSTRING_SMALL_CAPACITY {
+        return crc32c_tfra(key);
+    }
+    if len == 0 {
+        return crc32c_tfra(&[]);
+    }
+    let mut object = [0u8; TSTRING_SMALL_CAPACITY];
+    // len <= 22, so len << 2 fits a byte; its low two bits (TF's type tag) are 0 = small.
+    object[0] = (len << 2) as u8;
+    object[1..len].copy_from_slice(&key[..len - 1]);
+    crc32c_tfra(&object[..len])
+}
+
+/// The bucket index of a string key among `slices` buckets: [`string_key_hash`] mod
+/// `slices`. TFRA's string keys always use this CRC-32C rule; `using_hash_storage_slice` only
+/// matters for integer keys.
+///
+/// # Panics
+/// If `slices == 0`.
+pub fn bucket_of_string(key: &[u8], slices: u32) -> u32 {
+    string_key_hash(key) % slices
+}
+
 /// Glob metacharacters of Redis' `stringmatchlen`. `]` is only special inside a class but
 /// escaping it is harmless.
 fn push_glob_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -688,6 +732,53 @@ mod tests {
         }
         assert_eq!(BucketFn::from_flag(true), BucketFn::Crc32c);
         assert_eq!(BucketFn::from_flag(false), BucketFn::LowBits);
+    }
+
+    /// CRC-32C bit by bit, independent of the `crc32c` crate: init `0xFFFFFFFF`, reflected
+    /// polynomial 0x82F63B78, no final XOR (TFRA's variant).
+    fn crc32c_bitwise(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0x82F6_3B78
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        crc
+    }
+
+    #[test]
+    fn string_buckets() {
+        // The spec's vector: "abc" hashes the tstring object's bytes 0C 61 62.
+        assert_eq!(crc32c_bitwise(&[0x0C, 0x61, 0x62]), 718772414);
+        assert_eq!(string_key_hash(b"abc"), 718772414);
+        assert_eq!(bucket_of_string(b"abc", 7), 718772414 % 7);
+        // Nothing hashed for the empty string: the init value itself.
+        assert_eq!(string_key_hash(b""), 0xFFFF_FFFF);
+        // The last character never counts; every 1-character string hashes [0x04].
+        assert_eq!(string_key_hash(b"abd"), string_key_hash(b"abc"));
+        assert_eq!(string_key_hash(b"x"), crc32c_bitwise(&[0x04]));
+        assert_eq!(string_key_hash(b"\0"), string_key_hash(b"y"));
+        // Up to 22 bytes: the small-string object; the header byte of 22 is 0x58.
+        for len in [2usize, 5, 21, 22] {
+            let key: Vec<u8> = (0..len as u8).map(|i| b'a' + i).collect();
+            let mut object = vec![(len << 2) as u8];
+            object.extend_from_slice(&key[..len - 1]);
+            assert_eq!(string_key_hash(&key), crc32c_bitwise(&object), "len {len}");
+        }
+        // Past 22 bytes TFRA is not deterministic; ours is CRC-32C of the bytes themselves.
+        for len in [23usize, 24, 100] {
+            let key = vec![b'k'; len];
+            assert_eq!(string_key_hash(&key), crc32c_bitwise(&key), "len {len}");
+        }
+        let multibyte = "été".as_bytes();
+        let mut object = vec![(multibyte.len() << 2) as u8];
+        object.extend_from_slice(&multibyte[..multibyte.len() - 1]);
+        assert_eq!(string_key_hash(multibyte), crc32c_bitwise(&object));
     }
 
     #[test]

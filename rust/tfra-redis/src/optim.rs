@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 
-use crate::codec::ValueDtype;
+use crate::codec::{Keys, ValueDtype};
 use crate::error::{Error, Result};
 use crate::table::{Defaults, Lookup, Table};
 
@@ -400,15 +400,16 @@ impl Optimizer {
 ///
 /// Each window of keys is read, updated and written back; it is not a transaction, so two
 /// workers updating the same id at once may lose one update (as with TFRA's Redis backend).
-pub fn apply_gradients(
+pub fn apply_gradients<'k>(
     opt: &Optimizer,
     params: &Table,
     slots: &[&Table],
-    keys: &[i64],
+    keys: impl Into<Keys<'k>>,
     grads: &[f32],
     init_rows: &[f32],
     step: u64,
 ) -> Result<()> {
+    let keys = keys.into();
     opt.validate()?;
     if matches!(opt, Optimizer::Adam { .. }) && step == 0 {
         return Err(Error::InvalidArgument(
@@ -454,12 +455,14 @@ pub fn apply_gradients(
             )));
         }
     }
+    let key_dtype = params.spec().key_dtype;
     let mut seen = HashSet::with_capacity(n);
-    if let Some(key) = keys.iter().find(|&&k| !seen.insert(k)) {
+    if let Some(i) = (0..n).find(|&i| !seen.insert(keys.field(i, key_dtype))) {
         return Err(Error::InvalidArgument(format!(
-            "key {key} appears more than once in one optimizer step; sum the gradients of \
+            "key {} appears more than once in one optimizer step; sum the gradients of \
              repeated ids first (e.g. tf.math.unsorted_segment_sum or \
-             tfra_redis.optimizers.sum_duplicates)"
+             tfra_redis.optimizers.sum_duplicates)",
+            keys.label(i)
         )));
     }
     let slot_defaults: Vec<Vec<u8>> = names
@@ -472,7 +475,7 @@ pub fn apply_gradients(
         .collect();
     for start in (0..n).step_by(WINDOW_KEYS) {
         let end = (start + WINDOW_KEYS).min(n);
-        let keys = &keys[start..end];
+        let keys = keys.slice(start, end);
         let grads = &grads[start * dim..end * dim];
         let init = le_bytes(&init_rows[start * dim..end * dim]);
 
@@ -508,7 +511,7 @@ pub fn apply_gradients(
         // window's rows updated in one table and not in another, as a crash between two
         // sequential writes would, so ordering them would buy nothing.
         rows.iter_mut().for_each(|r| to_le_in_place(r));
-        let writes: Vec<(&Table, &[i64], &[u8])> = tables
+        let writes: Vec<(&Table, Keys<'_>, &[u8])> = tables
             .iter()
             .zip(&rows)
             .map(|(&t, r)| (t, keys, bytemuck::cast_slice(r.as_slice())))

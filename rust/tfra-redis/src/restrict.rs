@@ -11,7 +11,7 @@
 //! the chosen high bucket), and a third pass removes the ids below the threshold, page by page.
 //! Client memory is a page plus two 65,536-entry histograms, whatever the table's size.
 
-use crate::codec::ValueDtype;
+use crate::codec::{KeyBuf, ValueDtype};
 use crate::error::{Error, Result};
 use crate::table::Table;
 
@@ -128,20 +128,15 @@ pub fn restrict(
     // Pass 3: remove page by page.
     let mut removed = 0u64;
     status.export_pages(page, |keys, values| {
-        let chosen: Vec<i64> = keys
-            .iter()
-            .zip(statuses(values))
-            .filter_map(|(&key, s)| {
-                if s < threshold {
-                    Some(key)
-                } else if s == threshold && ties > 0 {
-                    ties -= 1;
-                    Some(key)
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let mut chosen = KeyBuf::new(spec.key_dtype);
+        for (i, s) in statuses(values).into_iter().enumerate() {
+            if s < threshold {
+                chosen.push_key(keys, i);
+            } else if s == threshold && ties > 0 {
+                ties -= 1;
+                chosen.push_key(keys, i);
+            }
+        }
         if chosen.is_empty() {
             return Ok(());
         }

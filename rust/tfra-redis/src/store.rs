@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use redis::Value;
 
 use crate::backend::{Retry, Role};
+use crate::codec::{KeyBuf, Keys};
 use crate::error::{Error, Result};
 use crate::layout::{BucketKey, KeyPrefix, bucket_glob, parse_bucket_tag, printable};
 use crate::table::Table;
@@ -233,37 +234,38 @@ pub fn rebucket(table: &Table) -> Result<RebucketReport> {
         rows_copied: 0,
     };
     for bucket in &old {
-        let mut ids = Vec::new();
+        let mut ids = KeyBuf::new(table.spec().key_dtype);
         table.scan_bucket(bucket, COPY_PAGE, |k, v| {
             table.insert_missing(k, v)?;
-            ids.extend_from_slice(k);
+            ids.extend(k);
             report.rows_copied += k.len() as u64;
             Ok(())
         })?;
-        verify_readable(table, bucket, &ids)?;
+        verify_readable(table, bucket, ids.keys())?;
         let del = redis::cmd("DEL").arg(bucket).clone();
         table
             .backend()?
             .run_values(&[del], Role::Write, Retry::Idempotent)?;
     }
     for (b, bucket) in table.buckets().iter().enumerate() {
-        let mut stray = Vec::new();
+        let dtype = table.spec().key_dtype;
+        let mut stray = KeyBuf::new(dtype);
         table.scan_bucket(bucket.as_bytes(), COPY_PAGE, |k, v| {
             let rb = table.row_bytes();
-            let (mut keys, mut rows) = (Vec::new(), Vec::new());
-            for (i, &key) in k.iter().enumerate() {
-                if table.bucket_of_key(key) != b {
-                    keys.push(key);
+            let (mut keys, mut rows) = (KeyBuf::new(dtype), Vec::new());
+            for i in 0..k.len() {
+                if table.bucket_of_key(k, i) != b {
+                    keys.push_key(k, i);
                     rows.extend_from_slice(&v[i * rb..(i + 1) * rb]);
                 }
             }
             table.insert_missing(&keys, &rows)?;
             report.rows_copied += keys.len() as u64;
-            stray.extend(keys);
+            stray.extend(keys.keys());
             Ok(())
         })?;
         if !stray.is_empty() {
-            verify_readable(table, bucket.as_bytes(), &stray)?;
+            verify_readable(table, bucket.as_bytes(), stray.keys())?;
             table.remove_from_bucket(b, &stray)?;
         }
     }
@@ -271,10 +273,11 @@ pub fn rebucket(table: &Table) -> Result<RebucketReport> {
 }
 
 /// Fails unless every id is found where the runtime layout looks for it.
-fn verify_readable(table: &Table, from: &[u8], ids: &[i64]) -> Result<()> {
+fn verify_readable(table: &Table, from: &[u8], ids: Keys<'_>) -> Result<()> {
     let rb = table.row_bytes();
     let zero = vec![0u8; rb];
-    for chunk in ids.chunks(65536) {
+    for start in (0..ids.len()).step_by(65536) {
+        let chunk = ids.slice(start, (start + 65536).min(ids.len()));
         let mut out = vec![0u8; chunk.len() * rb];
         let mut exists = vec![false; chunk.len()];
         table.find(
@@ -289,7 +292,7 @@ fn verify_readable(table: &Table, from: &[u8], ids: &[i64]) -> Result<()> {
                 message: format!(
                     "re-bucketing stopped: id {} was copied but is not readable in the new \
                      layout; the old copy is kept",
-                    chunk[pos]
+                    chunk.label(pos)
                 ),
             });
         }
@@ -313,11 +316,9 @@ pub fn needs_rebucket(table: &Table) -> Result<bool> {
         return Ok(true);
     }
     for b in 0..table.buckets().len() {
-        if table
-            .sample_ids(b, 32)?
-            .iter()
-            .any(|&k| table.bucket_of_key(k) != b)
-        {
+        let sample = table.sample_ids(b, 32)?;
+        let sample = sample.keys();
+        if (0..sample.len()).any(|i| table.bucket_of_key(sample, i) != b) {
             return Ok(true);
         }
     }

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use redis::{Cmd, Value};
 
 use crate::backend::{self, Backend, Batch, Retry, Role};
-use crate::codec::{Dim, KeyDtype, ValueDtype};
+use crate::codec::{Dim, KeyBuf, KeyDtype, Keys, ValueDtype};
 use crate::config::{ConnectionMode, RedisConfig};
 use crate::error::{Error, Result};
 use crate::layout::{
-    BucketFn, BucketKey, HashTag, KeyPrefix, bucket_keys, bucket_of, embedding_name,
-    hypodispersion_tags, topology_tags,
+    BucketFn, BucketKey, HashTag, KeyPrefix, bucket_keys, bucket_of, bucket_of_string,
+    embedding_name, hypodispersion_tags, topology_tags,
 };
 use crate::throttle::{Throttle, held_back_note};
 
@@ -21,7 +21,7 @@ use crate::throttle::{Throttle, held_back_note};
 pub struct TableSpec {
     /// The table name; the Redis name is the part before `_mht_` (TFRA's rule).
     pub name: String,
-    /// int64 or int32 ids.
+    /// int64, int32 or string ids.
     pub key_dtype: KeyDtype,
     /// The element type of the rows.
     pub value_dtype: ValueDtype,
@@ -34,7 +34,7 @@ pub struct Lookup<'a> {
     /// The table.
     pub table: &'a Table,
     /// The ids to read.
-    pub keys: &'a [i64],
+    pub keys: Keys<'a>,
     /// Rows for ids that are not stored.
     pub defaults: Defaults<'a>,
     /// `keys.len()` rows.
@@ -222,20 +222,25 @@ impl Table {
         Ok(guard.1.clone())
     }
 
-    fn bucket_index(&self, key: i64) -> usize {
+    fn bucket_index(&self, keys: Keys<'_>, i: usize) -> usize {
         if self.data_buckets == 1 {
-            0
-        } else {
-            bucket_of(key, self.spec.key_dtype, self.data_buckets, self.bucket_fn) as usize
+            return 0;
         }
+        let b = match keys {
+            Keys::Ints(k) => {
+                bucket_of(k[i], self.spec.key_dtype, self.data_buckets, self.bucket_fn)
+            }
+            Keys::Bytes(k) => bucket_of_string(k.get(i), self.data_buckets),
+        };
+        b as usize
     }
 
     /// Groups key positions by bucket and cuts them into commands of at most
     /// `keys_sending_size` fields; returns (bucket, positions) per command.
-    fn plan(&self, keys: &[i64]) -> Vec<(usize, Vec<u32>)> {
+    fn plan(&self, keys: Keys<'_>) -> Vec<(usize, Vec<u32>)> {
         let mut per_bucket: Vec<Vec<u32>> = vec![Vec::new(); self.data_buckets as usize];
-        for (i, &k) in keys.iter().enumerate() {
-            per_bucket[self.bucket_index(k)].push(i as u32);
+        for i in 0..keys.len() {
+            per_bucket[self.bucket_index(keys, i)].push(i as u32);
         }
         let mut plan = Vec::new();
         for (b, positions) in per_bucket.into_iter().enumerate() {
@@ -269,18 +274,34 @@ impl Table {
         out
     }
 
-    /// Ids an int32 table cannot hold are an error: encoding would keep their low 32 bits and
-    /// silently read or write another id's row.
-    fn check_keys(&self, keys: &[i64]) -> Result<()> {
-        if self.spec.key_dtype == KeyDtype::I32
-            && let Some(key) = keys.iter().find(|&&k| i32::try_from(k).is_err())
-        {
-            return Err(Error::InvalidArgument(format!(
-                "id {key} does not fit the int32 keys of table {:?}",
-                self.spec.name
-            )));
+    /// Ids of the wrong kind for the table (integers for a string table, strings for an int
+    /// table) are an error, and so are ids an int32 table cannot hold: encoding would keep
+    /// their low 32 bits and silently read or write another id's row.
+    fn check_keys(&self, keys: Keys<'_>) -> Result<()> {
+        let dtype = self.spec.key_dtype;
+        match keys {
+            Keys::Ints(_) if dtype == KeyDtype::Str => Err(self.key_kind_error(keys)),
+            Keys::Bytes(_) if dtype != KeyDtype::Str => Err(self.key_kind_error(keys)),
+            Keys::Ints(k) if dtype == KeyDtype::I32 => {
+                match k.iter().find(|&&k| i32::try_from(k).is_err()) {
+                    Some(key) => Err(Error::InvalidArgument(format!(
+                        "id {key} does not fit the int32 keys of table {:?}",
+                        self.spec.name
+                    ))),
+                    None => Ok(()),
+                }
+            }
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    fn key_kind_error(&self, keys: Keys<'_>) -> Error {
+        Error::InvalidArgument(format!(
+            "table {:?} has {} keys, but {} ids were given",
+            self.spec.name,
+            self.spec.key_dtype.name(),
+            keys.kind()
+        ))
     }
 
     fn check_len(&self, what: &str, got: usize, rows: usize) -> Result<()> {
@@ -298,13 +319,14 @@ impl Table {
     /// Looks ids up. `out` receives `keys.len()` rows; missing ids get their default row, and
     /// `exists` (when given) says which ids were found. A Redis failure is an error, never a
     /// silent default row, unless the config sets `redis_lookup_defaults_on_error`.
-    pub fn find(
+    pub fn find<'k>(
         &self,
-        keys: &[i64],
+        keys: impl Into<Keys<'k>>,
         defaults: Defaults<'_>,
         out: &mut [u8],
         mut exists: Option<&mut [bool]>,
     ) -> Result<()> {
+        let keys = keys.into();
         let n = keys.len();
         self.check_lookup(keys, defaults, out)?;
         if let Some(e) = exists.as_deref()
@@ -354,7 +376,7 @@ impl Table {
 
     fn find_inner(
         &self,
-        keys: &[i64],
+        keys: Keys<'_>,
         defaults: Defaults<'_>,
         out: &mut [u8],
         mut exists: Option<&mut [bool]>,
@@ -377,7 +399,7 @@ impl Table {
     /// `make` adds the command of each (bucket, positions) to a batch, and `send` runs it.
     fn by_window(
         &self,
-        keys: &[i64],
+        keys: Keys<'_>,
         make: impl Fn(&mut Batch, usize, &[u32]),
         mut send: impl FnMut(&Batch, &[(usize, Vec<u32>)]) -> Result<()>,
     ) -> Result<()> {
@@ -395,7 +417,7 @@ impl Table {
     }
 
     /// Checks a lookup's buffers against this table's row size.
-    fn check_lookup(&self, keys: &[i64], defaults: Defaults<'_>, out: &[u8]) -> Result<()> {
+    fn check_lookup(&self, keys: Keys<'_>, defaults: Defaults<'_>, out: &[u8]) -> Result<()> {
         self.check_keys(keys)?;
         self.check_len("the output", out.len(), keys.len())?;
         match defaults {
@@ -412,7 +434,7 @@ impl Table {
         b: usize,
         pos: &[u32],
         reply: backend::ReplyView<'_>,
-        keys: &[i64],
+        keys: Keys<'_>,
         defaults: Defaults<'_>,
         out: &mut [u8],
         mut exists: Option<&mut [bool]>,
@@ -426,7 +448,7 @@ impl Table {
                     out[i * rb..(i + 1) * rb].copy_from_slice(bytes);
                     true
                 }
-                Some(bytes) => return Err(self.row_len_error(b, keys[i], bytes.len())),
+                Some(bytes) => return Err(self.row_len_error(b, &keys.label(i), bytes.len())),
                 None => {
                     self.write_default(defaults, i, out);
                     false
@@ -448,20 +470,27 @@ impl Table {
     }
 
     /// Adds `name bucket field...` for the keys at `pos` (HMGET, HDEL).
-    fn fields_cmd(&self, batch: &mut Batch, name: &str, bucket: usize, keys: &[i64], pos: &[u32]) {
+    fn fields_cmd(
+        &self,
+        batch: &mut Batch,
+        name: &str,
+        bucket: usize,
+        keys: Keys<'_>,
+        pos: &[u32],
+    ) {
         batch.command(name, 1 + pos.len());
         batch.key(self.buckets[bucket].as_bytes());
         for &i in pos {
-            batch.arg(self.spec.key_dtype.field(keys[i as usize]).as_ref());
+            batch.arg(keys.field(i as usize, self.spec.key_dtype).as_ref());
         }
     }
 
     /// Appends `field row` argument pairs for the keys at `pos`.
-    fn push_pairs(&self, batch: &mut Batch, keys: &[i64], rows: &[u8], pos: &[u32]) {
+    fn push_pairs(&self, batch: &mut Batch, keys: Keys<'_>, rows: &[u8], pos: &[u32]) {
         let rb = self.row_bytes;
         for &i in pos {
             let i = i as usize;
-            batch.arg(self.spec.key_dtype.field(keys[i]).as_ref());
+            batch.arg(keys.field(i, self.spec.key_dtype).as_ref());
             batch.arg(&rows[i * rb..(i + 1) * rb]);
         }
     }
@@ -473,14 +502,14 @@ impl Table {
         }
     }
 
-    fn row_len_error(&self, bucket: usize, key: i64, len: usize) -> Error {
+    fn row_len_error(&self, bucket: usize, key: &str, len: usize) -> Error {
         Error::Data {
             bucket: self.buckets[bucket].to_string(),
             message: self.row_len_message(key, len),
         }
     }
 
-    fn row_len_message(&self, key: i64, len: usize) -> String {
+    fn row_len_message(&self, key: &str, len: usize) -> String {
         format!(
             "key {key} holds {len} bytes, but rows of this table are {} bytes (dim {} x {}); \
              the stored data was written with another dim or dtype",
@@ -525,21 +554,21 @@ impl Table {
 
     /// Upserts rows into several tables with one pipeline (see [`Table::find_together`]);
     /// each entry is `(table, keys, rows)`.
-    pub fn insert_together(writes: &[(&Table, &[i64], &[u8])]) -> Result<()> {
+    pub fn insert_together(writes: &[(&Table, Keys<'_>, &[u8])]) -> Result<()> {
         for (table, keys, rows) in writes {
-            table.check_keys(keys)?;
+            table.check_keys(*keys)?;
             table.check_len("value", rows.len(), keys.len())?;
         }
         let Some(backend) = shared_backend(writes.iter().map(|(t, ..)| *t))? else {
             for (table, keys, rows) in writes {
-                table.insert(keys, rows)?;
+                table.insert(*keys, rows)?;
             }
             return Ok(());
         };
         with_batch(|batch| {
             for (table, keys, rows) in writes {
-                for (b, pos) in table.plan(keys) {
-                    table.rows_cmd(batch, false, b, keys, rows, &pos);
+                for (b, pos) in table.plan(*keys) {
+                    table.rows_cmd(batch, false, b, *keys, rows, &pos);
                 }
             }
             backend
@@ -550,18 +579,18 @@ impl Table {
 
     /// Upserts rows (raw little-endian bytes, `keys.len()` rows). Within one batch the last
     /// row of a repeated id wins.
-    pub fn insert(&self, keys: &[i64], values: &[u8]) -> Result<()> {
-        self.write_rows(keys, values, false)
+    pub fn insert<'k>(&self, keys: impl Into<Keys<'k>>, values: &[u8]) -> Result<()> {
+        self.write_rows(keys.into(), values, false)
     }
 
     /// Writes rows only for ids that are not stored yet (`HSETNX` semantics). Moving data
     /// between layouts uses this, so a row written to the new layout meanwhile is never
     /// overwritten by an older copy.
-    pub fn insert_missing(&self, keys: &[i64], values: &[u8]) -> Result<()> {
-        self.write_rows(keys, values, true)
+    pub fn insert_missing<'k>(&self, keys: impl Into<Keys<'k>>, values: &[u8]) -> Result<()> {
+        self.write_rows(keys.into(), values, true)
     }
 
-    fn write_rows(&self, keys: &[i64], values: &[u8], only_missing: bool) -> Result<()> {
+    fn write_rows(&self, keys: Keys<'_>, values: &[u8], only_missing: bool) -> Result<()> {
         self.check_keys(keys)?;
         self.check_len("value", values.len(), keys.len())?;
         if keys.is_empty() {
@@ -579,7 +608,7 @@ impl Table {
         batch: &mut Batch,
         only_missing: bool,
         b: usize,
-        keys: &[i64],
+        keys: Keys<'_>,
         rows: &[u8],
         pos: &[u32],
     ) {
@@ -599,7 +628,7 @@ impl Table {
     /// Runs one write command per (bucket, chunk of keys) built by `make`, window by window.
     fn write_windows(
         &self,
-        keys: &[i64],
+        keys: Keys<'_>,
         retry: Retry,
         make: impl Fn(&mut Batch, usize, &[u32]),
     ) -> Result<()> {
@@ -609,14 +638,15 @@ impl Table {
         })
     }
 
-    /// The bucket (index into [`Table::buckets`]) where `key` lives in this layout.
-    pub fn bucket_of_key(&self, key: i64) -> usize {
-        self.bucket_index(key)
+    /// The bucket (index into [`Table::buckets`]) where key `i` of `keys` lives in this
+    /// layout.
+    pub fn bucket_of_key(&self, keys: Keys<'_>, i: usize) -> usize {
+        self.bucket_index(keys, i)
     }
 
     /// Up to `n` random ids stored in runtime bucket `bucket` (`HRANDFIELD`), cheap evidence of
     /// whether the bucket holds rows of another layout.
-    pub fn sample_ids(&self, bucket: usize, n: usize) -> Result<Vec<i64>> {
+    pub fn sample_ids(&self, bucket: usize, n: usize) -> Result<KeyBuf> {
         let backend = self.backend()?;
         let cmd = redis::cmd("HRANDFIELD")
             .arg(self.buckets[bucket].as_bytes())
@@ -626,20 +656,21 @@ impl Table {
             .run_values(&[cmd], Role::Write, Retry::Idempotent)?
             .pop()
             .unwrap_or(Value::Nil);
-        let Value::Array(items) = reply else {
-            return Ok(Vec::new());
-        };
-        Ok(items
-            .into_iter()
-            .filter_map(|v| match v {
-                Value::BulkString(f) => self.spec.key_dtype.decode(&f),
-                _ => None,
-            })
-            .collect())
+        let mut ids = KeyBuf::new(self.spec.key_dtype);
+        if let Value::Array(items) = reply {
+            for item in items {
+                if let Value::BulkString(f) = item {
+                    // A field of another width is not one of this table's ids: skipped.
+                    ids.push_field(self.spec.key_dtype, &f);
+                }
+            }
+        }
+        Ok(ids)
     }
 
     /// Deletes ids from one given runtime bucket, wherever the layout would put them.
-    pub fn remove_from_bucket(&self, bucket: usize, keys: &[i64]) -> Result<()> {
+    pub fn remove_from_bucket<'k>(&self, bucket: usize, keys: impl Into<Keys<'k>>) -> Result<()> {
+        let keys = keys.into();
         self.check_keys(keys)?;
         let backend = self.backend()?;
         let pos: Vec<u32> = (0..keys.len() as u32).collect();
@@ -653,12 +684,13 @@ impl Table {
     }
 
     /// Imports pairs: an upsert, as TFRA's import is (the table is not cleared first).
-    pub fn import(&self, keys: &[i64], values: &[u8]) -> Result<()> {
+    pub fn import<'k>(&self, keys: impl Into<Keys<'k>>, values: &[u8]) -> Result<()> {
         self.insert(keys, values)
     }
 
     /// Removes ids; missing ones are ignored.
-    pub fn remove(&self, keys: &[i64]) -> Result<()> {
+    pub fn remove<'k>(&self, keys: impl Into<Keys<'k>>) -> Result<()> {
+        let keys = keys.into();
         self.check_keys(keys)?;
         if keys.is_empty() {
             return Ok(());
@@ -671,7 +703,13 @@ impl Table {
     /// Adds deltas to present rows and sets absent ones, per TFRA's BP-v2 rule (see
     /// `ACCUM_LUA`); atomic per command on the server. Not retried when the outcome of a
     /// failed attempt is unknown, since applying a delta twice would be wrong.
-    pub fn accum(&self, keys: &[i64], deltas: &[u8], exists: &[bool]) -> Result<()> {
+    pub fn accum<'k>(
+        &self,
+        keys: impl Into<Keys<'k>>,
+        deltas: &[u8],
+        exists: &[bool],
+    ) -> Result<()> {
+        let keys = keys.into();
         self.check_keys(keys)?;
         self.check_len("values_or_deltas", deltas.len(), keys.len())?;
         if exists.len() != keys.len() {
@@ -815,10 +853,10 @@ impl Table {
         &self,
         bucket: &[u8],
         page: usize,
-        mut sink: impl FnMut(&[i64], &[u8]) -> Result<()>,
+        mut sink: impl FnMut(Keys<'_>, &[u8]) -> Result<()>,
     ) -> Result<()> {
         let backend = self.backend()?;
-        let kw = self.spec.key_dtype.width();
+        let dtype = self.spec.key_dtype;
         let rb = self.row_bytes;
         let name = crate::layout::printable(bucket);
         let mut cursor = 0u64;
@@ -836,31 +874,32 @@ impl Table {
             };
             let (next, items) = backend::parse_scan_reply(replies.remove(0))
                 .map_err(|_| bad("HSCAN answered with an unexpected shape"))?;
-            let mut keys = Vec::with_capacity(items.len() / 2);
+            let mut keys = KeyBuf::new(dtype);
             let mut values = Vec::with_capacity(items.len() / 2 * rb);
             for pair in items.chunks(2) {
                 let [field, value] = pair else {
                     return Err(bad("HSCAN answered with an odd item count"));
                 };
-                let key = self.spec.key_dtype.decode(field).ok_or_else(|| {
-                    bad(&format!(
-                        "field {} is {} bytes, but {} keys are {kw} bytes",
+                if !keys.push_field(dtype, field) {
+                    return Err(bad(&format!(
+                        "field {} is {} bytes, but {} keys are {} bytes",
                         crate::layout::printable(field),
                         field.len(),
-                        self.spec.key_dtype.name()
-                    ))
-                })?;
+                        dtype.name(),
+                        dtype.width().unwrap_or(field.len())
+                    )));
+                }
                 if value.len() != rb {
+                    let key = keys.keys().label(keys.len() - 1);
                     return Err(Error::Data {
                         bucket: name.clone(),
-                        message: self.row_len_message(key, value.len()),
+                        message: self.row_len_message(&key, value.len()),
                     });
                 }
-                keys.push(key);
                 values.extend_from_slice(value);
             }
             if !keys.is_empty() {
-                sink(&keys, &values)?;
+                sink(keys.keys(), &values)?;
             }
             if next == 0 {
                 return Ok(());
@@ -875,7 +914,7 @@ impl Table {
     pub fn export_pages(
         &self,
         page: usize,
-        mut sink: impl FnMut(&[i64], &[u8]) -> Result<()>,
+        mut sink: impl FnMut(Keys<'_>, &[u8]) -> Result<()>,
     ) -> Result<()> {
         for bucket in &self.buckets {
             self.scan_bucket(bucket.as_bytes(), page, &mut sink)?;
@@ -885,15 +924,16 @@ impl Table {
 
     /// Every pair at once, without duplicates. Only for tables that fit in memory; use
     /// [`Table::export_pages`] otherwise.
-    pub fn export(&self) -> Result<(Vec<i64>, Vec<u8>)> {
+    pub fn export(&self) -> Result<(KeyBuf, Vec<u8>)> {
         let rb = self.row_bytes;
+        let dtype = self.spec.key_dtype;
         let mut seen = std::collections::HashSet::new();
-        let mut keys = Vec::new();
+        let mut keys = KeyBuf::new(dtype);
         let mut values = Vec::new();
         self.export_pages(SCAN_COUNT, |k, v| {
-            for (i, &key) in k.iter().enumerate() {
-                if seen.insert(key) {
-                    keys.push(key);
+            for i in 0..k.len() {
+                if seen.insert(k.field(i, dtype).as_ref().to_vec()) {
+                    keys.push_key(k, i);
                     values.extend_from_slice(&v[i * rb..(i + 1) * rb]);
                 }
             }

@@ -93,7 +93,7 @@ class Embedding(keras.layers.Layer):
 
     Args:
         embedding_size: the row size (``dim``).
-        key_dtype: the ids' dtype, ``tf.int64`` or ``tf.int32``.
+        key_dtype: the ids' dtype, ``tf.int64``, ``tf.int32`` or ``tf.string``.
         value_dtype: the dtype of the rows (the layer computes in it, whatever the global
             mixed-precision policy, as in TFRA).
         combiner: how :class:`SquashedEmbedding` and :class:`FieldWiseEmbedding` reduce rows;
@@ -189,10 +189,10 @@ class Embedding(keras.layers.Layer):
         if not isinstance(ids, tf.RaggedTensor):
             ids = tf.convert_to_tensor(ids)
         if ids.dtype != self.key_dtype:
-            if not ids.dtype.is_integer:
+            if self.key_dtype == tf.string or not ids.dtype.is_integer:
+                kind = "strings" if self.key_dtype == tf.string else "integers"
                 raise TypeError(
-                    f"{self.name}: ids must be integers ({self.key_dtype.name}), got "
-                    f"{ids.dtype.name}"
+                    f"{self.name}: ids must be {kind} ({self.key_dtype.name}), got {ids.dtype.name}"
                 )
             ids = tf.cast(ids, self.key_dtype)
         max_norm = self.max_norm if isinstance(self.max_norm, (int, float)) else None
