@@ -11,6 +11,7 @@ import os
 import struct
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -372,6 +373,12 @@ def test_cli_export_import_round_trip(
     assert (meta["version"], meta["key_dtype"], meta["key_bytes"]) == (2, "string", 0)
     # Keys are written as <u32 length><bytes>: the 300-byte one appears with its length.
     assert struct.pack("<I", len(KEYS[-1])) + KEYS[-1] in data
+
+    # inspect tells string ids from int ids by the lengths of sampled fields.
+    config_tag = json.loads(Path(config).read_text()).get("model_tag_runtime", "test")
+    shown = run_cli(*cli_args, "inspect", "--model-tag", config_tag)
+    (listed,) = [t for t in shown["tables"] if t["table"] == unique_name]
+    assert listed["key_dtype"] == "string" and listed["rows"] == len(many)
 
     store.clear()
     assert store.size() == 0

@@ -398,6 +398,19 @@ def _scan(conn: Any, pattern: str) -> Iterator[bytes]:
             return
 
 
+# Fields sampled per bucket to tell the key dtype: ids of one width are int64 (8 bytes) or int32
+# (4 bytes), anything else string ids. String ids that all have 4 or 8 bytes look like ints.
+_SAMPLED_FIELDS = 16
+
+
+def _key_dtype(key_lengths: set[int]) -> str | None:
+    if not key_lengths:
+        return None
+    if key_lengths in ({8}, {4}):
+        return "int64" if key_lengths == {8} else "int32"
+    return "string"
+
+
 def _bucket_facts(conn: Any, keys: list[bytes]) -> list[dict[str, Any]]:
     commands = []
     for key in keys:
@@ -405,7 +418,7 @@ def _bucket_facts(conn: Any, keys: list[bytes]) -> list[dict[str, Any]]:
             ("HLEN", key),
             ("MEMORY", "USAGE", key),
             ("TTL", key),
-            ("HRANDFIELD", key, 1, "WITHVALUES"),
+            ("HRANDFIELD", key, _SAMPLED_FIELDS, "WITHVALUES"),
         ]
     replies = conn.pipeline(commands, decode=False)
     facts = []
@@ -415,11 +428,13 @@ def _bucket_facts(conn: Any, keys: list[bytes]) -> list[dict[str, Any]]:
             "rows": hlen if isinstance(hlen, int) else 0,
             "bytes": memory if isinstance(memory, int) else None,
             "ttl": ttl if isinstance(ttl, int) else None,
-            "key_bytes": None,
+            "key_lengths": None,
             "value_bytes": None,
         }
-        if isinstance(sample, list) and len(sample) == 2:
-            fact["key_bytes"], fact["value_bytes"] = len(sample[0]), len(sample[1])
+        if isinstance(sample, list) and len(sample) >= 2:
+            # Field lengths of the sample: one length for int ids, usually several for strings.
+            fact["key_lengths"] = sorted({len(field) for field in sample[0::2]})
+            fact["value_bytes"] = len(sample[1])
         facts.append(fact)
     return facts
 
@@ -451,7 +466,7 @@ def _summarize(tag: str, name: str, buckets: list[dict[str, Any]]) -> dict[str, 
         per_node[bucket["node"]] = per_node.get(bucket["node"], 0) + 1
     sampled = [b for b in buckets if b["value_bytes"] is not None]
     value_bytes = sorted({b["value_bytes"] for b in sampled})
-    key_bytes = sorted({b["key_bytes"] for b in sampled})
+    key_lengths = {n for b in sampled for n in b["key_lengths"]}
     ttls = [b["ttl"] for b in buckets if b["ttl"] is not None and b["ttl"] >= 0]
     return {
         "model_tag": tag,
@@ -460,7 +475,7 @@ def _summarize(tag: str, name: str, buckets: list[dict[str, Any]]) -> dict[str, 
         "buckets_per_node": per_node,
         "rows": sum(b["rows"] for b in buckets),
         "bytes": sum(b["bytes"] or 0 for b in buckets),
-        "key_dtype": {8: "int64", 4: "int32"}.get(key_bytes[0]) if len(key_bytes) == 1 else None,
+        "key_dtype": _key_dtype(key_lengths),
         "value_bytes": value_bytes[0] if len(value_bytes) == 1 else value_bytes or None,
         "dim_if_float32": value_bytes[0] // 4
         if len(value_bytes) == 1 and value_bytes[0] % 4 == 0
