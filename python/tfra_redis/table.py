@@ -493,6 +493,44 @@ class RedisTable(tf.__internal__.tracking.Trackable):
             # new model tag starts from the rows of model_tag_import, which stay in place.
             self._store.import_model_tag()
 
+    def save_rows_to(self, store: Any, prefix: str = "") -> None:
+        """Writes :meth:`save_rows` into a Keras weights store (a ``.keras`` or
+        ``.weights.h5`` file) under ``<prefix>keys``, ``values`` and ``manifest``.
+
+        HDF5 holds no numpy object arrays, so string ids are written as their bytes one after
+        the other (``keys``, uint8) plus the end offset of each (``key_ends``)."""
+        keys, values, manifest = self.save_rows()
+        if keys.dtype == object:
+            store[f"{prefix}key_ends"] = np.cumsum([len(k) for k in keys], dtype=np.int64)
+            keys = np.frombuffer(b"".join(keys), dtype=np.uint8)
+        store[f"{prefix}keys"] = keys
+        store[f"{prefix}values"] = values
+        store[f"{prefix}manifest"] = np.frombuffer(manifest, dtype=np.uint8)
+
+    def restore_rows_from(self, store: Any, prefix: str = "") -> bool:
+        """Restores what :meth:`save_rows_to` wrote (see :meth:`restore_rows`); ``False`` when
+        the store holds nothing for this table."""
+        if f"{prefix}manifest" not in store:
+            return False
+        keys = np.asarray(store[f"{prefix}keys"])
+        if f"{prefix}key_ends" in store:
+            ends = np.asarray(store[f"{prefix}key_ends"], dtype=np.int64)
+            data = keys.astype(np.uint8, copy=False).tobytes()
+            starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+            if ends.size and (ends[-1] != len(data) or np.any(ends < starts)):
+                raise ValueError(
+                    f"the weights of table {self._name!r} are damaged: string id offsets do "
+                    f"not fit {len(data)} bytes of ids"
+                )
+            keys = np.empty((ends.size,), dtype=object)
+            keys[:] = [data[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+        self.restore_rows(
+            keys,
+            np.asarray(store[f"{prefix}values"]),
+            np.asarray(store[f"{prefix}manifest"], dtype=np.uint8).tobytes(),
+        )
+        return True
+
     def _serialize_to_tensors(self) -> dict[str, Any]:
         if not self._checkpoint:
             return {}

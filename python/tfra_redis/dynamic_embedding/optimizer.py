@@ -400,24 +400,13 @@ class _DynamicEmbeddingMixin:
         for slot in self._tfra_slot_tables():
             if not slot.variable.checkpoint:
                 continue
-            keys, values, manifest = slot.variable.table.save_rows()
-            prefix = _file_prefix(slot)
-            store[f"{prefix}keys"] = keys
-            store[f"{prefix}values"] = values
-            store[f"{prefix}manifest"] = np.frombuffer(manifest, dtype=np.uint8)
+            slot.variable.table.save_rows_to(store, _file_prefix(slot))
 
     def load_own_variables(self, store: Any) -> None:
         super().load_own_variables(_WithoutSlotTables(store))  # type: ignore[misc]
-        names = set(store.keys())
         for slot in self._tfra_slot_tables():
-            prefix = _file_prefix(slot)
-            if not slot.variable.checkpoint or f"{prefix}manifest" not in names:
-                continue
-            slot.variable.table.restore_rows(
-                np.asarray(store[f"{prefix}keys"]),
-                np.asarray(store[f"{prefix}values"]),
-                np.asarray(store[f"{prefix}manifest"], dtype=np.uint8).tobytes(),
-            )
+            if slot.variable.checkpoint:
+                slot.variable.table.restore_rows_from(store, _file_prefix(slot))
 
 
 _SLOT_FILE_PREFIX = "tfra_slot:"

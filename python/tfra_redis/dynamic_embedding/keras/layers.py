@@ -221,22 +221,14 @@ class Embedding(keras.layers.Layer):
     def save_own_variables(self, store: Any) -> None:
         if not self.params.checkpoint:
             return
-        keys, values, manifest = self.params.table.save_rows()
-        store["keys"] = keys
-        store["values"] = values
-        store["manifest"] = np.frombuffer(manifest, dtype=np.uint8)
+        self.params.table.save_rows_to(store)
         generator = self.params.initializer_generator
         if generator is not None:
             store["initializer_state"] = generator.state.numpy()
 
     def load_own_variables(self, store: Any) -> None:
-        if not self.params.checkpoint or "manifest" not in store:
+        if not self.params.checkpoint or not self.params.table.restore_rows_from(store):
             return
-        self.params.table.restore_rows(
-            np.asarray(store["keys"]),
-            np.asarray(store["values"]),
-            np.asarray(store["manifest"], dtype=np.uint8).tobytes(),
-        )
         generator = self.params.initializer_generator
         if generator is not None and "initializer_state" in store:
             generator.state.assign(np.asarray(store["initializer_state"]))
