@@ -238,11 +238,14 @@ impl Cluster {
             candidates.sort_by_key(|a| suspects.contains(a));
         }
         let mut failures = Vec::new();
+        // Whether every node refused the query (ACL): a retry cannot help then.
+        let mut all_refused = true;
         for addr in candidates {
             let pool = self.pool(&addr, false);
             let mut conn = match pool.get() {
                 Ok(c) => c,
                 Err(e) => {
+                    all_refused = false;
                     self.suspect(&addr, true);
                     failures.push(e.to_string());
                     continue;
@@ -256,7 +259,10 @@ impl Cluster {
                 classify(&e, &conn.addr, self.opts.socket_timeout)
             }) {
                 Err(e) => {
-                    self.suspect(&addr, true);
+                    all_refused &= matches!(e, Error::Auth { .. });
+                    if !matches!(e, Error::Auth { .. }) {
+                        self.suspect(&addr, true);
+                    }
                     failures.push(e.to_string());
                 }
                 Ok(reply) => match parse_cluster_slots(reply, &addr.0) {
@@ -266,10 +272,26 @@ impl Cluster {
                         self.stale.store(false, Ordering::Relaxed);
                         return Ok(());
                     }
-                    Ok(_) => failures.push(format!("{}: serves no slots", conn.addr)),
-                    Err(e) => failures.push(format!("{}: {e}", conn.addr)),
+                    Ok(_) => {
+                        all_refused = false;
+                        failures.push(format!("{}: serves no slots", conn.addr));
+                    }
+                    Err(e) => {
+                        all_refused = false;
+                        failures.push(format!("{}: {e}", conn.addr));
+                    }
                 },
             }
+        }
+        if all_refused && !failures.is_empty() {
+            return Err(Error::Auth {
+                target: self.target.clone(),
+                message: format!(
+                    "cluster mode needs CLUSTER SLOTS to find the slot owners; grant the user \
+                     +cluster|slots (in @slow, neither @admin nor @dangerous): {}",
+                    failures.join("; ")
+                ),
+            });
         }
         Err(Error::Connection {
             target: self.target.clone(),

@@ -9,6 +9,21 @@
 //! back [`Reply`]s that are still the bytes the server sent (`reply.rs`), so rows are copied
 //! once, from the read buffer into the caller's output. Lookups stream ([`Backend::run_each`]):
 //! each reply is handled as soon as it is complete while later commands still run.
+//!
+//! # ACL rights
+//!
+//! Every command sent to a data node, by category (Redis 7 `ACL CAT`), so that a
+//! least-privileged user works in every mode:
+//! - `@read`: HMGET, HLEN, HSCAN, HRANDFIELD, SCAN, DUMP; `@write`: HSET, HDEL, DEL, EXPIRE,
+//!   PERSIST; `@hash` (with them); `@scripting`: EVAL/EVALSHA (accum);
+//! - `@connection`: AUTH, SELECT, PING, HELLO, READONLY and ASKING (cluster), WAIT (durable
+//!   writes);
+//! - cluster discovery: CLUSTER SLOTS, only in `@slow`, so `+cluster|slots`;
+//! - `@dangerous`, each with a fallback: INFO (mode check) and ROLE (Sentinel's master check,
+//!   also `@admin`) fall back to HELLO on NOPERM; without HELLO the mode check is skipped.
+//! - `@dangerous` without a fallback: RESTORE, only when restoring TFRA dump files.
+//!
+//! Sentinels are asked SENTINEL and INFO with their own credentials.
 
 mod batch;
 mod cluster;
@@ -294,14 +309,18 @@ pub(crate) fn check_cluster_enabled(
     target: &str,
     timeout: Duration,
 ) -> Result<()> {
-    let info: String = match redis::cmd("INFO").arg("cluster").query(conn) {
-        Ok(info) => info,
-        // An ACL user without INFO rights can still use its tables; the check is a courtesy.
-        Err(e) if e.code() == Some("NOPERM") => return Ok(()),
+    let enabled = match redis::cmd("INFO").arg("cluster").query::<String>(conn) {
+        // Redis-compatible stores such as Pika answer INFO cluster with nothing: treat as plain.
+        Ok(info) => info.lines().any(|l| l.trim() == "cluster_enabled:1"),
+        // INFO is `@dangerous`, so a least-privileged ACL user may not run it; HELLO
+        // (`@connection`) names the mode too. A user without either can still use its tables:
+        // the check is a courtesy.
+        Err(e) if e.code() == Some("NOPERM") => match hello(conn) {
+            Some(h) => h.mode == "cluster",
+            None => return Ok(()),
+        },
         Err(e) => return Err(classify(&e, target, timeout)),
     };
-    // Redis-compatible stores such as Pika answer INFO cluster with nothing: treat as plain.
-    let enabled = info.lines().any(|l| l.trim() == "cluster_enabled:1");
     if enabled && !expect_cluster {
         return Err(Error::ModeMismatch {
             message: format!(
@@ -319,6 +338,45 @@ pub(crate) fn check_cluster_enabled(
         });
     }
     Ok(())
+}
+
+/// What `HELLO` says about a server (Redis 6 and later).
+pub(crate) struct Hello {
+    /// `standalone`, `sentinel` or `cluster`.
+    pub(crate) mode: String,
+    /// `master` or `replica`.
+    pub(crate) role: String,
+}
+
+/// Asks `HELLO 2` (stays on RESP2, changes nothing else on the connection). It is the way a
+/// least-privileged ACL user learns a server's mode and role: `HELLO` is in `@connection`,
+/// while `INFO` and `ROLE` are `@dangerous` (and `ROLE` `@admin`). `None` when the server
+/// cannot tell (no `HELLO` before Redis 6, or no right to run it).
+pub(crate) fn hello(conn: &mut dyn redis::ConnectionLike) -> Option<Hello> {
+    let reply: Value = redis::cmd("HELLO").arg(2).query(conn).ok()?;
+    let pairs: Vec<(Value, Value)> = match reply {
+        Value::Array(items) => {
+            let mut items = items.into_iter();
+            std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
+        }
+        Value::Map(pairs) => pairs,
+        _ => return None,
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let field = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| text(k).as_deref() == Some(name))
+            .and_then(|(_, v)| text(v))
+    };
+    Some(Hello {
+        mode: field("mode")?,
+        role: field("role")?,
+    })
 }
 
 /// True for commands that never change data. Reads that must see the latest writes go to the

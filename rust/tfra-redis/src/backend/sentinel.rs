@@ -113,9 +113,18 @@ fn role_of(
     addr: &str,
     timeout: std::time::Duration,
 ) -> Result<String> {
-    let reply: Value = redis::cmd("ROLE")
-        .query(conn)
-        .map_err(|e| classify(&e, addr, timeout))?;
+    let reply: Value = match redis::cmd("ROLE").query(conn) {
+        Ok(reply) => reply,
+        // ROLE is `@admin @dangerous`: a least-privileged ACL user learns the role from HELLO
+        // (`@connection`), which says `master` or `replica`.
+        Err(e) if e.code() == Some("NOPERM") => {
+            return match super::hello(conn) {
+                Some(h) => Ok(h.role),
+                None => Err(classify(&e, addr, timeout)),
+            };
+        }
+        Err(e) => return Err(classify(&e, addr, timeout)),
+    };
     match reply {
         Value::Array(items) => match items.into_iter().next() {
             Some(Value::BulkString(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),

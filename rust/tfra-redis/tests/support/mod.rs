@@ -192,6 +192,18 @@ pub struct ServerOptions {
     pub save: Option<String>,
 }
 
+/// The ACL rule of the least-privileged user the library supports in standalone and Sentinel
+/// mode: `user:secret`, hashes, scripts (accum) and connection commands (AUTH, PING, HELLO,
+/// WAIT), nothing `@admin` or `@dangerous`.
+pub const LEAST_PRIVILEGE_USER: &str =
+    "lp on >lp-secret ~* resetchannels -@all +@read +@write +@hash +@scripting +@connection";
+
+/// [`LEAST_PRIVILEGE_USER`] plus the one command cluster discovery needs: `CLUSTER SLOTS`
+/// (only in `@slow`, not `@admin` or `@dangerous`, and without it no client can learn the
+/// slot map).
+pub const LEAST_PRIVILEGE_CLUSTER_USER: &str = "lp on >lp-secret ~* resetchannels -@all +@read \
+     +@write +@hash +@scripting +@connection +cluster|slots";
+
 /// Options of one redis-sentinel.
 #[derive(Clone, Debug)]
 struct SentinelProcessOptions {
@@ -804,6 +816,8 @@ pub struct SentinelOptions {
     pub down_after_ms: u64,
     /// `sentinel failover-timeout`.
     pub failover_timeout_ms: u64,
+    /// ACL rule lines for master and replica (the sentinels keep their own auth).
+    pub acl_users: Vec<String>,
 }
 
 impl Default for SentinelOptions {
@@ -814,6 +828,7 @@ impl Default for SentinelOptions {
             sentinel_password: None,
             down_after_ms: 1000,
             failover_timeout_ms: 3000,
+            acl_users: Vec::new(),
         }
     }
 }
@@ -840,10 +855,12 @@ impl Sentinel {
     pub fn start_with(options: SentinelOptions) -> Sentinel {
         let master = RedisServer::start(ServerOptions {
             password: options.password.clone(),
+            acl_users: options.acl_users.clone(),
             ..ServerOptions::default()
         });
         let replica = RedisServer::start(ServerOptions {
             password: options.password.clone(),
+            acl_users: options.acl_users.clone(),
             replica_of: Some(master.port()),
             ..ServerOptions::default()
         });
