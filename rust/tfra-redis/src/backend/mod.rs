@@ -32,6 +32,7 @@ mod options;
 mod pool;
 mod reply;
 mod sentinel;
+mod slot_map;
 mod standalone;
 
 use std::collections::HashMap;
