@@ -28,7 +28,8 @@ NO_DISCOVERY_USER = f"nodiscovery on >{PASSWORD} {RIGHTS}"
 
 @pytest.fixture(scope="module")
 def lp_standalone() -> Iterator[servers.RedisServer]:
-    with servers.standalone(acl_users=[USER]) as server:
+    # The default user has a password, so nothing can pass as it.
+    with servers.standalone(password="adm1n", acl_users=[USER]) as server:
         yield server
 
 
@@ -68,8 +69,12 @@ def round_trip(config: dict[str, Any], name: str) -> None:
 
 
 @pytest.mark.filterwarnings("error")
-def test_standalone(lp_standalone):
+def test_standalone(lp_standalone, caplog):
     round_trip(as_user(lp_standalone.config_dict()), "lp_standalone")
+    # TFRA's default mode (Sentinel) pointed at a plain server falls back to it, with a
+    # warning (logger tfra_redis); telling the two apart used to need INFO.
+    round_trip(as_user({**lp_standalone.config_dict(), "redis_connection_mode": 1}), "lp_default")
+    assert "plain Redis server" in caplog.text
     # The mode check works without INFO: a cluster config on a plain server is refused.
     with pytest.raises(tfra_redis.RedisTableError, match="not a Redis Cluster node"):
         RedisStore(as_user({**lp_standalone.config_dict(), "redis_connection_mode": 0}), "x", 1)

@@ -76,10 +76,17 @@ fn round_trip(config: &RedisConfig, name: &str) {
 #[test]
 fn least_privileged_user_standalone() {
     let s = Standalone::start_with(ServerOptions {
+        password: Some("adm1n".into()),
         acl_users: vec![LEAST_PRIVILEGE_USER.into()],
         ..Default::default()
     });
     round_trip(&as_user(s.config_json(json!({}))), "lp_standalone");
+    // TFRA's default mode (Sentinel) pointed at this plain server falls back to it; telling
+    // a plain server from a sentinel used to need INFO.
+    round_trip(
+        &as_user(s.config_json(json!({"redis_connection_mode": 1}))),
+        "lp_default_mode",
+    );
     // The mode check still works without INFO: a cluster config on this server is refused.
     let err = open_table(
         &as_user(s.config_json(json!({"redis_connection_mode": 0}))),

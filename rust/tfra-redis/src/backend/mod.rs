@@ -19,8 +19,9 @@
 //! - `@connection`: AUTH, SELECT, PING, HELLO, READONLY and ASKING (cluster), WAIT (durable
 //!   writes);
 //! - cluster discovery: CLUSTER SLOTS, only in `@slow`, so `+cluster|slots`;
-//! - `@dangerous`, each with a fallback: INFO (mode check) and ROLE (Sentinel's master check,
-//!   also `@admin`) fall back to HELLO on NOPERM; without HELLO the mode check is skipped.
+//! - `@dangerous`, each with a fallback: INFO (mode checks, plain server or sentinel) and ROLE
+//!   (Sentinel's master check, also `@admin`) fall back to HELLO on NOPERM; without HELLO the
+//!   cluster mode check is skipped.
 //! - `@dangerous` without a fallback: RESTORE, only when restoring TFRA dump files.
 //!
 //! Sentinels are asked SENTINEL and INFO with their own credentials.

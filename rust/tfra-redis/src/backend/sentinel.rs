@@ -228,9 +228,17 @@ fn first_host_is_sentinel(opts: &ConnectOptions) -> Result<bool> {
                 opts.sentinel_connect_timeout,
                 opts.sentinel_socket_timeout,
             )
-            && let Ok(info) = redis::cmd("INFO").arg("server").query::<String>(&mut c)
         {
-            return Ok(says_sentinel(&info));
+            match redis::cmd("INFO").arg("server").query::<String>(&mut c) {
+                Ok(info) => return Ok(says_sentinel(&info)),
+                // INFO is `@dangerous`: a least-privileged user asks HELLO instead.
+                Err(e) if e.code() == Some("NOPERM") => {
+                    if let Some(h) = super::hello(&mut c) {
+                        return Ok(h.mode == "sentinel");
+                    }
+                }
+                Err(_) => {}
+            }
         }
         if connected {
             // The host answered, just not to INFO: no other host will tell us more.
