@@ -37,7 +37,9 @@ use super::pool::Pool;
 use super::reply::Reply;
 use super::slot_map::{Addr, SlotMap, choose_view, parse_cluster_slots, parse_redirect};
 use super::standalone::FixedNode;
-use super::{Backend, Retry, Role, check_replies, classify, scan_connection, with_retry};
+use super::{
+    Backend, Retry, Role, TOPOLOGY_CODES, check_replies, classify, scan_connection, with_retry,
+};
 use crate::config::ConnectionMode;
 use crate::error::{Error, Result};
 
@@ -47,18 +49,6 @@ type NodePools = HashMap<(Addr, bool), Arc<Pool<FixedNode>>>;
 /// Redirects and topology errors handled inside one attempt before the retry backoff starts:
 /// a MOVED after a reshard is fixed by one refresh, and sleeping for it would only slow down.
 const REDIRECT_ROUNDS: usize = 5;
-
-/// Error codes meaning "this node cannot run the command now, but the cluster will settle":
-/// the command was not executed and is sent again once the slot map is refreshed.
-const TOPOLOGY_CODES: [&str; 7] = [
-    "MOVED",
-    "ASK",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "READONLY",
-    "MASTERDOWN",
-    "LOADING",
-];
 
 /// Where a streamed read hands its replies, shared by the node threads; keeps the first
 /// error the handler returned.

@@ -172,6 +172,20 @@ fn open(opts: ConnectOptions) -> Result<Arc<dyn Backend>> {
     }
 }
 
+/// Error codes meaning "this node cannot run the command now, but the topology will settle"
+/// (a failover, a reshard, a replica still loading). The command surely did not run, so even
+/// a non-idempotent one may be sent again; in cluster mode, after following the redirect or
+/// refreshing the slot map. The one list every backend classifies by.
+pub(crate) const TOPOLOGY_CODES: [&str; 7] = [
+    "MOVED",
+    "ASK",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "READONLY",
+    "LOADING",
+];
+
 /// Maps a redis-rs error to ours, naming the server it came from.
 pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration) -> Error {
     use redis::ErrorKind;
@@ -201,10 +215,7 @@ pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration)
         };
     }
     if err.is_cluster_error()
-        || matches!(
-            code,
-            "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "LOADING"
-        )
+        || TOPOLOGY_CODES.contains(&code)
         || matches!(
             err.kind(),
             ErrorKind::ClusterConnectionNotFound
@@ -229,19 +240,7 @@ pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration)
 /// True when the error proves the command never ran, so even a non-idempotent batch may be
 /// sent again.
 pub(crate) fn surely_not_executed(err: &redis::RedisError) -> bool {
-    err.is_connection_refusal()
-        || matches!(
-            err.code(),
-            Some(
-                "MOVED"
-                    | "ASK"
-                    | "TRYAGAIN"
-                    | "CLUSTERDOWN"
-                    | "MASTERDOWN"
-                    | "READONLY"
-                    | "LOADING"
-            )
-        )
+    err.is_connection_refusal() || err.code().is_some_and(|c| TOPOLOGY_CODES.contains(&c))
 }
 
 /// Redis error texts never carry our password, but URLs built by redis-rs might; keep any
@@ -552,6 +551,7 @@ pub(crate) fn error_reply(batch: &Batch, i: usize, e: &redis::ServerError) -> Er
 
 /// True for the error replies of a node that cannot serve writes right now (a demoted master
 /// after a failover, or one still loading): the connection must be resolved again.
+/// (The part of [`TOPOLOGY_CODES`] that a server outside cluster mode sends.)
 pub(crate) fn is_failover_reply(e: &redis::ServerError) -> bool {
     matches!(e.code(), "READONLY" | "MASTERDOWN" | "LOADING")
 }
