@@ -461,9 +461,9 @@ impl Cluster {
         }
     }
 
-    /// Where command `i` goes this round: a redirect's target, else the slot's master, or one
-    /// of its replicas for reads when the config allows (not one that failed lately, and not
-    /// for commands whose replica just failed in this attempt).
+    /// Where a command for `slot` goes when no redirect applies: the slot's master, or for
+    /// reads when the config allows one of its replicas (not one that failed lately, and none
+    /// at all with `avoid_replicas`, set for commands whose replica failed in this attempt).
     fn route(
         &self,
         map: &SlotMap,
