@@ -932,11 +932,14 @@ class ClusterTopology:
         password: str | None = None,
         node_timeout: int = 2000,
         extra_args: Sequence[str] = (),
+        acl_users: Sequence[str] = (),
         startup_timeout: float = 30.0,
     ) -> None:
         if masters < 1 or replicas_per_master < 0:
             raise ValueError("a cluster needs at least one master and a non-negative replica count")
         self.password = password
+        # ACL rules are per node (Redis does not spread them): every node gets them all.
+        self.acl_users = list(acl_users)
         self.node_timeout = node_timeout
         self.startup_timeout = startup_timeout
         self.slot_ranges = _split_slots(masters)
@@ -951,6 +954,7 @@ class ClusterTopology:
     def _new_node(self, extra_args: Sequence[str]) -> RedisServer:
         return RedisServer(
             password=self.password,
+            acl_users=self.acl_users,
             cluster=True,
             cluster_node_timeout=self.node_timeout,
             extra_args=extra_args,
@@ -1158,15 +1162,23 @@ class SentinelTopology:
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 3000,
         extra_args: Sequence[str] = (),
+        acl_users: Sequence[str] = (),
         startup_timeout: float = 30.0,
     ) -> None:
         self.master_name = master_name
         self.password = password
         self.sentinel_password = sentinel_password
         self.startup_timeout = startup_timeout
-        self._servers = [RedisServer(password=password, extra_args=extra_args)]
+        # ACL users live on master and replica (a failover must not lock them out); the
+        # sentinels keep their own ``sentinel_password``.
+        self._servers = [RedisServer(password=password, acl_users=acl_users, extra_args=extra_args)]
         self._servers.append(
-            RedisServer(password=password, replica_of=self._servers[0], extra_args=extra_args)
+            RedisServer(
+                password=password,
+                acl_users=acl_users,
+                replica_of=self._servers[0],
+                extra_args=extra_args,
+            )
         )
         self._sentinels = [
             SentinelServer(

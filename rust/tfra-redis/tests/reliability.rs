@@ -149,43 +149,6 @@ fn threads_get_errors_not_hangs_when_the_server_dies() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-/// Moves the slot of `bucket` to another master behind the client's back.
-fn move_slot(c: &Cluster, slot: u16) -> u16 {
-    let source = c.node_for_slot(slot);
-    let target = c
-        .masters()
-        .into_iter()
-        .find(|m| m.port() != source.port())
-        .unwrap();
-    let id = |port: u16| support::redis_cli(port, &["CLUSTER", "MYID"]);
-    let (source_id, target_id) = (id(source.port()), id(target.port()));
-    let slot_s = slot.to_string();
-    support::redis_cli(
-        target.port(),
-        &["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &source_id],
-    );
-    support::redis_cli(
-        source.port(),
-        &["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &target_id],
-    );
-    let keys = support::redis_cli(source.port(), &["CLUSTER", "GETKEYSINSLOT", &slot_s, "100"]);
-    for key in keys.lines().filter(|k| !k.is_empty()) {
-        let port = target.port().to_string();
-        let out = support::redis_cli(
-            source.port(),
-            &["MIGRATE", "127.0.0.1", &port, key, "0", "5000"],
-        );
-        assert_eq!(out, "OK", "MIGRATE {key}");
-    }
-    for m in c.masters() {
-        support::redis_cli(
-            m.port(),
-            &["CLUSTER", "SETSLOT", &slot_s, "NODE", &target_id],
-        );
-    }
-    target.port()
-}
-
 #[test]
 fn accum_after_a_reshard_runs_exactly_once_per_bucket() {
     let c = Cluster::start();
@@ -194,7 +157,7 @@ fn accum_after_a_reshard_runs_exactly_once_per_bucket() {
     t.insert(&keys, &rows(&keys, 1.0)).unwrap();
     // The client's slot map is now stale for one bucket: its accum command meets MOVED. Only
     // that command may be sent again; the other buckets' deltas ran already.
-    let moved_to = move_slot(&c, t.buckets()[0].slot());
+    let moved_to = c.move_slot(t.buckets()[0].slot());
     assert_eq!(c.node_for_slot(t.buckets()[0].slot()).port(), moved_to);
     t.accum(&keys, &rows(&keys, 1.0), &vec![true; keys.len()])
         .unwrap();

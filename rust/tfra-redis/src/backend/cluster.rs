@@ -1,9 +1,18 @@
 //! Redis Cluster (TFRA's `redis_connection_mode` 0).
 //!
-//! We keep our own slot map (from `CLUSTER SLOTS`) and one pool of plain connections per node,
-//! and run a batch as one pipeline per node, all nodes at once. Replies are checked one by
-//! one: MOVED/ASK/TRYAGAIN/CLUSTERDOWN/READONLY/LOADING send only those commands again (after a
-//! slot map refresh), and a node that fails takes down only its own commands.
+//! We keep our own slot map (from `CLUSTER SLOTS`, parsed and chosen in `slot_map.rs`) and one
+//! pool of plain connections per node, and run a batch as one pipeline per node, all nodes at
+//! once. Replies are checked one by one, and only the commands concerned are sent again:
+//! - MOVED and ASK go to their target in the next round at once; a MOVED also patches the map
+//!   for its slot, and the next call refreshes the whole map beside its own commands;
+//! - TRYAGAIN/CLUSTERDOWN/READONLY/MASTERDOWN/LOADING, or a node that fails, mark the map
+//!   stale: it is refreshed before the next attempt, after the retry backoff;
+//! - a read that fails on a replica goes to the master in the next round, and reads leave
+//!   that replica alone for a while.
+//!
+//! A refresh asks several nodes at once and trusts the view most of them hold; the pools of
+//! nodes the new map no longer names are dropped. A node that failed alone takes down only its
+//! own commands.
 //!
 //! This replaced redis-rs's sync `ClusterConnection` + `ClusterPipeline`, which the reliability
 //! tests showed unfit here:
@@ -16,8 +25,9 @@
 //!   MOVED for one bucket re-applied the accum deltas of every other bucket.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use redis::Value;
 
@@ -25,14 +35,13 @@ use super::batch::Batch;
 use super::options::{ConnectOptions, connect_node};
 use super::pool::Pool;
 use super::reply::Reply;
+use super::slot_map::{Addr, SlotMap, choose_view, parse_cluster_slots, parse_redirect};
 use super::standalone::FixedNode;
-use super::{Backend, Retry, Role, check_replies, classify, scan_connection, with_retry};
+use super::{
+    Backend, Retry, Role, TOPOLOGY_CODES, check_replies, classify, scan_connection, with_retry,
+};
 use crate::config::ConnectionMode;
 use crate::error::{Error, Result};
-use crate::layout::SLOT_COUNT;
-
-/// `(host, port)` of a node, as `CLUSTER SLOTS` reports it.
-type Addr = (String, u16);
 
 /// One pool per node; `true` in the key for READONLY connections to replicas.
 type NodePools = HashMap<(Addr, bool), Arc<Pool<FixedNode>>>;
@@ -40,66 +49,6 @@ type NodePools = HashMap<(Addr, bool), Arc<Pool<FixedNode>>>;
 /// Redirects and topology errors handled inside one attempt before the retry backoff starts:
 /// a MOVED after a reshard is fixed by one refresh, and sleeping for it would only slow down.
 const REDIRECT_ROUNDS: usize = 5;
-
-/// Error codes meaning "this node cannot run the command now, but the cluster will settle":
-/// the command was not executed and is sent again once the slot map is refreshed.
-const TOPOLOGY_CODES: [&str; 7] = [
-    "MOVED",
-    "ASK",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "READONLY",
-    "MASTERDOWN",
-    "LOADING",
-];
-
-struct SlotRange {
-    start: u16,
-    end: u16,
-    master: Addr,
-    replicas: Vec<Addr>,
-}
-
-/// Slot ranges sorted by their first slot.
-#[derive(Default)]
-struct SlotMap {
-    ranges: Vec<SlotRange>,
-}
-
-impl SlotMap {
-    fn owner(&self, slot: u16) -> Option<&SlotRange> {
-        let i = self.ranges.partition_point(|r| r.start <= slot);
-        let range = self.ranges.get(i.checked_sub(1)?)?;
-        (slot <= range.end).then_some(range)
-    }
-
-    /// Each master and its slot ranges, sorted.
-    fn masters(&self) -> BTreeMap<Addr, Vec<(u16, u16)>> {
-        let mut masters: BTreeMap<Addr, Vec<(u16, u16)>> = BTreeMap::new();
-        for r in &self.ranges {
-            masters
-                .entry(r.master.clone())
-                .or_default()
-                .push((r.start, r.end));
-        }
-        for ranges in masters.values_mut() {
-            ranges.sort();
-        }
-        masters
-    }
-
-    /// Every node, masters first.
-    fn nodes(&self) -> Vec<Addr> {
-        let mut seen = HashSet::new();
-        let masters = self.ranges.iter().map(|r| &r.master);
-        let replicas = self.ranges.iter().flat_map(|r| &r.replicas);
-        masters
-            .chain(replicas)
-            .filter(|a| seen.insert(*a))
-            .cloned()
-            .collect()
-    }
-}
 
 /// Where a streamed read hands its replies, shared by the node threads; keeps the first
 /// error the handler returned.
@@ -109,8 +58,8 @@ type Sink<'s, 'f> = Mutex<(&'s mut super::OnReply<'f>, Option<Error>)>;
 #[derive(Clone, Copy)]
 struct Share<'r, 's, 'f> {
     batch: &'r Batch,
-    /// Commands to send with `ASKING` to the node of a redirect.
-    asking: &'r HashMap<usize, Addr>,
+    /// Commands to send with `ASKING` (to the node of an `ASK` redirect).
+    asking: &'r HashSet<usize>,
     /// Whether a `WAIT` follows the writes.
     durable: bool,
     retry: Retry,
@@ -134,15 +83,37 @@ pub(crate) struct Cluster {
     opts: ConnectOptions,
     target: String,
     slots: RwLock<Arc<SlotMap>>,
-    /// Set when a reply or a failure says the slot map may be out of date.
+    /// Set when the slot map is known to be wrong where it matters (a node failed, a slot has
+    /// no master, the cluster is down or failing over): the next attempt refreshes it before
+    /// sending anything.
     stale: AtomicBool,
+    /// Set when a `MOVED` was followed. The map was patched for that slot, but a reshard
+    /// moves many slots: the next call refreshes the map beside its own commands, without
+    /// waiting for it.
+    drifted: AtomicBool,
+    /// Whether a call is refreshing the map beside its commands, so that concurrent calls do
+    /// not all do it.
+    refreshing: AtomicBool,
     pools: Mutex<NodePools>,
     next_replica: AtomicUsize,
-    /// Nodes whose last command or slot query failed. A refresh asks them last: a paused
-    /// master listed first cost every call after its failure one more socket timeout (the
-    /// slot query) before the call's own.
-    suspects: Mutex<HashSet<Addr>>,
+    /// Nodes whose last command or slot query failed, and when. A refresh asks them last: a
+    /// paused master listed first cost every call after its failure one more socket timeout
+    /// (the slot query) before the call's own. Reads skip a suspect replica for
+    /// [`REPLICA_REST`].
+    suspects: Mutex<HashMap<Addr, Instant>>,
+    /// Full slot map refreshes done (for logs and tests).
+    refreshes: AtomicU64,
 }
+
+/// How long reads leave a replica alone after it failed, going to its master instead. Long
+/// enough that a dead or paused replica does not cost every read a connect or socket timeout,
+/// short enough that a restarted one takes its share of reads again soon.
+const REPLICA_REST: Duration = Duration::from_secs(5);
+
+/// How many nodes a refresh asks at once (see [`super::slot_map::choose_view`]). Three give a
+/// majority against one outdated node and cost one round trip, as the nodes are asked in
+/// parallel.
+const REFRESH_FANOUT: usize = 3;
 
 impl Cluster {
     /// Checks that a seed is a cluster node, then loads the slot map.
@@ -186,9 +157,12 @@ impl Cluster {
             target,
             slots: RwLock::new(Arc::new(SlotMap::default())),
             stale: AtomicBool::new(true),
+            drifted: AtomicBool::new(false),
+            refreshing: AtomicBool::new(false),
             pools: Mutex::new(HashMap::new()),
             next_replica: AtomicUsize::new(0),
-            suspects: Mutex::new(HashSet::new()),
+            suspects: Mutex::new(HashMap::new()),
+            refreshes: AtomicU64::new(0),
         };
         // Fail at open, not at the first lookup, when the cluster cannot be used.
         with_retry(cluster.opts.retry_deadline, Retry::Idempotent, || {
@@ -213,7 +187,7 @@ impl Cluster {
     fn suspect(&self, addr: &Addr, failed: bool) {
         let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
         if failed {
-            suspects.insert(addr.clone());
+            suspects.insert(addr.clone(), Instant::now());
         } else {
             suspects.remove(addr);
         }
@@ -223,8 +197,33 @@ impl Cluster {
         self.slots.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Reloads the slot map from the first node that answers `CLUSTER SLOTS`: the nodes we
-    /// know, then the seeds (every node of the old map may be gone after a big failover).
+    /// Asks one node for its view of the slot map.
+    fn ask_slots(&self, addr: &Addr) -> Result<SlotMap> {
+        let pool = self.pool(addr, false);
+        let mut conn = pool.get()?;
+        let reply = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query::<Value>(&mut conn.inner)
+            .map_err(|e| {
+                conn.broken = true;
+                classify(&e, &conn.addr, self.opts.socket_timeout)
+            })?;
+        let map = parse_cluster_slots(reply, &addr.0)?;
+        if map.ranges.is_empty() {
+            return Err(Error::Connection {
+                target: conn.addr.clone(),
+                message: "serves no slots (not part of a cluster yet?)".into(),
+            });
+        }
+        Ok(map)
+    }
+
+    /// Reloads the slot map. Nodes are asked [`REFRESH_FANOUT`] at a time, in parallel: the
+    /// nodes we know (masters first, nodes that just failed last), then the seeds (every node
+    /// of the old map may be gone after a big failover). The first group with any answer
+    /// decides, by [`choose_view`], so one node with an outdated view does not. Pools of nodes
+    /// the new map no longer names (removed, or replaced in a failover) are dropped, closing
+    /// their idle connections.
     fn refresh(&self) -> Result<()> {
         let mut candidates = self.slot_map().nodes();
         for seed in &self.opts.hosts {
@@ -235,46 +234,89 @@ impl Cluster {
         {
             let suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
             // Stable: otherwise masters first, as before.
-            candidates.sort_by_key(|a| suspects.contains(a));
+            candidates.sort_by_key(|a| suspects.contains_key(a));
         }
         let mut failures = Vec::new();
-        for addr in candidates {
-            let pool = self.pool(&addr, false);
-            let mut conn = match pool.get() {
-                Ok(c) => c,
-                Err(e) => {
-                    self.suspect(&addr, true);
-                    failures.push(e.to_string());
-                    continue;
-                }
-            };
-            let reply = redis::cmd("CLUSTER")
-                .arg("SLOTS")
-                .query::<Value>(&mut conn.inner);
-            match reply.map_err(|e| {
-                conn.broken = true;
-                classify(&e, &conn.addr, self.opts.socket_timeout)
-            }) {
-                Err(e) => {
-                    self.suspect(&addr, true);
-                    failures.push(e.to_string());
-                }
-                Ok(reply) => match parse_cluster_slots(reply, &addr.0) {
-                    Ok(map) if !map.ranges.is_empty() => {
-                        self.suspect(&addr, false);
-                        *self.slots.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
-                        self.stale.store(false, Ordering::Relaxed);
-                        return Ok(());
+        // Whether every node refused the query (ACL): a retry cannot help then.
+        let mut all_refused = true;
+        for group in candidates.chunks(REFRESH_FANOUT) {
+            let answers: Vec<Result<SlotMap>> = std::thread::scope(|s| {
+                let handles: Vec<_> = group[1..]
+                    .iter()
+                    .map(|addr| s.spawn(move || self.ask_slots(addr)))
+                    .collect();
+                let first = self.ask_slots(&group[0]);
+                std::iter::once(first)
+                    .chain(handles.into_iter().map(|h| {
+                        h.join()
+                            .expect("a slot map query panicked, which it never should")
+                    }))
+                    .collect()
+            });
+            let mut views = Vec::new();
+            for (addr, answer) in group.iter().zip(answers) {
+                match answer {
+                    Ok(map) => {
+                        self.suspect(addr, false);
+                        views.push(map);
                     }
-                    Ok(_) => failures.push(format!("{}: serves no slots", conn.addr)),
-                    Err(e) => failures.push(format!("{}: {e}", conn.addr)),
-                },
+                    Err(e) => {
+                        let refused = matches!(e, Error::Auth { .. });
+                        all_refused &= refused;
+                        if !refused {
+                            self.suspect(addr, true);
+                        }
+                        failures.push(format!("{}:{}: {e}", addr.0, addr.1));
+                    }
+                }
             }
+            if let Some(map) = choose_view(views) {
+                self.install(map);
+                return Ok(());
+            }
+        }
+        if all_refused && !failures.is_empty() {
+            return Err(Error::Auth {
+                target: self.target.clone(),
+                message: format!(
+                    "cluster mode needs CLUSTER SLOTS to find the slot owners; grant the user \
+                     +cluster|slots (in @slow, neither @admin nor @dangerous): {}",
+                    failures.join("; ")
+                ),
+            });
         }
         Err(Error::Connection {
             target: self.target.clone(),
             message: format!("no node answered CLUSTER SLOTS: {}", failures.join("; ")),
         })
+    }
+
+    /// Makes `map` the slot map and drops the pools of nodes it does not name.
+    fn install(&self, map: SlotMap) {
+        let nodes: HashSet<Addr> = map.nodes().into_iter().collect();
+        *self.slots.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        self.stale.store(false, Ordering::Relaxed);
+        let n = self.refreshes.fetch_add(1, Ordering::Relaxed) + 1;
+        log::debug!("{}: slot map refresh #{n} installed", self.target);
+        let gone: Vec<Arc<Pool<FixedNode>>> = {
+            let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<(Addr, bool)> = pools
+                .keys()
+                .filter(|(addr, _)| !nodes.contains(addr))
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|k| pools.remove(k)).collect()
+        };
+        if !gone.is_empty() {
+            log::debug!(
+                "{}: dropped the pools of {} node(s) no longer in the slot map",
+                self.target,
+                gone.len()
+            );
+        }
+        // Dropped outside the lock: closing sockets may take a moment. A call still using one
+        // of these pools keeps it alive until its connection comes back.
+        drop(gone);
     }
 
     /// Sends the given commands of a batch to one node as one pipeline.
@@ -305,7 +347,7 @@ impl Cluster {
         let mut parts: Vec<&[u8]> = Vec::with_capacity(idxs.len() + 1);
         let mut expected = idxs.len();
         for &i in idxs {
-            if asking.contains_key(&i) {
+            if asking.contains(&i) {
                 // ASK: the target node serves the key only for a command flagged by ASKING.
                 parts.push(b"*1\r\n$6\r\nASKING\r\n");
                 expected += 1;
@@ -341,7 +383,7 @@ impl Cluster {
                 let mut all = all.into_iter();
                 let mut replies = Vec::with_capacity(idxs.len());
                 for &i in idxs {
-                    if asking.contains_key(&i) {
+                    if asking.contains(&i) {
                         all.next(); // ASKING's +OK
                     }
                     replies.push(all.next().unwrap_or(Reply::Parsed(Value::Nil)));
@@ -419,9 +461,46 @@ impl Cluster {
         }
     }
 
-    /// One attempt: sends every command that has no result yet, following redirects for a few
-    /// rounds. Returns the error to report and whether it proves the failed commands did not
-    /// run; commands that succeeded keep their results for the next attempt.
+    /// Where a command for `slot` goes when no redirect applies: the slot's master, or for
+    /// reads when the config allows one of its replicas (not one that failed lately, and none
+    /// at all with `avoid_replicas`, set for commands whose replica failed in this attempt).
+    fn route(
+        &self,
+        map: &SlotMap,
+        slot: u16,
+        role: Role,
+        avoid_replicas: bool,
+    ) -> Option<(Addr, bool)> {
+        let range = map.owner(slot)?;
+        if role == Role::Read && self.opts.read_from_replicas && !avoid_replicas {
+            let suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+            let healthy: Vec<&Addr> = range
+                .replicas
+                .iter()
+                .filter(|r| suspects.get(*r).is_none_or(|t| t.elapsed() >= REPLICA_REST))
+                .collect();
+            if !healthy.is_empty() {
+                let k = self.next_replica.fetch_add(1, Ordering::Relaxed);
+                return Some((healthy[k % healthy.len()].clone(), true));
+            }
+        }
+        Some((range.master.clone(), false))
+    }
+
+    /// Patches the slot map after a `MOVED`, so later calls go straight to the new master; a
+    /// full refresh follows beside the next call (see `drifted`).
+    fn moved(&self, slot: u16, to: &Addr) {
+        let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
+        if slots.owner(slot).is_none_or(|r| &r.master != to) {
+            *slots = Arc::new(slots.with_slot_moved(slot, to.clone()));
+        }
+        self.drifted.store(true, Ordering::Relaxed);
+    }
+
+    /// One attempt: sends every command that has no result yet, following redirects (and
+    /// falling back from failed replicas to masters) for a few rounds. Returns the error to
+    /// report and whether it proves the failed commands did not run; commands that succeeded
+    /// keep their results for the next attempt.
     fn attempt(
         &self,
         batch: &Batch,
@@ -432,7 +511,12 @@ impl Cluster {
         sink: Option<&Sink<'_, '_>>,
     ) -> std::result::Result<(), (Error, bool)> {
         let durable = super::needs_wait(batch, role, &self.opts);
-        let mut asking: HashMap<usize, Addr> = HashMap::new();
+        // MOVED and ASK targets of the commands they answered, used at once: a MOVED used to
+        // wait for a full slot map refresh first.
+        let mut redirects: HashMap<usize, Addr> = HashMap::new();
+        let mut asking: HashSet<usize> = HashSet::new();
+        // Reads whose replica failed in this attempt: they go to the master.
+        let mut to_master: HashSet<usize> = HashSet::new();
         for round in 0.. {
             if self.stale.load(Ordering::Relaxed) {
                 self.refresh().map_err(|e| (e, true))?;
@@ -440,34 +524,24 @@ impl Cluster {
             let map = self.slot_map();
             let mut groups: BTreeMap<(Addr, bool), Vec<usize>> = BTreeMap::new();
             for (i, _) in results.iter().enumerate().filter(|(_, r)| r.is_none()) {
-                let node = match asking.get(&i) {
-                    Some(addr) => (addr.clone(), false),
-                    None => {
-                        let Some(range) = map.owner(slots[i]) else {
-                            self.stale.store(true, Ordering::Relaxed);
-                            return Err((
-                                Error::Connection {
-                                    target: self.target.clone(),
-                                    message: format!(
-                                        "no master serves slot {} of bucket {} (the cluster is \
-                                         failing over or resharding)",
-                                        slots[i],
-                                        crate::layout::printable(batch.key_of(i))
-                                    ),
-                                },
-                                true,
-                            ));
-                        };
-                        if role == Role::Read
-                            && self.opts.read_from_replicas
-                            && !range.replicas.is_empty()
-                        {
-                            let k = self.next_replica.fetch_add(1, Ordering::Relaxed);
-                            (range.replicas[k % range.replicas.len()].clone(), true)
-                        } else {
-                            (range.master.clone(), false)
-                        }
-                    }
+                let node = match redirects.get(&i) {
+                    Some(addr) => Some((addr.clone(), false)),
+                    None => self.route(&map, slots[i], role, to_master.contains(&i)),
+                };
+                let Some(node) = node else {
+                    self.stale.store(true, Ordering::Relaxed);
+                    return Err((
+                        Error::Connection {
+                            target: self.target.clone(),
+                            message: format!(
+                                "no master serves slot {} of bucket {} (the cluster is failing \
+                                 over or resharding)",
+                                slots[i],
+                                crate::layout::printable(batch.key_of(i))
+                            ),
+                        },
+                        true,
+                    ));
                 };
                 groups.entry(node).or_default().push(i);
             }
@@ -502,17 +576,35 @@ impl Cluster {
                         .collect()
                 })
             };
+            redirects.clear();
             asking.clear();
             // The first error of each kind: a final one (not worth retrying) wins over one that
             // may have run (a non-idempotent batch must stop), which wins over a retryable one.
             let mut final_err: Option<Error> = None;
             let mut unsure_err: Option<Error> = None;
             let mut retry_err: Option<Error> = None;
-            let mut redirected = false;
+            // Whether another round may follow at once, without the retry backoff: redirects
+            // and reads moved off a failed replica.
+            let mut resend_now = false;
             for ((node, idxs), outcome) in groups.iter().zip(outcomes) {
+                let (addr, replica) = node;
                 match outcome {
+                    NodeOutcome::Failed { err, .. } if *replica && role == Role::Read => {
+                        // Reads are idempotent and the master has the rows: use it now
+                        // rather than fail (a paused replica) or wait for the cluster to
+                        // notice (a dead one).
+                        self.suspect(addr, true);
+                        log::debug!(
+                            "replica {}:{} failed a read ({err}); reading from its master",
+                            addr.0,
+                            addr.1
+                        );
+                        to_master.extend(idxs.iter().copied());
+                        resend_now = true;
+                        retry_err.get_or_insert(self.node_error(err, node, batch, idxs));
+                    }
                     NodeOutcome::Failed { err, sent } => {
-                        self.suspect(&node.0, true);
+                        self.suspect(addr, true);
                         let err = self.node_error(err, node, batch, idxs);
                         // The node may be gone for good (failover): look again next time.
                         self.stale.store(true, Ordering::Relaxed);
@@ -525,22 +617,36 @@ impl Cluster {
                         }
                     }
                     NodeOutcome::Replied { replies, acked } => {
-                        self.suspect(&node.0, false);
+                        self.suspect(addr, false);
                         for (&i, reply) in idxs.iter().zip(replies) {
                             if let Some(e) = reply.server_error()
                                 && TOPOLOGY_CODES.contains(&e.code())
                             {
-                                match (e.code(), e.details().and_then(parse_redirect)) {
-                                    ("ASK", Some(target)) => {
-                                        asking.insert(i, target);
+                                let target = e.details().and_then(|d| parse_redirect(d, &addr.0));
+                                match (e.code(), target) {
+                                    ("MOVED", Some(target)) => {
+                                        self.moved(slots[i], &target);
+                                        redirects.insert(i, target);
+                                        resend_now = true;
                                     }
+                                    ("ASK", Some(target)) => {
+                                        redirects.insert(i, target);
+                                        asking.insert(i);
+                                        resend_now = true;
+                                    }
+                                    // A replica still loading or cut off from its master:
+                                    // the master can answer the read now.
+                                    _ if *replica && role == Role::Read => {
+                                        self.suspect(addr, true);
+                                        to_master.insert(i);
+                                        resend_now = true;
+                                    }
+                                    // Down, failing over, or a redirect to an endpoint we
+                                    // cannot reach (`?`): ask the cluster again first.
                                     _ => self.stale.store(true, Ordering::Relaxed),
                                 }
-                                // MOVED/ASK are answered at once; a cluster that is down or
-                                // loading needs the backoff.
-                                redirected |= matches!(e.code(), "MOVED" | "ASK");
                                 retry_err.get_or_insert_with(|| Error::Connection {
-                                    target: format!("{}:{}", node.0.0, node.0.1),
+                                    target: format!("{}:{}", addr.0, addr.1),
                                     message: format!(
                                         "{} {} (the cluster is failing over or resharding)",
                                         e.code(),
@@ -561,7 +667,7 @@ impl Cluster {
                             && let Err(err) = super::check_durable(
                                 acked,
                                 &self.opts,
-                                &format!("{}:{}", node.0.0, node.0.1),
+                                &format!("{}:{}", addr.0, addr.1),
                             )
                         {
                             // The writes are on the master but not yet on enough replicas.
@@ -583,20 +689,13 @@ impl Cluster {
             }
             match retry_err {
                 None => return Ok(()),
-                // Only redirects: follow them at once, without the retry backoff.
-                Some(_) if redirected && round + 1 < REDIRECT_ROUNDS => {}
+                // Only redirects and replica fallbacks: the next round can go at once.
+                Some(_) if resend_now && round + 1 < REDIRECT_ROUNDS => {}
                 Some(err) => return Err((err, true)),
             }
         }
         unreachable!("the redirect loop always returns")
     }
-}
-
-/// `MOVED`/`ASK` details: `3999 127.0.0.1:6381`.
-fn parse_redirect(details: &str) -> Option<Addr> {
-    let target = details.split_ascii_whitespace().nth(1)?;
-    let (host, port) = target.rsplit_once(':')?;
-    Some((host.to_string(), port.parse().ok()?))
 }
 
 /// Adds the node to an error reply's message.
@@ -615,93 +714,6 @@ fn with_node(err: Error, node: &(Addr, bool)) -> Error {
     }
 }
 
-fn as_int(v: &Value) -> Option<i64> {
-    match v {
-        Value::Int(i) => Some(*i),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    }
-}
-
-fn as_string(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-/// `CLUSTER SLOTS`: `[[start, end, [ip, port, id, ...], replicas...], ...]`. An empty ip means
-/// "the node you asked" (`asked_host`).
-fn parse_cluster_slots(reply: Value, asked_host: &str) -> Result<SlotMap> {
-    let bad = |why: &str| Error::Command {
-        command: "CLUSTER SLOTS".into(),
-        bucket: String::new(),
-        message: format!("unexpected reply: {why}"),
-    };
-    let Value::Array(entries) = reply else {
-        return Err(bad("not an array"));
-    };
-    let node = |v: &Value| -> Result<Addr> {
-        let Value::Array(parts) = v else {
-            return Err(bad("node entry"));
-        };
-        let (Some(ip), Some(port)) = (
-            parts.first().and_then(as_string),
-            parts.get(1).and_then(as_int),
-        ) else {
-            return Err(bad("node address"));
-        };
-        let ip = if ip.is_empty() || ip == "?" {
-            asked_host.to_string()
-        } else {
-            ip
-        };
-        let port = u16::try_from(port).map_err(|_| bad("port"))?;
-        Ok((ip, port))
-    };
-    let mut ranges = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let Value::Array(parts) = entry else {
-            return Err(bad("range is not an array"));
-        };
-        let (Some(start), Some(end)) = (
-            parts.first().and_then(as_int),
-            parts.get(1).and_then(as_int),
-        ) else {
-            return Err(bad("range bounds"));
-        };
-        // Slots index TFRA's slot table when bucket tags are picked from the topology, so a
-        // slot past the slot space must stop here rather than panic there.
-        let slot = |n: i64| {
-            u16::try_from(n)
-                .ok()
-                .filter(|&s| usize::from(s) < SLOT_COUNT)
-        };
-        let (Some(start), Some(end)) = (slot(start), slot(end)) else {
-            return Err(bad(&format!(
-                "slot range {start}-{end} outside 0-{}",
-                SLOT_COUNT - 1
-            )));
-        };
-        if start > end {
-            return Err(bad(&format!(
-                "slot range {start}-{end} ends before it starts"
-            )));
-        }
-        let master = node(parts.get(2).ok_or_else(|| bad("master entry"))?)?;
-        let replicas = parts[3..].iter().map(node).collect::<Result<Vec<_>>>()?;
-        ranges.push(SlotRange {
-            start,
-            end,
-            master,
-            replicas,
-        });
-    }
-    ranges.sort_by_key(|r| r.start);
-    Ok(SlotMap { ranges })
-}
-
 impl Cluster {
     /// Runs a batch to the end (retries and redirects included); with a sink, every good
     /// reply is also handed to it as soon as its node's pipeline is read. Commands answered
@@ -717,8 +729,31 @@ impl Cluster {
             .map(|i| crate::layout::key_slot(batch.key_of(i)))
             .collect();
         let mut results: Vec<Option<Reply>> = vec![None; batch.len()];
-        with_retry(self.opts.retry_deadline, retry, || {
-            self.attempt(batch, &slots, role, retry, &mut results, sink)
+        std::thread::scope(|s| {
+            // After a MOVED, refresh the whole map beside this call's commands: they go by
+            // the patched map meanwhile (and follow any further MOVED at once). The call
+            // takes as long as the slower of the two, not their sum; a scoped thread, so no
+            // thread outlives the call (see `pool.rs` on fork).
+            if self.drifted.load(Ordering::Relaxed)
+                && !self.stale.load(Ordering::Relaxed)
+                && self
+                    .refreshing
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                s.spawn(|| {
+                    self.drifted.store(false, Ordering::Relaxed);
+                    if let Err(e) = self.refresh() {
+                        // The next call tries again; this one does not depend on it.
+                        log::debug!("{}: slot map refresh after MOVED failed: {e}", self.target);
+                        self.drifted.store(true, Ordering::Relaxed);
+                    }
+                    self.refreshing.store(false, Ordering::Release);
+                });
+            }
+            with_retry(self.opts.retry_deadline, retry, || {
+                self.attempt(batch, &slots, role, retry, &mut results, sink)
+            })
         })?;
         Ok(results
             .into_iter()
@@ -803,88 +838,5 @@ impl Backend for Cluster {
 
     fn describe(&self) -> String {
         self.target.clone()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(ip: &str, port: i64) -> Value {
-        Value::Array(vec![
-            Value::BulkString(ip.as_bytes().to_vec()),
-            Value::Int(port),
-            Value::BulkString(b"id".to_vec()),
-        ])
-    }
-
-    #[test]
-    fn slot_map_finds_owners_and_gaps() {
-        let reply = Value::Array(vec![
-            Value::Array(vec![
-                Value::Int(5461),
-                Value::Int(10922),
-                node("127.0.0.1", 7001),
-                node("", 7004),
-            ]),
-            Value::Array(vec![
-                Value::Int(0),
-                Value::Int(5460),
-                node("127.0.0.1", 7000),
-            ]),
-            Value::Array(vec![
-                Value::Int(12000),
-                Value::Int(16383),
-                node("127.0.0.1", 7002),
-            ]),
-        ]);
-        let map = parse_cluster_slots(reply, "10.0.0.1").unwrap();
-        assert_eq!(map.owner(0).unwrap().master.1, 7000);
-        assert_eq!(map.owner(5460).unwrap().master.1, 7000);
-        assert_eq!(map.owner(5461).unwrap().master.1, 7001);
-        assert_eq!(
-            map.owner(6000).unwrap().replicas,
-            vec![("10.0.0.1".to_string(), 7004)]
-        );
-        assert!(
-            map.owner(11000).is_none(),
-            "slots 10923-11999 are unassigned"
-        );
-        assert_eq!(map.owner(16383).unwrap().master.1, 7002);
-        assert_eq!(map.nodes().len(), 4);
-        let firsts: Vec<_> = map.masters().into_values().map(|r| r[0]).collect();
-        assert_eq!(firsts, vec![(0, 5460), (5461, 10922), (12000, 16383)]);
-    }
-
-    #[test]
-    fn slot_numbers_outside_the_slot_space_are_a_named_error() {
-        // A server (or a proxy posing as one) can answer anything; slots past 16383 used to
-        // index past the slot table when the bucket tags were picked from the topology.
-        for (start, end) in [(0, 16384), (16384, 16384), (20000, 30000), (10, 5), (-1, 5)] {
-            let reply = Value::Array(vec![Value::Array(vec![
-                Value::Int(start),
-                Value::Int(end),
-                node("127.0.0.1", 7000),
-            ])]);
-            match parse_cluster_slots(reply, "10.0.0.1") {
-                Err(Error::Command {
-                    command, message, ..
-                }) => {
-                    assert_eq!(command, "CLUSTER SLOTS");
-                    assert!(message.contains("slot range"), "{message}");
-                }
-                Err(other) => panic!("{start}-{end}: {other:?}"),
-                Ok(map) => panic!("{start}-{end} accepted: {:?}", map.masters()),
-            }
-        }
-    }
-
-    #[test]
-    fn redirect_target() {
-        assert_eq!(
-            parse_redirect("3999 127.0.0.1:6381"),
-            Some(("127.0.0.1".to_string(), 6381))
-        );
-        assert_eq!(parse_redirect("3999"), None);
     }
 }

@@ -9,6 +9,22 @@
 //! back [`Reply`]s that are still the bytes the server sent (`reply.rs`), so rows are copied
 //! once, from the read buffer into the caller's output. Lookups stream ([`Backend::run_each`]):
 //! each reply is handled as soon as it is complete while later commands still run.
+//!
+//! # ACL rights
+//!
+//! Every command sent to a data node, by category (Redis 7 `ACL CAT`), so that a
+//! least-privileged user works in every mode:
+//! - `@read`: HMGET, HLEN, HSCAN, HRANDFIELD, SCAN, DUMP; `@write`: HSET, HDEL, DEL, EXPIRE,
+//!   PERSIST; `@hash` (with them); `@scripting`: EVAL/EVALSHA (accum);
+//! - `@connection`: AUTH, SELECT, PING, HELLO, READONLY and ASKING (cluster), WAIT (durable
+//!   writes);
+//! - cluster discovery: CLUSTER SLOTS, only in `@slow`, so `+cluster|slots`;
+//! - `@dangerous`, each with a fallback: INFO (mode checks, plain server or sentinel) and ROLE
+//!   (Sentinel's master check, also `@admin`) fall back to HELLO on NOPERM; without HELLO the
+//!   cluster mode check is skipped.
+//! - `@dangerous` without a fallback: RESTORE, only when restoring TFRA dump files.
+//!
+//! Sentinels are asked SENTINEL and INFO with their own credentials.
 
 mod batch;
 mod cluster;
@@ -17,6 +33,7 @@ mod options;
 mod pool;
 mod reply;
 mod sentinel;
+mod slot_map;
 mod standalone;
 
 use std::collections::HashMap;
@@ -155,6 +172,20 @@ fn open(opts: ConnectOptions) -> Result<Arc<dyn Backend>> {
     }
 }
 
+/// Error codes meaning "this node cannot run the command now, but the topology will settle"
+/// (a failover, a reshard, a replica still loading). The command surely did not run, so even
+/// a non-idempotent one may be sent again; in cluster mode, after following the redirect or
+/// refreshing the slot map. The one list every backend classifies by.
+pub(crate) const TOPOLOGY_CODES: [&str; 7] = [
+    "MOVED",
+    "ASK",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "READONLY",
+    "LOADING",
+];
+
 /// Maps a redis-rs error to ours, naming the server it came from.
 pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration) -> Error {
     use redis::ErrorKind;
@@ -184,10 +215,7 @@ pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration)
         };
     }
     if err.is_cluster_error()
-        || matches!(
-            code,
-            "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "LOADING"
-        )
+        || TOPOLOGY_CODES.contains(&code)
         || matches!(
             err.kind(),
             ErrorKind::ClusterConnectionNotFound
@@ -212,19 +240,7 @@ pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration)
 /// True when the error proves the command never ran, so even a non-idempotent batch may be
 /// sent again.
 pub(crate) fn surely_not_executed(err: &redis::RedisError) -> bool {
-    err.is_connection_refusal()
-        || matches!(
-            err.code(),
-            Some(
-                "MOVED"
-                    | "ASK"
-                    | "TRYAGAIN"
-                    | "CLUSTERDOWN"
-                    | "MASTERDOWN"
-                    | "READONLY"
-                    | "LOADING"
-            )
-        )
+    err.is_connection_refusal() || err.code().is_some_and(|c| TOPOLOGY_CODES.contains(&c))
 }
 
 /// Redis error texts never carry our password, but URLs built by redis-rs might; keep any
@@ -294,14 +310,18 @@ pub(crate) fn check_cluster_enabled(
     target: &str,
     timeout: Duration,
 ) -> Result<()> {
-    let info: String = match redis::cmd("INFO").arg("cluster").query(conn) {
-        Ok(info) => info,
-        // An ACL user without INFO rights can still use its tables; the check is a courtesy.
-        Err(e) if e.code() == Some("NOPERM") => return Ok(()),
+    let enabled = match redis::cmd("INFO").arg("cluster").query::<String>(conn) {
+        // Redis-compatible stores such as Pika answer INFO cluster with nothing: treat as plain.
+        Ok(info) => info.lines().any(|l| l.trim() == "cluster_enabled:1"),
+        // INFO is `@dangerous`, so a least-privileged ACL user may not run it; HELLO
+        // (`@connection`) names the mode too. A user without either can still use its tables:
+        // the check is a courtesy.
+        Err(e) if e.code() == Some("NOPERM") => match hello(conn) {
+            Some(h) => h.mode == "cluster",
+            None => return Ok(()),
+        },
         Err(e) => return Err(classify(&e, target, timeout)),
     };
-    // Redis-compatible stores such as Pika answer INFO cluster with nothing: treat as plain.
-    let enabled = info.lines().any(|l| l.trim() == "cluster_enabled:1");
     if enabled && !expect_cluster {
         return Err(Error::ModeMismatch {
             message: format!(
@@ -319,6 +339,45 @@ pub(crate) fn check_cluster_enabled(
         });
     }
     Ok(())
+}
+
+/// What `HELLO` says about a server (Redis 6 and later).
+pub(crate) struct Hello {
+    /// `standalone`, `sentinel` or `cluster`.
+    pub(crate) mode: String,
+    /// `master` or `replica`.
+    pub(crate) role: String,
+}
+
+/// Asks `HELLO 2` (stays on RESP2, changes nothing else on the connection). It is the way a
+/// least-privileged ACL user learns a server's mode and role: `HELLO` is in `@connection`,
+/// while `INFO` and `ROLE` are `@dangerous` (and `ROLE` `@admin`). `None` when the server
+/// cannot tell (no `HELLO` before Redis 6, or no right to run it).
+pub(crate) fn hello(conn: &mut dyn redis::ConnectionLike) -> Option<Hello> {
+    let reply: Value = redis::cmd("HELLO").arg(2).query(conn).ok()?;
+    let pairs: Vec<(Value, Value)> = match reply {
+        Value::Array(items) => {
+            let mut items = items.into_iter();
+            std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
+        }
+        Value::Map(pairs) => pairs,
+        _ => return None,
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let field = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| text(k).as_deref() == Some(name))
+            .and_then(|(_, v)| text(v))
+    };
+    Some(Hello {
+        mode: field("mode")?,
+        role: field("role")?,
+    })
 }
 
 /// True for commands that never change data. Reads that must see the latest writes go to the
@@ -492,6 +551,7 @@ pub(crate) fn error_reply(batch: &Batch, i: usize, e: &redis::ServerError) -> Er
 
 /// True for the error replies of a node that cannot serve writes right now (a demoted master
 /// after a failover, or one still loading): the connection must be resolved again.
+/// (The part of [`TOPOLOGY_CODES`] that a server outside cluster mode sends.)
 pub(crate) fn is_failover_reply(e: &redis::ServerError) -> bool {
     matches!(e.code(), "READONLY" | "MASTERDOWN" | "LOADING")
 }

@@ -113,9 +113,18 @@ fn role_of(
     addr: &str,
     timeout: std::time::Duration,
 ) -> Result<String> {
-    let reply: Value = redis::cmd("ROLE")
-        .query(conn)
-        .map_err(|e| classify(&e, addr, timeout))?;
+    let reply: Value = match redis::cmd("ROLE").query(conn) {
+        Ok(reply) => reply,
+        // ROLE is `@admin @dangerous`: a least-privileged ACL user learns the role from HELLO
+        // (`@connection`), which says `master` or `replica`.
+        Err(e) if e.code() == Some("NOPERM") => {
+            return match super::hello(conn) {
+                Some(h) => Ok(h.role),
+                None => Err(classify(&e, addr, timeout)),
+            };
+        }
+        Err(e) => return Err(classify(&e, addr, timeout)),
+    };
     match reply {
         Value::Array(items) => match items.into_iter().next() {
             Some(Value::BulkString(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
@@ -219,9 +228,17 @@ fn first_host_is_sentinel(opts: &ConnectOptions) -> Result<bool> {
                 opts.sentinel_connect_timeout,
                 opts.sentinel_socket_timeout,
             )
-            && let Ok(info) = redis::cmd("INFO").arg("server").query::<String>(&mut c)
         {
-            return Ok(says_sentinel(&info));
+            match redis::cmd("INFO").arg("server").query::<String>(&mut c) {
+                Ok(info) => return Ok(says_sentinel(&info)),
+                // INFO is `@dangerous`: a least-privileged user asks HELLO instead.
+                Err(e) if e.code() == Some("NOPERM") => {
+                    if let Some(h) = super::hello(&mut c) {
+                        return Ok(h.mode == "sentinel");
+                    }
+                }
+                Err(_) => {}
+            }
         }
         if connected {
             // The host answered, just not to INFO: no other host will tell us more.

@@ -192,6 +192,18 @@ pub struct ServerOptions {
     pub save: Option<String>,
 }
 
+/// The ACL rule of the least-privileged user the library supports in standalone and Sentinel
+/// mode: `user:secret`, hashes, scripts (accum) and connection commands (AUTH, PING, HELLO,
+/// WAIT), nothing `@admin` or `@dangerous`.
+pub const LEAST_PRIVILEGE_USER: &str =
+    "lp on >lp-secret ~* resetchannels -@all +@read +@write +@hash +@scripting +@connection";
+
+/// [`LEAST_PRIVILEGE_USER`] plus the one command cluster discovery needs: `CLUSTER SLOTS`
+/// (only in `@slow`, not `@admin` or `@dangerous`, and without it no client can learn the
+/// slot map).
+pub const LEAST_PRIVILEGE_CLUSTER_USER: &str = "lp on >lp-secret ~* resetchannels -@all +@read \
+     +@write +@hash +@scripting +@connection +cluster|slots";
+
 /// Options of one redis-sentinel.
 #[derive(Clone, Debug)]
 struct SentinelProcessOptions {
@@ -767,6 +779,64 @@ impl Cluster {
         self.node_at(port)
     }
 
+    /// Moves `slot` (and its keys) from its master to another master behind any client's
+    /// back, the way `redis-cli --cluster reshard` does, and returns the new master's port.
+    /// Every master is told at once, so all masters agree right after.
+    pub fn move_slot(&self, slot: u16) -> u16 {
+        let source = self.node_for_slot(slot);
+        let target = self
+            .masters()
+            .into_iter()
+            .find(|m| m.port() != source.port())
+            .expect("a second master");
+        let (source_id, target_id) = (
+            source.cli(&["CLUSTER", "MYID"]),
+            target.cli(&["CLUSTER", "MYID"]),
+        );
+        let slot_s = slot.to_string();
+        target.cli(&["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &source_id]);
+        source.cli(&["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &target_id]);
+        let keys = source.cli(&["CLUSTER", "GETKEYSINSLOT", &slot_s, "1000"]);
+        for key in keys.lines().filter(|k| !k.is_empty()) {
+            let port = target.port().to_string();
+            let out = source.cli(&["MIGRATE", HOST, &port, key, "0", "5000"]);
+            assert_eq!(out, "OK", "MIGRATE {key}");
+        }
+        for m in self.masters() {
+            m.cli(&["CLUSTER", "SETSLOT", &slot_s, "NODE", &target_id]);
+        }
+        target.port()
+    }
+
+    /// Takes the replica `node` (an index into `nodes`) out of the cluster while it keeps
+    /// running: it forgets the cluster (`CLUSTER RESET HARD`), every other node forgets it
+    /// (`CLUSTER FORGET`), and this waits until no other node lists it in `CLUSTER SLOTS`.
+    pub fn remove_replica(&self, node: usize) {
+        let removed = &self.nodes[node];
+        let id = removed.cli(&["CLUSTER", "MYID"]);
+        assert_eq!(
+            removed.cli(&["ROLE"]).lines().next(),
+            Some("slave"),
+            "not a replica"
+        );
+        removed.cli(&["CLUSTER", "RESET", "HARD"]);
+        for other in self.nodes.iter().filter(|n| n.port() != removed.port()) {
+            let out = other.cli(&["CLUSTER", "FORGET", &id]);
+            assert_eq!(out, "OK", "CLUSTER FORGET on {}", other.addr());
+        }
+        let port = removed.port().to_string();
+        wait_until(
+            TOPOLOGY_TIMEOUT,
+            "no node lists the removed replica",
+            || {
+                self.nodes
+                    .iter()
+                    .filter(|n| n.port() != removed.port())
+                    .all(|n| !n.cli(&["CLUSTER", "SLOTS"]).lines().any(|l| l == port))
+            },
+        );
+    }
+
     /// Ports of all nodes, masters first, as seeds for a client.
     pub fn seed_ports(&self) -> Vec<u16> {
         self.nodes.iter().map(RedisServer::port).collect()
@@ -804,6 +874,8 @@ pub struct SentinelOptions {
     pub down_after_ms: u64,
     /// `sentinel failover-timeout`.
     pub failover_timeout_ms: u64,
+    /// ACL rule lines for master and replica (the sentinels keep their own auth).
+    pub acl_users: Vec<String>,
 }
 
 impl Default for SentinelOptions {
@@ -814,6 +886,7 @@ impl Default for SentinelOptions {
             sentinel_password: None,
             down_after_ms: 1000,
             failover_timeout_ms: 3000,
+            acl_users: Vec::new(),
         }
     }
 }
@@ -840,10 +913,12 @@ impl Sentinel {
     pub fn start_with(options: SentinelOptions) -> Sentinel {
         let master = RedisServer::start(ServerOptions {
             password: options.password.clone(),
+            acl_users: options.acl_users.clone(),
             ..ServerOptions::default()
         });
         let replica = RedisServer::start(ServerOptions {
             password: options.password.clone(),
+            acl_users: options.acl_users.clone(),
             replica_of: Some(master.port()),
             ..ServerOptions::default()
         });
@@ -966,6 +1041,22 @@ impl Drop for Sentinel {
         stop_together(self.sentinels.iter_mut());
         stop_together([&mut self.master, &mut self.replica]);
     }
+}
+
+/// How many times `server` ran `command` (`INFO commandstats`; subcommands as `cluster|slots`).
+pub fn command_calls(server: &RedisServer, command: &str) -> u64 {
+    server
+        .info_field("commandstats", &format!("cmdstat_{command}"))
+        .and_then(|stat| stat.split(',').next()?.strip_prefix("calls=")?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// How many error replies with `code` (`MOVED`, `ASK`, ...) `server` sent (`INFO errorstats`).
+pub fn error_replies(server: &RedisServer, code: &str) -> u64 {
+    server
+        .info_field("errorstats", &format!("errorstat_{code}"))
+        .and_then(|stat| stat.strip_prefix("count=")?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Send a raw PING over TCP and wait at most `timeout` for `+PONG`; false on any failure.
