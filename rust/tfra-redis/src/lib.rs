@@ -71,4 +71,10 @@ pub mod store;
 pub mod table;
 mod throttle;
 
+/// The integration tests' server harness, for unit tests of crate-private parts (a
+/// connection's buffers, the pool) against real servers.
+#[cfg(test)]
+#[path = "../tests/support/mod.rs"]
+pub(crate) mod test_servers;
+
 pub use error::{Error, Result};

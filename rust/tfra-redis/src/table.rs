@@ -75,18 +75,16 @@ thread_local! {
     static SPARE_BATCH: RefCell<Batch> = RefCell::new(Batch::new());
 }
 
-/// Buffers larger than this are freed after the call instead of kept for the next one.
-const MAX_SPARE_BATCH: usize = 64 << 20;
-
 /// Runs `f` with this thread's spare batch (or a new one when it is in use further up the
-/// stack).
-fn with_batch<T>(f: impl FnOnce(&mut Batch) -> T) -> T {
+/// stack). A buffer that grew beyond `keep` bytes (`redis_client_buffer_keep_bytes`) is freed
+/// afterwards: every thread that ever sent a big insert kept tens of MB otherwise.
+fn with_batch<T>(keep: u64, f: impl FnOnce(&mut Batch) -> T) -> T {
     let mut batch = SPARE_BATCH
         .with(|s| s.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)))
         .unwrap_or_default();
     let out = f(&mut batch);
     batch.clear();
-    if batch.capacity() <= MAX_SPARE_BATCH {
+    if batch.capacity() as u64 <= keep {
         SPARE_BATCH.with(|s| {
             if let Ok(mut spare) = s.try_borrow_mut() {
                 *spare = batch;
@@ -404,7 +402,7 @@ impl Table {
         mut send: impl FnMut(&Batch, &[(usize, Vec<u32>)]) -> Result<()>,
     ) -> Result<()> {
         let plan = self.plan(keys);
-        with_batch(|batch| {
+        with_batch(self.config.redis_client_buffer_keep_bytes, |batch| {
             for window in Self::windows(&plan) {
                 batch.clear();
                 for (b, pos) in window {
@@ -536,7 +534,8 @@ impl Table {
         };
         // (lookup, bucket, positions) of every command, in batch order.
         let mut commands: Vec<(usize, usize, Vec<u32>)> = Vec::new();
-        with_batch(|batch| {
+        let keep = lookups[0].table.config.redis_client_buffer_keep_bytes;
+        with_batch(keep, |batch| {
             for (t, l) in lookups.iter().enumerate() {
                 for (b, pos) in l.table.plan(l.keys) {
                     l.table.fields_cmd(batch, "HMGET", b, l.keys, &pos);
@@ -565,7 +564,8 @@ impl Table {
             }
             return Ok(());
         };
-        with_batch(|batch| {
+        let keep = writes[0].0.config.redis_client_buffer_keep_bytes;
+        with_batch(keep, |batch| {
             for (table, keys, rows) in writes {
                 for (b, pos) in table.plan(*keys) {
                     table.rows_cmd(batch, false, b, *keys, rows, &pos);
@@ -962,4 +962,37 @@ pub(crate) fn layout_tags(
         }
     }
     Ok(hypodispersion_tags(slices))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spare_capacity() -> usize {
+        SPARE_BATCH.with(|s| s.borrow().capacity())
+    }
+
+    #[test]
+    fn a_big_command_buffer_is_not_kept_past_the_bound() {
+        let keep = 1 << 20;
+        let row = vec![7u8; 4096];
+        with_batch(keep, |batch| {
+            batch.command("HSET", 1 + 2 * 1024);
+            batch.key(b"bucket");
+            for i in 0..1024u32 {
+                batch.arg(&i.to_le_bytes());
+                batch.arg(&row);
+            }
+            assert!(batch.capacity() > 4 << 20);
+        });
+        assert!(spare_capacity() <= keep as usize, "{}", spare_capacity());
+        // A small one is kept for the next call.
+        with_batch(keep, |batch| {
+            batch.command("HMGET", 2);
+            batch.key(b"bucket");
+            batch.arg(b"f");
+        });
+        let small = spare_capacity();
+        assert!(small > 0 && small <= keep as usize);
+    }
 }

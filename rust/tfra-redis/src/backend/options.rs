@@ -35,6 +35,10 @@ pub struct ConnectOptions {
     pub(crate) tls: Option<TlsFiles>,
     pub(crate) durable_replicas: u32,
     pub(crate) durable_timeout: Duration,
+    /// Read buffer bytes a connection keeps between pipelines (`redis_client_buffer_keep_bytes`).
+    pub(crate) buffer_keep: usize,
+    /// How long a pooled connection may sit idle before a checkout closes it; `None`: forever.
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 /// The PEM files named by the config, read once when the backend is built.
@@ -138,13 +142,16 @@ impl ConnectOptions {
             tls: TlsFiles::read(c)?,
             durable_replicas: c.redis_durable_write_replicas,
             durable_timeout: Duration::from_millis(c.redis_durable_write_timeout_ms),
+            buffer_keep: usize::try_from(c.redis_client_buffer_keep_bytes).unwrap_or(usize::MAX),
+            idle_timeout: (c.redis_conn_idle_timeout_ms > 0)
+                .then(|| Duration::from_millis(c.redis_conn_idle_timeout_ms)),
         })
     }
 
     /// A string that is equal for two configs exactly when they can share connections.
     pub(crate) fn cache_key(&self) -> String {
         format!(
-            "{:?}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}",
+            "{:?}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{}|{:?}",
             self.mode,
             self.hosts,
             self.master_name,
@@ -165,6 +172,8 @@ impl ConnectOptions {
             self.tls.as_ref().map(TlsFiles::fingerprint),
             self.durable_replicas,
             self.durable_timeout,
+            self.buffer_keep,
+            self.idle_timeout,
         )
     }
 

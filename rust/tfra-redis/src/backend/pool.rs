@@ -16,7 +16,9 @@
 //!   when the server accepts TCP but does not answer) goes straight back to the caller.
 //!
 //! Like before, nothing is opened up front, a checkout never PINGs, and a connection is evicted
-//! once a command on it failed.
+//! once a command on it failed. Connections idle longer than `redis_conn_idle_timeout_ms` are
+//! closed by the next checkout: a burst from many threads opened up to `redis_conn_pool_size`
+//! connections per node, and without a thread of our own nothing else would ever close them.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -44,6 +46,8 @@ pub(crate) struct Conn {
     /// When a batch last went through it; see [`Conn::probe`].
     pub(crate) last_used: Instant,
     created: Instant,
+    /// When it last came back to the pool.
+    idle_since: Instant,
 }
 
 impl Conn {
@@ -83,6 +87,7 @@ pub(crate) struct Pool<T: Target> {
     max_size: u32,
     wait: Duration,
     lifetime: Option<Duration>,
+    idle_timeout: Option<Duration>,
 }
 
 /// A checked-out connection; goes back to the pool when dropped, unless it is broken.
@@ -131,6 +136,7 @@ impl<T: Target> Pool<T> {
             max_size: opts.pool_size.max(1),
             wait: opts.pool_wait,
             lifetime: opts.lifetime,
+            idle_timeout: opts.idle_timeout,
         }
     }
 
@@ -144,7 +150,8 @@ impl<T: Target> Pool<T> {
             && self.lifetime.is_none_or(|l| conn.created.elapsed() < l)
     }
 
-    fn put_back(&self, conn: Conn) {
+    fn put_back(&self, mut conn: Conn) {
+        conn.idle_since = Instant::now();
         let mut slots = self.lock();
         if self.usable(&conn) {
             slots.idle.push(conn);
@@ -160,6 +167,7 @@ impl<T: Target> Pool<T> {
     /// this thread, its error returned as is), else waits up to `redis_wait_timeout` for one
     /// to come back.
     pub(crate) fn get(&self) -> Result<Pooled<'_, T>> {
+        self.close_expired();
         let deadline = Instant::now() + self.wait;
         let mut slots = self.lock();
         loop {
@@ -186,6 +194,7 @@ impl<T: Target> Pool<T> {
                                 broken: false,
                                 last_used: now,
                                 created: now,
+                                idle_since: now,
                             }),
                         })
                     }
@@ -214,6 +223,28 @@ impl<T: Target> Pool<T> {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Closes the connections idle longer than `redis_conn_idle_timeout_ms`. Connections go
+    /// back to the end of the idle list, so the expired ones are a prefix of it.
+    fn close_expired(&self) {
+        let Some(limit) = self.idle_timeout else {
+            return;
+        };
+        let mut slots = self.lock();
+        let expired = slots
+            .idle
+            .iter()
+            .take_while(|c| c.idle_since.elapsed() >= limit)
+            .count();
+        if expired == 0 {
+            return;
+        }
+        let closed: Vec<Conn> = slots.idle.drain(..expired).collect();
+        slots.open -= expired as u32;
+        drop(slots);
+        drop(closed); // closes the sockets, outside the lock
+        self.freed.notify_all();
     }
 
     /// Closes the idle connections (see `Backend::release_inherited`). Only tries the lock: in
@@ -279,5 +310,41 @@ mod tests {
         }
         assert_eq!(pool.target().0.load(Ordering::Relaxed), 3);
         assert_eq!(pool.lock().open, 0);
+    }
+
+    #[test]
+    fn connections_idle_past_the_limit_are_closed_at_the_next_checkout() {
+        use crate::backend::standalone::FixedNode;
+        use crate::test_servers::{Standalone, redis_cli, wait_until};
+
+        let server = Standalone::start();
+        let port = server.port();
+        let config = crate::config::RedisConfig {
+            redis_connection_mode: crate::config::ConnectionMode::Standalone,
+            redis_host_port: vec![port],
+            redis_conn_idle_timeout_ms: 1000,
+            ..Default::default()
+        };
+        let opts = ConnectOptions::from_config(&config).unwrap();
+        let pool = Pool::new(FixedNode::new("127.0.0.1", port, &opts, false), &opts);
+        // Connections the server counts, less redis-cli's own.
+        let clients = || redis_cli(port, &["CLIENT", "LIST"]).lines().count() - 1;
+
+        // A burst that needed three connections at once.
+        let burst: Vec<_> = (0..3).map(|_| pool.get().unwrap()).collect();
+        drop(burst);
+        assert_eq!(clients(), 3);
+        // Within the limit, a checkout reuses an idle connection and closes none.
+        drop(pool.get().unwrap());
+        assert_eq!((clients(), pool.lock().open), (3, 3));
+
+        std::thread::sleep(Duration::from_millis(1300));
+        let mut conn = pool.get().unwrap();
+        // All three had been idle too long: closed, and one new connection serves.
+        assert_eq!(pool.lock().open, 1);
+        wait_until(Duration::from_secs(5), "the server sees one client", || {
+            clients() == 1
+        });
+        assert!(conn.probe(opts.socket_timeout).is_ok());
     }
 }

@@ -258,6 +258,12 @@ pub(super) const FIELDS: &[Field] = &[
     ),
     field!(redis_durable_write_timeout_ms, millis, json),
     field!(redis_fused_slots, boolean, json),
+    field!(
+        redis_client_buffer_keep_bytes,
+        |k, v| integer(k, v, 0, i64::MAX.into()),
+        json
+    ),
+    field!(redis_conn_idle_timeout_ms, millis, json),
 ];
 
 // ---- Readers: JSON value -> typed value, with TFRA's type messages and our range checks. ----

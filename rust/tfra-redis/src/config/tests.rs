@@ -131,6 +131,8 @@ fn defaults_of_our_fields() {
     assert!(!c.redis_lookup_defaults_on_error);
     assert_eq!(c.redis_durable_write_replicas, 0);
     assert_eq!(c.redis_durable_write_timeout_ms, 1000);
+    assert_eq!(c.redis_client_buffer_keep_bytes, 4 << 20);
+    assert_eq!(c.redis_conn_idle_timeout_ms, 300_000);
 }
 
 #[test]
@@ -530,6 +532,8 @@ fn timeouts_must_not_be_negative() {
         "redis_sentinel_socket_timeout",
         "redis_retry_deadline_ms",
         "redis_durable_write_timeout_ms",
+        "redis_conn_idle_timeout_ms",
+        "redis_client_buffer_keep_bytes",
     ] {
         let (field, message) = field_error(parse(&one(key, (-1).into())).unwrap_err());
         assert_eq!(field, key);
@@ -678,7 +682,7 @@ fn to_json_has_every_key() {
     for key in TFRA_KEYS {
         assert!(object.contains_key(key), "{key}");
     }
-    assert_eq!(object.len(), TFRA_KEYS.len() + 9);
+    assert_eq!(object.len(), TFRA_KEYS.len() + 11);
     assert_eq!(
         FIELDS[..TFRA_KEYS.len()]
             .iter()

@@ -1072,3 +1072,109 @@ pub fn answers_ping_within(port: u16, timeout: Duration) -> bool {
     let mut reply = [0u8; 7];
     matches!(stream.read_exact(&mut reply), Ok(())) && &reply == b"+PONG\r\n"
 }
+
+/// A CA and a server certificate for IP 127.0.0.1 signed by it, made with `openssl` in a temp
+/// dir (removed on drop), for servers that listen on a TLS port too.
+pub struct TlsCerts {
+    dir: PathBuf,
+}
+
+impl TlsCerts {
+    /// Makes the CA and the server key pair (RSA 2048, valid 2 days).
+    pub fn make() -> TlsCerts {
+        let dir = fresh_dir("tls");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .output()
+                .expect("cannot run openssl (apt-get install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tfra-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
+        fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .expect("cannot write san.ext");
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=tfra-test-server",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ]);
+        TlsCerts { dir }
+    }
+
+    /// The CA certificate, for `redis_tls_ca_cert`.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// Server arguments: TLS on `tls_port` beside the plain port (which the harness keeps
+    /// using), no client certificates asked for.
+    pub fn server_args(&self, tls_port: u16) -> Vec<String> {
+        let path = |name: &str| self.dir.join(name).display().to_string();
+        vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            path("server.crt"),
+            "--tls-key-file".into(),
+            path("server.key"),
+            "--tls-ca-cert-file".into(),
+            path("ca.crt"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]
+    }
+}
+
+impl Drop for TlsCerts {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
