@@ -485,7 +485,7 @@ fn check_no_leftover(scanner: &FrameScanner, filled: usize) -> RedisResult<()> {
 /// AUTH refusals become authentication errors, as from redis-rs's own handshake; ACL codes
 /// are kept as they are, since the error classification reads them.
 fn auth_failed(err: RedisError) -> RedisError {
-    if err.is_io_error() || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM")) {
+    if err.is_io_error() || err.code().is_some_and(super::is_access_code) {
         return err;
     }
     RedisError::from((

@@ -172,6 +172,8 @@ fn open(opts: ConnectOptions) -> Result<Arc<dyn Backend>> {
     }
 }
 
+// The Redis error codes the backends act on, classified once by what the caller should do.
+
 /// Error codes meaning "this node cannot run the command now, but the topology will settle"
 /// (a failover, a reshard, a replica still loading). The command surely did not run, so even
 /// a non-idempotent one may be sent again; in cluster mode, after following the redirect or
@@ -185,6 +187,19 @@ pub(crate) const TOPOLOGY_CODES: [&str; 7] = [
     "READONLY",
     "LOADING",
 ];
+
+/// The part of [`TOPOLOGY_CODES`] a server outside cluster mode sends: a demoted master after
+/// a failover, or a server still loading. The connection must be resolved again.
+const FAILOVER_CODES: [&str; 3] = ["MASTERDOWN", "READONLY", "LOADING"];
+
+/// Codes of a refused login or an ACL refusal: the user's to fix (credentials or rights), never
+/// retried.
+pub(crate) const ACCESS_CODES: [&str; 3] = ["NOAUTH", "WRONGPASS", "NOPERM"];
+
+/// True for a code in [`ACCESS_CODES`].
+pub(crate) fn is_access_code(code: &str) -> bool {
+    ACCESS_CODES.contains(&code)
+}
 
 /// Maps a redis-rs error to ours, naming the server it came from.
 pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration) -> Error {
@@ -206,9 +221,7 @@ pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration)
         };
     }
     let code = err.code().unwrap_or("");
-    if matches!(err.kind(), ErrorKind::AuthenticationFailed)
-        || matches!(code, "NOAUTH" | "WRONGPASS" | "NOPERM")
-    {
+    if matches!(err.kind(), ErrorKind::AuthenticationFailed) || is_access_code(code) {
         return Error::Auth {
             target: target.to_string(),
             message,
@@ -541,7 +554,7 @@ pub(crate) fn error_reply(batch: &Batch, i: usize, e: &redis::ServerError) -> Er
             command,
             bucket,
             message,
-        } if matches!(e.code(), "NOPERM" | "NOAUTH" | "WRONGPASS") => Error::Auth {
+        } if is_access_code(e.code()) => Error::Auth {
             target: format!("{command} {bucket}"),
             message,
         },
@@ -549,11 +562,10 @@ pub(crate) fn error_reply(batch: &Batch, i: usize, e: &redis::ServerError) -> Er
     }
 }
 
-/// True for the error replies of a node that cannot serve writes right now (a demoted master
-/// after a failover, or one still loading): the connection must be resolved again.
-/// (The part of [`TOPOLOGY_CODES`] that a server outside cluster mode sends.)
+/// True for the error replies of a node that cannot serve writes right now ([`FAILOVER_CODES`]):
+/// the connection must be resolved again.
 pub(crate) fn is_failover_reply(e: &redis::ServerError) -> bool {
-    matches!(e.code(), "READONLY" | "MASTERDOWN" | "LOADING")
+    FAILOVER_CODES.contains(&e.code())
 }
 
 #[cfg(test)]
@@ -568,5 +580,33 @@ mod tests {
         assert!(!is_read_only("HSET"));
         assert!(!is_read_only("EVAL"));
         assert!(!is_read_only("PERSIST"));
+    }
+
+    /// The error redis-rs makes of the reply `-<code> details`.
+    fn reply_error(code: &str) -> redis::RedisError {
+        match redis::parse_redis_value(format!("-{code} details\r\n").as_bytes()) {
+            Ok(Value::ServerError(e)) => e.into(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_code_has_one_class() {
+        for code in FAILOVER_CODES {
+            assert!(TOPOLOGY_CODES.contains(&code), "{code}");
+        }
+        for code in ACCESS_CODES {
+            assert!(!TOPOLOGY_CODES.contains(&code), "{code}");
+            let err = classify(&reply_error(code), "n:1", Duration::from_millis(5));
+            assert!(matches!(err, Error::Auth { .. }), "{code}: {err:?}");
+            assert!(!surely_not_executed(&reply_error(code)));
+        }
+        for code in TOPOLOGY_CODES {
+            let err = classify(&reply_error(code), "n:1", Duration::from_millis(5));
+            assert!(err.is_transient(), "{code}: {err:?}");
+            assert!(surely_not_executed(&reply_error(code)), "{code}");
+        }
+        let err = classify(&reply_error("WRONGTYPE"), "n:1", Duration::from_millis(5));
+        assert!(matches!(err, Error::Command { .. }), "{err:?}");
     }
 }
