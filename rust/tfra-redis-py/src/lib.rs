@@ -73,7 +73,7 @@ fn to_py(err: tfra_redis::Error) -> PyErr {
         E::Auth { .. } => RedisAuthError::new_err(msg),
         E::Command { .. } => RedisCommandError::new_err(msg),
         E::Data { .. } => RedisDataError::new_err(msg),
-        E::InvalidArgument(_) => PyValueError::new_err(msg),
+        E::InvalidArgument { .. } => PyValueError::new_err(msg),
         _ => RedisTableError::new_err(msg),
     }
 }
@@ -293,7 +293,7 @@ impl PyConfig {
 
     /// The full config as JSON text (TFRA's key names), password included.
     fn to_json(&self) -> String {
-        self.inner.to_json().to_string()
+        self.inner.to_json()
     }
 
     fn __repr__(&self) -> String {
@@ -332,19 +332,17 @@ impl PyTable {
         dim: usize,
         manage_ttl: bool,
     ) -> PyResult<Self> {
-        let spec = TableSpec {
-            name: name.to_string(),
-            key_dtype: KeyDtype::parse(key_dtype).map_err(to_py)?,
-            value_dtype: ValueDtype::parse(value_dtype).map_err(to_py)?,
-            dim: Dim::new(dim).map_err(to_py)?,
-        };
+        let spec = TableSpec::new(
+            name,
+            KeyDtype::parse(key_dtype).map_err(to_py)?,
+            ValueDtype::parse(value_dtype).map_err(to_py)?,
+            Dim::new(dim).map_err(to_py)?,
+        );
         let config = config.inner.clone();
         let (table, notes) = detached(py, move || {
-            let options = tfra_redis::store::OpenOptions {
-                persist: manage_ttl,
-                ..Default::default()
-            };
-            tfra_redis::store::open_table_with(&config, spec, options)
+            tfra_redis::TableBuilder::from_spec(&config, spec)
+                .persist(manage_ttl)
+                .open_with_notes()
         })?;
         Ok(PyTable {
             inner: Arc::new(table),
@@ -530,7 +528,10 @@ impl PyTable {
         let worker = std::thread::spawn(move || {
             table.export_pages(page, |k, v| {
                 tx.send((k.to_vec(), v.to_vec())).map_err(|_| {
-                    tfra_redis::Error::InvalidArgument("export stopped by the consumer".into())
+                    tfra_redis::Error::invalid(
+                        tfra_redis::ArgumentKind::Cancelled,
+                        "export stopped by the consumer",
+                    )
                 })
             })
         });

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 
 /// The dtype of a table's keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum KeyDtype {
     /// `int32`: 4-byte fields.
     I32,
@@ -21,7 +22,7 @@ pub enum KeyDtype {
 
 /// A key encoded as a hash field: its 4 or 8 little-endian bytes, without allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct KeyField {
+pub(crate) struct KeyField {
     bytes: [u8; 8],
     len: u8,
 }
@@ -54,16 +55,17 @@ impl KeyDtype {
         match s {
             "int32" => Ok(KeyDtype::I32),
             "int64" => Ok(KeyDtype::I64),
-            _ => Err(Error::InvalidArgument(format!(
-                "unsupported key dtype {s:?}: expected int32 or int64"
-            ))),
+            _ => Err(Error::invalid(
+                crate::error::ArgumentKind::Dtype,
+                format!("unsupported key dtype {s:?}: expected int32 or int64"),
+            )),
         }
     }
 
     /// The hash field of `key`. TFRA writes the key's native memory, which is little-endian on
     /// every platform it supports. For `I32` the key is truncated to 32 bits; callers check the
     /// range first.
-    pub fn field(self, key: i64) -> KeyField {
+    pub(crate) fn field(self, key: i64) -> KeyField {
         let mut bytes = [0u8; 8];
         match self {
             KeyDtype::I32 => bytes[..4].copy_from_slice(&(key as i32).to_le_bytes()),
@@ -77,7 +79,7 @@ impl KeyDtype {
 
     /// The key stored in `field`, or `None` if it has the wrong length (a field written by a
     /// table of another key dtype). int32 keys are sign-extended.
-    pub fn decode(self, field: &[u8]) -> Option<i64> {
+    pub(crate) fn decode(self, field: &[u8]) -> Option<i64> {
         match self {
             KeyDtype::I32 => Some(i64::from(i32::from_le_bytes(field.try_into().ok()?))),
             KeyDtype::I64 => Some(i64::from_le_bytes(field.try_into().ok()?)),
@@ -93,6 +95,7 @@ impl fmt::Display for KeyDtype {
 
 /// The dtype of a table's row elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ValueDtype {
     /// IEEE binary32 (`float` / `float32`).
     F32,
@@ -155,10 +158,13 @@ impl ValueDtype {
             "int64" => ValueDtype::I64,
             "int8" => ValueDtype::I8,
             _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "unsupported value dtype {s:?}: expected one of float32, float64, float16, \
+                return Err(Error::invalid(
+                    crate::error::ArgumentKind::Dtype,
+                    format!(
+                        "unsupported value dtype {s:?}: expected one of float32, float64, float16, \
                      bfloat16, int32, int64, int8"
-                )));
+                    ),
+                ));
             }
         })
     }
@@ -184,10 +190,13 @@ impl Dim {
     /// told from a missing one.
     pub fn new(dim: usize) -> Result<Dim> {
         if !(1..=MAX_DIM).contains(&dim) {
-            return Err(Error::InvalidArgument(format!(
-                "embedding dim must be between 1 and {MAX_DIM} (rows of at most 512 MiB, \
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Dim,
+                format!(
+                    "embedding dim must be between 1 and {MAX_DIM} (rows of at most 512 MiB, \
                  Redis's largest string), got {dim}"
-            )));
+                ),
+            ));
         }
         Ok(Dim(dim))
     }
@@ -225,11 +234,14 @@ fn zip_elems<const N: usize>(
 /// do); integers wrap. This is the arithmetic of TFRA's `accum` and of the optimizer updates.
 pub fn add_rows(dtype: ValueDtype, acc: &mut [u8], delta: &[u8]) -> Result<()> {
     if acc.len() != delta.len() || !acc.len().is_multiple_of(dtype.width()) {
-        return Err(Error::InvalidArgument(format!(
-            "cannot add {} bytes to {} bytes of {dtype} rows",
-            delta.len(),
-            acc.len()
-        )));
+        return Err(Error::invalid(
+            crate::error::ArgumentKind::Shape,
+            format!(
+                "cannot add {} bytes to {} bytes of {dtype} rows",
+                delta.len(),
+                acc.len()
+            ),
+        ));
     }
     match dtype {
         ValueDtype::F32 => zip_elems::<4>(acc, delta, |a, d| {

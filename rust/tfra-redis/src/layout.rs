@@ -69,7 +69,7 @@ pub fn key_slot(key: &[u8]) -> u16 {
 /// TFRA ships this as a 16384-entry literal array and picks bucket tags from it, so the tag of a
 /// bucket is always the smallest number that lands on the wanted slot. Regenerating it gives the
 /// identical table (every entry is that minimum; the largest is 109757). Built on first use.
-pub fn slot_table() -> &'static [u32] {
+pub(crate) fn slot_table() -> &'static [u32] {
     static TABLE: OnceLock<Box<[u32]>> = OnceLock::new();
     TABLE.get_or_init(|| {
         let mut table = vec![u32::MAX; SLOT_COUNT];
@@ -167,7 +167,7 @@ impl fmt::Display for HashTag {
 ///
 /// # Panics
 /// If `n == 0` or `n > SLOT_COUNT` (TFRA would read past its table).
-pub fn hypodispersion_tags(n: usize) -> Vec<HashTag> {
+pub(crate) fn hypodispersion_tags(n: usize) -> Vec<HashTag> {
     assert!(
         (1..=SLOT_COUNT).contains(&n),
         "bucket count {n} outside 1..={SLOT_COUNT}"
@@ -196,7 +196,7 @@ pub fn hypodispersion_tags(n: usize) -> Vec<HashTag> {
 ///
 /// # Panics
 /// If `n == 0`, `n > SLOT_COUNT` or a range ends at or past `SLOT_COUNT`.
-pub fn topology_tags(masters: &[(u16, u16)], n: usize) -> Vec<HashTag> {
+pub(crate) fn topology_tags(masters: &[(u16, u16)], n: usize) -> Vec<HashTag> {
     let mut masters = masters.to_vec();
     masters.sort_unstable();
     masters.dedup();
@@ -251,7 +251,7 @@ const MD5_K: [u32; 64] = [
 /// ones through the right shift and carry over from block to block in the state. Only the low 32
 /// bits of each state word are emitted, little-endian. Padding and the bit count are standard
 /// for inputs shorter than 4 GiB (TFRA's length is an `unsigned int`, so longer ones cannot occur).
-pub fn tfra_md5(data: &[u8]) -> [u8; 16] {
+pub(crate) fn tfra_md5(data: &[u8]) -> [u8; 16] {
     let mut state: [u64; 4] = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476];
 
     let mut message = data.to_vec();
@@ -312,7 +312,7 @@ pub fn embedding_name(table_name: &str) -> &str {
 /// `bytes` made readable for logs and errors: UTF-8 text as is, everything else (control
 /// characters, invalid UTF-8, backslash) as `\xNN`. Raw MD5 prefixes are binary, so bucket keys
 /// cannot be printed as plain strings without losing or garbling bytes.
-pub fn printable(bytes: &[u8]) -> String {
+pub(crate) fn printable(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for ch in chunk.valid().chars() {
@@ -409,13 +409,13 @@ impl From<BucketKey> for Vec<u8> {
 }
 
 /// The bucket keys for `tags`, in bucket order.
-pub fn bucket_keys(prefix: &KeyPrefix, tags: &[HashTag]) -> Vec<BucketKey> {
+pub(crate) fn bucket_keys(prefix: &KeyPrefix, tags: &[HashTag]) -> Vec<BucketKey> {
     tags.iter().map(|t| BucketKey::new(prefix, t)).collect()
 }
 
 /// How a key picks its bucket in Cluster mode (`using_hash_storage_slice`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BucketFn {
+pub(crate) enum BucketFn {
     /// The low 32 bits of the key (TFRA's default): cheap, but keys that share their low bits
     /// (e.g. ids built with artificial endings) crowd into the same buckets.
     LowBits,
@@ -437,7 +437,7 @@ impl BucketFn {
 /// CRC-32C (Castagnoli) as TFRA computes it: init `0xFFFFFFFF` and no final XOR, i.e. the
 /// standard CRC-32C XOR `0xFFFFFFFF`. TFRA feeds the hardware CRC32 instruction directly and
 /// never applies the final inversion.
-pub fn crc32c_tfra(bytes: &[u8]) -> u32 {
+pub(crate) fn crc32c_tfra(bytes: &[u8]) -> u32 {
     crc32c::crc32c(bytes) ^ 0xFFFF_FFFF
 }
 
@@ -448,7 +448,7 @@ pub fn crc32c_tfra(bytes: &[u8]) -> u32 {
 ///
 /// # Panics
 /// If `slices == 0`.
-pub fn bucket_of(key: i64, key_dtype: KeyDtype, slices: u32, f: BucketFn) -> u32 {
+pub(crate) fn bucket_of(key: i64, key_dtype: KeyDtype, slices: u32, f: BucketFn) -> u32 {
     let h = match f {
         // For int32 keys this equals `(key as i32) as u32`, TFRA's int32 rule.
         BucketFn::LowBits => (key as u64 & 0xFFFF_FFFF) as u32,
@@ -473,7 +473,7 @@ fn push_glob_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
 /// TFRA used the same pattern but did not escape `P`, so prefixes containing glob
 /// metacharacters (likely with raw MD5 bytes) broke listing; we escape them. The pattern still
 /// matches some foreign keys (`P{1x}`), so filter the results with [`parse_bucket_tag`].
-pub fn bucket_glob(prefix: &KeyPrefix) -> Vec<u8> {
+pub(crate) fn bucket_glob(prefix: &KeyPrefix) -> Vec<u8> {
     let mut out = Vec::with_capacity(prefix.0.len() + 16);
     push_glob_escaped(&mut out, &prefix.0);
     out.extend_from_slice(b"{[0123456789]*}");
@@ -494,7 +494,7 @@ pub fn bucket_family_glob(prefix: &KeyPrefix) -> Vec<u8> {
 ///
 /// This is how the buckets of one table are told apart from tables whose names merely share the
 /// prefix (TFRA's rehash scanned `P*{…}` and swallowed those).
-pub fn parse_bucket_tag(prefix: &KeyPrefix, key: &[u8]) -> Option<HashTag> {
+pub(crate) fn parse_bucket_tag(prefix: &KeyPrefix, key: &[u8]) -> Option<HashTag> {
     let digits = key
         .strip_prefix(prefix.0.as_slice())?
         .strip_prefix(b"{")?

@@ -60,15 +60,31 @@
 //! through the [`log`](https://docs.rs/log) crate under the `tfra_redis` target; the Python
 //! bindings forward them to Python's `logging` logger `tfra_redis`.
 
+// The connection layer: pools, pipelines, retries and the three topologies. Its types carry
+// redis-rs types (`redis::Cmd`, `redis::Value`) and change whenever the backend does, so it is
+// not part of the public API. The `internals` feature exposes it, unstable, for this
+// repository's Python bindings and integration tests.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub mod backend;
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code)] // Parts only the `internals` users call.
+pub(crate) mod backend;
+
+mod builder;
 pub mod codec;
 pub mod config;
 pub mod error;
 pub mod layout;
+pub mod naming;
 pub mod optim;
 pub mod restrict;
 pub mod store;
 pub mod table;
 mod throttle;
 
-pub use error::{Error, Result};
+pub use builder::TableBuilder;
+pub use codec::{Dim, KeyDtype, ValueDtype};
+pub use config::{ConnectionMode, RedisConfig, StoreMode};
+pub use error::{ArgumentKind, Error, Result};
+pub use table::{Defaults, Lookup, Table, TableSpec};

@@ -30,6 +30,7 @@ const WINDOW_KEYS: usize = 1 << 16;
 /// float32 once, which is not the same number as `1.0f32 - 0.9f32`). Storing them as `f32`
 /// would make the last bit differ from Keras.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Optimizer {
     /// Plain SGD: `p -= g * lr` (Keras `SGD` with `momentum=0`).
     Sgd {
@@ -96,23 +97,28 @@ impl Optimizer {
                 "beta",
             ],
             _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown optimizer {name:?}; expected one of sgd, adagrad, adam, ftrl"
-                )));
+                return Err(Error::invalid(
+                    crate::error::ArgumentKind::Optimizer,
+                    format!("unknown optimizer {name:?}; expected one of sgd, adagrad, adam, ftrl"),
+                ));
             }
         };
         let mut seen = HashSet::new();
         for (key, _) in hyper {
             if !allowed.contains(key) {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown hyper-parameter {key:?} for optimizer {name:?}; expected some of {}",
-                    allowed.join(", ")
-                )));
+                return Err(Error::invalid(
+                    crate::error::ArgumentKind::Optimizer,
+                    format!(
+                        "unknown hyper-parameter {key:?} for optimizer {name:?}; expected some of {}",
+                        allowed.join(", ")
+                    ),
+                ));
             }
             if !seen.insert(*key) {
-                return Err(Error::InvalidArgument(format!(
-                    "hyper-parameter {key:?} given twice"
-                )));
+                return Err(Error::invalid(
+                    crate::error::ArgumentKind::Optimizer,
+                    format!("hyper-parameter {key:?} given twice"),
+                ));
             }
         }
         let h = |key: &str, default: f64| {
@@ -165,10 +171,10 @@ impl Optimizer {
     /// rate, which every update below divides by or relies on).
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str, value: f64, rule: &str| {
-            Err(Error::InvalidArgument(format!(
-                "{} {what} must be {rule}, got {value}",
-                self.name()
-            )))
+            Err(Error::invalid(
+                crate::error::ArgumentKind::Optimizer,
+                format!("{} {what} must be {rule}, got {value}", self.name()),
+            ))
         };
         let lr = match *self {
             Optimizer::Sgd { lr }
@@ -411,56 +417,71 @@ pub fn apply_gradients(
 ) -> Result<()> {
     opt.validate()?;
     if matches!(opt, Optimizer::Adam { .. }) && step == 0 {
-        return Err(Error::InvalidArgument(
-            "step is the 1-based update count (Keras' iterations + 1); Adam cannot take step 0"
-                .into(),
+        return Err(Error::invalid(
+            crate::error::ArgumentKind::Optimizer,
+            "step is the 1-based update count (Keras' iterations + 1); Adam cannot take step 0",
         ));
     }
     let names = opt.slot_names();
     if slots.len() != names.len() {
-        return Err(Error::InvalidArgument(format!(
-            "{} needs {} slot tables ({}), got {}",
-            opt.name(),
-            names.len(),
-            names.join(", "),
-            slots.len()
-        )));
+        return Err(Error::invalid(
+            crate::error::ArgumentKind::TableSet,
+            format!(
+                "{} needs {} slot tables ({}), got {}",
+                opt.name(),
+                names.len(),
+                names.join(", "),
+                slots.len()
+            ),
+        ));
     }
     let dim = params.spec().dim.get();
     for table in std::iter::once(params).chain(slots.iter().copied()) {
         let spec = table.spec();
         if spec.value_dtype != ValueDtype::F32 {
-            return Err(Error::InvalidArgument(format!(
-                "optimizers update float32 tables only, but table {:?} holds {}",
-                spec.name,
-                spec.value_dtype.numpy_name()
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Dtype,
+                format!(
+                    "optimizers update float32 tables only, but table {:?} holds {}",
+                    spec.name,
+                    spec.value_dtype.numpy_name()
+                ),
+            ));
         }
         if spec.dim.get() != dim {
-            return Err(Error::InvalidArgument(format!(
-                "slot table {:?} has dim {}, but its params table {:?} has dim {dim}",
-                spec.name,
-                spec.dim.get(),
-                params.spec().name
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Dim,
+                format!(
+                    "slot table {:?} has dim {}, but its params table {:?} has dim {dim}",
+                    spec.name,
+                    spec.dim.get(),
+                    params.spec().name
+                ),
+            ));
         }
     }
     let n = keys.len();
     for (what, len) in [("grads", grads.len()), ("init_rows", init_rows.len())] {
         if len != n * dim {
-            return Err(Error::InvalidArgument(format!(
-                "Expected shape [{n}, {dim}] for {what} ({} float32 values), got {len} values",
-                n * dim
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Shape,
+                format!(
+                    "{what} has {len} float32 values, expected {n} rows x {dim} = {}",
+                    n * dim
+                ),
+            ));
         }
     }
     let mut seen = HashSet::with_capacity(n);
     if let Some(key) = keys.iter().find(|&&k| !seen.insert(k)) {
-        return Err(Error::InvalidArgument(format!(
-            "key {key} appears more than once in one optimizer step; sum the gradients of \
+        return Err(Error::invalid(
+            crate::error::ArgumentKind::DuplicateKey,
+            format!(
+                "key {key} appears more than once in one optimizer step; sum the gradients of \
              repeated ids first (e.g. tf.math.unsorted_segment_sum or \
              tfra_redis.optimizers.sum_duplicates)"
-        )));
+            ),
+        ));
     }
     let slot_defaults: Vec<Vec<u8>> = names
         .iter()

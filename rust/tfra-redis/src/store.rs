@@ -22,7 +22,7 @@ const COPY_PAGE: usize = 8192;
 
 /// The bucket keys that exist in Redis for exactly this prefix (never a table whose name merely
 /// starts with it), sorted.
-pub fn existing_buckets(table: &Table, prefix: &KeyPrefix) -> Result<Vec<Vec<u8>>> {
+pub(crate) fn existing_buckets(table: &Table, prefix: &KeyPrefix) -> Result<Vec<Vec<u8>>> {
     let backend = table.backend()?;
     let mut found: Vec<Vec<u8>> = backend
         .scan_match(&bucket_glob(prefix))?
@@ -43,12 +43,12 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error
 }
 
 /// The directory of mode-1 files for a model tag: `model_lib_abs_dir/<model_tag>/`.
-pub fn model_lib_dir(table: &Table, model_tag: &str) -> PathBuf {
+pub(crate) fn model_lib_dir(table: &Table, model_tag: &str) -> PathBuf {
     Path::new(&table.config().model_lib_abs_dir).join(model_tag)
 }
 
 /// The file of one bucket: `<dir>/<bucket key>.rdb` (TFRA's name; raw bytes for MD5 prefixes).
-pub fn bucket_file(dir: &Path, bucket: &BucketKey) -> PathBuf {
+pub(crate) fn bucket_file(dir: &Path, bucket: &BucketKey) -> PathBuf {
     use std::os::unix::ffi::OsStrExt;
     let mut name = bucket.as_bytes().to_vec();
     name.extend_from_slice(b".rdb");
@@ -300,7 +300,7 @@ fn verify_readable(table: &Table, from: &[u8], ids: &[i64]) -> Result<()> {
 /// True when some of this table's rows are not where the runtime layout looks for them:
 /// buckets of the same prefix outside the layout exist, or a sample of each runtime bucket
 /// holds ids that belong to another bucket.
-pub fn needs_rebucket(table: &Table) -> Result<bool> {
+pub(crate) fn needs_rebucket(table: &Table) -> Result<bool> {
     let runtime: BTreeSet<Vec<u8>> = table
         .buckets()
         .iter()
@@ -346,7 +346,7 @@ pub fn import_model_tag(table: &Table) -> Result<u64> {
 /// A warning when the runtime buckets hold nothing but other buckets of this table's prefix, or
 /// of the import tag, exist: the data is not where the config says, and the message names the
 /// setting that would open it.
-pub fn misplaced_data_hint(table: &Table) -> Result<Option<String>> {
+pub(crate) fn misplaced_data_hint(table: &Table) -> Result<Option<String>> {
     if table.size()? > 0 {
         return Ok(None);
     }
@@ -374,26 +374,14 @@ pub fn misplaced_data_hint(table: &Table) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// Opens a table the way TFRA's constructor does, minus its bugs: connects, clears any TTL on
-/// the table's buckets, and moves rows of this table left in another bucket layout (changed
-/// `storage_slice`, hash tags or cluster topology, or an interrupted earlier move) into the
-/// runtime one. Detecting that costs one `SCAN` over the keyspace and a 32-field sample per
-/// bucket. Returns notes worth showing the user.
-pub fn open_table(
-    config: &crate::config::RedisConfig,
-    spec: crate::table::TableSpec,
-) -> Result<(Table, Vec<String>)> {
-    open_table_with(config, spec, OpenOptions::default())
-}
-
 /// What [`open_table_with`] does besides connecting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OpenOptions {
+pub(crate) struct OpenOptions {
     /// Clear the TTL of the table's buckets (TFRA does). Off for read-only tools, which must
     /// not change a table's expiry by looking at it.
-    pub persist: bool,
+    pub(crate) persist: bool,
     /// Detect and move rows left in another bucket layout.
-    pub rebucket: bool,
+    pub(crate) rebucket: bool,
 }
 
 impl Default for OpenOptions {
@@ -405,8 +393,9 @@ impl Default for OpenOptions {
     }
 }
 
-/// [`open_table`] with the lifecycle steps chosen by the caller.
-pub fn open_table_with(
+/// Opens a table and runs the lifecycle steps `options` asks for; the one implementation
+/// behind [`crate::TableBuilder`] (which documents the steps).
+pub(crate) fn open_table_with(
     config: &crate::config::RedisConfig,
     spec: crate::table::TableSpec,
     options: OpenOptions,

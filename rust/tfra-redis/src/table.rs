@@ -18,6 +18,7 @@ use crate::throttle::{Throttle, held_back_note};
 
 /// What a table holds: its name and the shape of its keys and rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TableSpec {
     /// The table name; the Redis name is the part before `_mht_` (TFRA's rule).
     pub name: String,
@@ -27,6 +28,23 @@ pub struct TableSpec {
     pub value_dtype: ValueDtype,
     /// Elements per row.
     pub dim: Dim,
+}
+
+impl TableSpec {
+    /// A table description.
+    pub fn new(
+        name: impl Into<String>,
+        key_dtype: KeyDtype,
+        value_dtype: ValueDtype,
+        dim: Dim,
+    ) -> Self {
+        TableSpec {
+            name: name.into(),
+            key_dtype,
+            value_dtype,
+            dim,
+        }
+    }
 }
 
 /// One table's part of [`Table::find_together`].
@@ -141,7 +159,7 @@ impl std::fmt::Debug for Table {
 
 impl Table {
     /// Connects (or reuses a connection for the same config) and works out the bucket keys.
-    pub fn open(config: &RedisConfig, spec: TableSpec) -> Result<Table> {
+    pub(crate) fn open(config: &RedisConfig, spec: TableSpec) -> Result<Table> {
         // A config built or changed in code never went through the parser's checks, and the
         // layout code relies on them (a bucket count past the slot table panicked).
         config.validate()?;
@@ -211,7 +229,7 @@ impl Table {
 
     /// The backend, reconnected when this process is a fork of the one that opened the table:
     /// sockets inherited across fork() are shared with the parent and must not be used.
-    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+    pub(crate) fn backend(&self) -> Result<Arc<dyn Backend>> {
         let mut guard = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id();
         if guard.0 != pid {
@@ -275,10 +293,13 @@ impl Table {
         if self.spec.key_dtype == KeyDtype::I32
             && let Some(key) = keys.iter().find(|&&k| i32::try_from(k).is_err())
         {
-            return Err(Error::InvalidArgument(format!(
-                "id {key} does not fit the int32 keys of table {:?}",
-                self.spec.name
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::KeyOutOfRange,
+                format!(
+                    "id {key} does not fit the int32 keys of table {:?}",
+                    self.spec.name
+                ),
+            ));
         }
         Ok(())
     }
@@ -286,11 +307,15 @@ impl Table {
     fn check_len(&self, what: &str, got: usize, rows: usize) -> Result<()> {
         let want = rows * self.row_bytes;
         if got != want {
-            return Err(Error::InvalidArgument(format!(
-                "Expected shape [{rows}, {}] for {what} ({want} bytes of {}), got {got} bytes",
-                self.spec.dim.get(),
-                self.spec.value_dtype.numpy_name()
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Shape,
+                format!(
+                    "{what} has {got} bytes, expected {rows} rows x {} bytes ({} x {}) = {want}",
+                    self.row_bytes,
+                    self.spec.dim.get(),
+                    self.spec.value_dtype.numpy_name()
+                ),
+            ));
         }
         Ok(())
     }
@@ -310,10 +335,10 @@ impl Table {
         if let Some(e) = exists.as_deref()
             && e.len() != n
         {
-            return Err(Error::InvalidArgument(format!(
-                "exists has {} entries for {n} keys",
-                e.len()
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Shape,
+                format!("exists has {} entries, expected {n} (one per key)", e.len()),
+            ));
         }
         if n == 0 {
             return Ok(());
@@ -397,10 +422,10 @@ impl Table {
     /// Checks a lookup's buffers against this table's row size.
     fn check_lookup(&self, keys: &[i64], defaults: Defaults<'_>, out: &[u8]) -> Result<()> {
         self.check_keys(keys)?;
-        self.check_len("the output", out.len(), keys.len())?;
+        self.check_len("out", out.len(), keys.len())?;
         match defaults {
-            Defaults::Row(r) => self.check_len("default_value", r.len(), 1),
-            Defaults::PerKey(r) => self.check_len("default_value", r.len(), keys.len()),
+            Defaults::Row(r) => self.check_len("the default row", r.len(), 1),
+            Defaults::PerKey(r) => self.check_len("the per-key defaults", r.len(), keys.len()),
         }
     }
 
@@ -528,7 +553,7 @@ impl Table {
     pub fn insert_together(writes: &[(&Table, &[i64], &[u8])]) -> Result<()> {
         for (table, keys, rows) in writes {
             table.check_keys(keys)?;
-            table.check_len("value", rows.len(), keys.len())?;
+            table.check_len("rows", rows.len(), keys.len())?;
         }
         let Some(backend) = shared_backend(writes.iter().map(|(t, ..)| *t))? else {
             for (table, keys, rows) in writes {
@@ -557,13 +582,13 @@ impl Table {
     /// Writes rows only for ids that are not stored yet (`HSETNX` semantics). Moving data
     /// between layouts uses this, so a row written to the new layout meanwhile is never
     /// overwritten by an older copy.
-    pub fn insert_missing(&self, keys: &[i64], values: &[u8]) -> Result<()> {
+    pub(crate) fn insert_missing(&self, keys: &[i64], values: &[u8]) -> Result<()> {
         self.write_rows(keys, values, true)
     }
 
     fn write_rows(&self, keys: &[i64], values: &[u8], only_missing: bool) -> Result<()> {
         self.check_keys(keys)?;
-        self.check_len("value", values.len(), keys.len())?;
+        self.check_len("values", values.len(), keys.len())?;
         if keys.is_empty() {
             return Ok(());
         }
@@ -610,13 +635,13 @@ impl Table {
     }
 
     /// The bucket (index into [`Table::buckets`]) where `key` lives in this layout.
-    pub fn bucket_of_key(&self, key: i64) -> usize {
+    pub(crate) fn bucket_of_key(&self, key: i64) -> usize {
         self.bucket_index(key)
     }
 
     /// Up to `n` random ids stored in runtime bucket `bucket` (`HRANDFIELD`), cheap evidence of
     /// whether the bucket holds rows of another layout.
-    pub fn sample_ids(&self, bucket: usize, n: usize) -> Result<Vec<i64>> {
+    pub(crate) fn sample_ids(&self, bucket: usize, n: usize) -> Result<Vec<i64>> {
         let backend = self.backend()?;
         let cmd = redis::cmd("HRANDFIELD")
             .arg(self.buckets[bucket].as_bytes())
@@ -639,7 +664,7 @@ impl Table {
     }
 
     /// Deletes ids from one given runtime bucket, wherever the layout would put them.
-    pub fn remove_from_bucket(&self, bucket: usize, keys: &[i64]) -> Result<()> {
+    pub(crate) fn remove_from_bucket(&self, bucket: usize, keys: &[i64]) -> Result<()> {
         self.check_keys(keys)?;
         let backend = self.backend()?;
         let pos: Vec<u32> = (0..keys.len() as u32).collect();
@@ -673,19 +698,25 @@ impl Table {
     /// failed attempt is unknown, since applying a delta twice would be wrong.
     pub fn accum(&self, keys: &[i64], deltas: &[u8], exists: &[bool]) -> Result<()> {
         self.check_keys(keys)?;
-        self.check_len("values_or_deltas", deltas.len(), keys.len())?;
+        self.check_len("deltas", deltas.len(), keys.len())?;
         if exists.len() != keys.len() {
-            return Err(Error::InvalidArgument(format!(
-                "exists has {} entries for {} keys",
-                exists.len(),
-                keys.len()
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Shape,
+                format!(
+                    "exists has {} entries, expected {} (one per key)",
+                    exists.len(),
+                    keys.len()
+                ),
+            ));
         }
         if matches!(self.spec.value_dtype, ValueDtype::F16 | ValueDtype::BF16) {
-            return Err(Error::InvalidArgument(format!(
-                "accum does not support {} values (TFRA's HMACCUM does not either)",
-                self.spec.value_dtype.numpy_name()
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Dtype,
+                format!(
+                    "accum does not support {} values (TFRA's HMACCUM does not either)",
+                    self.spec.value_dtype.numpy_name()
+                ),
+            ));
         }
         if keys.is_empty() {
             return Ok(());
@@ -811,7 +842,7 @@ impl Table {
     }
 
     /// Streams the pairs of any bucket hash (not necessarily one of this table's) in pages.
-    pub fn scan_bucket(
+    pub(crate) fn scan_bucket(
         &self,
         bucket: &[u8],
         page: usize,

@@ -177,6 +177,7 @@ impl Cluster {
         }
         if !checked {
             return Err(Error::Connection {
+                source: None,
                 target,
                 message: failures.join("; "),
             });
@@ -272,6 +273,7 @@ impl Cluster {
             }
         }
         Err(Error::Connection {
+            source: None,
             target: self.target.clone(),
             message: format!("no node answered CLUSTER SLOTS: {}", failures.join("; ")),
         })
@@ -400,20 +402,28 @@ impl Cluster {
                 timeout_ms,
                 waited_ms,
                 message,
+                source,
                 ..
             } => Error::Timeout {
                 target: context,
                 timeout_ms,
                 waited_ms,
                 message,
+                source,
             },
-            Error::Connection { message, .. } => Error::Connection {
+            Error::Connection {
+                message, source, ..
+            } => Error::Connection {
                 target: context,
                 message,
+                source,
             },
-            Error::Auth { message, .. } => Error::Auth {
+            Error::Auth {
+                message, source, ..
+            } => Error::Auth {
                 target: context,
                 message,
+                source,
             },
             other => other,
         }
@@ -447,6 +457,7 @@ impl Cluster {
                             self.stale.store(true, Ordering::Relaxed);
                             return Err((
                                 Error::Connection {
+                                    source: None,
                                     target: self.target.clone(),
                                     message: format!(
                                         "no master serves slot {} of bucket {} (the cluster is \
@@ -540,6 +551,7 @@ impl Cluster {
                                 // loading needs the backoff.
                                 redirected |= matches!(e.code(), "MOVED" | "ASK");
                                 retry_err.get_or_insert_with(|| Error::Connection {
+                                    source: None,
                                     target: format!("{}:{}", node.0.0, node.0.1),
                                     message: format!(
                                         "{} {} (the cluster is failing over or resharding)",
@@ -606,10 +618,12 @@ fn with_node(err: Error, node: &(Addr, bool)) -> Error {
             command,
             bucket,
             message,
+            source,
         } => Error::Command {
             command,
             bucket,
             message: format!("{message} (node {}:{})", node.0.0, node.0.1),
+            source,
         },
         other => other,
     }
@@ -635,6 +649,7 @@ fn as_string(v: &Value) -> Option<String> {
 /// "the node you asked" (`asked_host`).
 fn parse_cluster_slots(reply: Value, asked_host: &str) -> Result<SlotMap> {
     let bad = |why: &str| Error::Command {
+        source: None,
         command: "CLUSTER SLOTS".into(),
         bucket: String::new(),
         message: format!("unexpected reply: {why}"),

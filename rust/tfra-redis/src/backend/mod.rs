@@ -11,11 +11,13 @@
 //! each reply is handled as soon as it is complete while later commands still run.
 
 mod batch;
+#[cfg(feature = "cluster")]
 mod cluster;
 mod link;
 mod options;
 mod pool;
 mod reply;
+#[cfg(feature = "sentinel")]
 mod sentinel;
 mod standalone;
 
@@ -150,8 +152,12 @@ pub fn connect(config: &RedisConfig) -> Result<Arc<dyn Backend>> {
 fn open(opts: ConnectOptions) -> Result<Arc<dyn Backend>> {
     match opts.mode {
         ConnectionMode::Standalone => Ok(Arc::new(standalone::Standalone::open(opts)?)),
+        #[cfg(feature = "sentinel")]
         ConnectionMode::Sentinel => sentinel::open(opts),
+        #[cfg(feature = "cluster")]
         ConnectionMode::Cluster => Ok(Arc::new(cluster::Cluster::open(opts)?)),
+        #[allow(unreachable_patterns)] // Reachable only when a mode's feature is off.
+        other => Err(crate::config::feature_missing(other)),
     }
 }
 
@@ -159,6 +165,7 @@ fn open(opts: ConnectOptions) -> Result<Arc<dyn Backend>> {
 pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration) -> Error {
     use redis::ErrorKind;
     let message = scrub(&err.to_string());
+    let source = || cause(err);
     if err.is_timeout() {
         return Error::Timeout {
             target: target.to_string(),
@@ -166,12 +173,14 @@ pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration)
             // The call's own time when known: `with_retry` sets it.
             waited_ms: timeout.as_millis() as u64,
             message,
+            source: source(),
         };
     }
     if err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() {
         return Error::Connection {
             target: target.to_string(),
             message,
+            source: source(),
         };
     }
     let code = err.code().unwrap_or("");
@@ -181,6 +190,7 @@ pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration)
         return Error::Auth {
             target: target.to_string(),
             message,
+            source: source(),
         };
     }
     if err.is_cluster_error()
@@ -200,12 +210,27 @@ pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration)
         return Error::Connection {
             target: target.to_string(),
             message,
+            source: source(),
         };
     }
     Error::Command {
         command: String::new(),
         bucket: String::new(),
         message,
+        source: source(),
+    }
+}
+
+/// The client error as an error's cause. redis-rs errors are kept as they are (callers can
+/// walk on to the I/O error under them) unless their text carried URL credentials, which
+/// `scrub` removed from the message: then only the scrubbed text is kept.
+fn cause(err: &redis::RedisError) -> Option<crate::error::Cause> {
+    let text = err.to_string();
+    let scrubbed = scrub(&text);
+    if text == scrubbed {
+        Some(Box::new(err.clone()))
+    } else {
+        Some(scrubbed.into())
     }
 }
 
@@ -275,12 +300,14 @@ fn with_waited(err: Error, start: Instant) -> Error {
             target,
             timeout_ms,
             message,
+            source,
             ..
         } => Error::Timeout {
             target,
             timeout_ms,
             waited_ms: start.elapsed().as_millis() as u64,
             message,
+            source,
         },
         other => other,
     }
@@ -373,6 +400,7 @@ pub(crate) fn check_durable(acked: i64, opts: &ConnectOptions, target: &str) -> 
         return Ok(());
     }
     Err(Error::Connection {
+        source: None,
         target: target.to_string(),
         message: format!(
             "durable write not confirmed: {acked} of {} replicas (redis_durable_write_replicas) \
@@ -386,6 +414,7 @@ pub(crate) fn check_durable(acked: i64, opts: &ConnectOptions, target: &str) -> 
 /// Parses the reply of `SCAN`: `[cursor, [keys...]]`.
 pub(crate) fn parse_scan_reply(reply: Value) -> Result<(u64, Vec<Vec<u8>>)> {
     let bad = || Error::Command {
+        source: None,
         command: "SCAN".into(),
         bucket: String::new(),
         message: "unexpected reply shape".into(),
@@ -453,6 +482,7 @@ pub(crate) fn scan_connection(
 /// its key (the bucket).
 pub(crate) fn command_error(batch: &Batch, i: usize, message: String) -> Error {
     Error::Command {
+        source: None,
         command: batch.name_of(i).to_string(),
         bucket: crate::layout::printable(batch.key_of(i)),
         message: scrub(&message),
@@ -482,9 +512,11 @@ pub(crate) fn error_reply(batch: &Batch, i: usize, e: &redis::ServerError) -> Er
             command,
             bucket,
             message,
+            source,
         } if matches!(e.code(), "NOPERM" | "NOAUTH" | "WRONGPASS") => Error::Auth {
             target: format!("{command} {bucket}"),
             message,
+            source,
         },
         other => other,
     }

@@ -102,7 +102,13 @@ impl RedisConfig {
     ///
     /// The passwords are included: this is the config itself, for writing it back to a file or
     /// passing it on, not a log message. Log the `Debug` form instead, which hides them.
-    pub fn to_json(&self) -> Value {
+    pub fn to_json(&self) -> String {
+        self.to_json_value().to_string()
+    }
+
+    /// [`RedisConfig::to_json`] as a `serde_json` value, for the crate's own tests and writers
+    /// (kept out of the public API so that no `serde_json` type is part of it).
+    pub(crate) fn to_json_value(&self) -> Value {
         Value::Object(
             FIELDS
                 .iter()
