@@ -51,6 +51,11 @@ impl KeyDtype {
     }
 
     /// Parses a TF or numpy dtype name (`int32`, `int64`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] ([`ArgumentKind::Dtype`](crate::ArgumentKind::Dtype)) for a name other than `int32` or
+    /// `int64`.
     pub fn parse(s: &str) -> Result<KeyDtype> {
         match s {
             "int32" => Ok(KeyDtype::I32),
@@ -148,6 +153,11 @@ impl ValueDtype {
     }
 
     /// Parses a TF or numpy dtype name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] ([`ArgumentKind::Dtype`](crate::ArgumentKind::Dtype)) for a name that is not one of the
+    /// supported value dtypes.
     pub fn parse(s: &str) -> Result<ValueDtype> {
         Ok(match s {
             "float" | "float32" => ValueDtype::F32,
@@ -188,6 +198,10 @@ pub const MAX_DIM: usize = (512 << 20) / 8;
 impl Dim {
     /// A row length, 1 to [`MAX_DIM`]; zero is rejected because a zero-length row cannot be
     /// told from a missing one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] ([`ArgumentKind::Dim`](crate::ArgumentKind::Dim)) when `dim` is 0 or above [`MAX_DIM`].
     pub fn new(dim: usize) -> Result<Dim> {
         if !(1..=MAX_DIM).contains(&dim) {
             return Err(Error::invalid(
@@ -232,6 +246,11 @@ fn zip_elems<const N: usize>(
 ///
 /// Floats add in their own precision (f16/bf16 round after each add, as TF's ops on those types
 /// do); integers wrap. This is the arithmetic of TFRA's `accum` and of the optimizer updates.
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] ([`ArgumentKind::Shape`](crate::ArgumentKind::Shape)) when the two buffers differ in length or
+/// are not whole elements of `dtype`.
 pub fn add_rows(dtype: ValueDtype, acc: &mut [u8], delta: &[u8]) -> Result<()> {
     if acc.len() != delta.len() || !acc.len().is_multiple_of(dtype.width()) {
         return Err(Error::invalid(

@@ -116,6 +116,11 @@ impl HashTag {
     /// TFRA wraps tags in braces when they are missing, so both spellings name the same bucket.
     /// Empty tags, non-digits and a brace on one side only are rejected with
     /// [`Error::ConfigField`] naming `field`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConfigField`] naming `field` when `s` is not a hash tag of digits (with or without
+    /// braces).
     pub fn parse(field: &str, s: &str) -> Result<HashTag> {
         let inner = match (s.strip_prefix('{'), s.ends_with('}')) {
             (Some(rest), true) => rest.strip_suffix('}'),
@@ -251,7 +256,7 @@ const MD5_K: [u32; 64] = [
 /// ones through the right shift and carry over from block to block in the state. Only the low 32
 /// bits of each state word are emitted, little-endian. Padding and the bit count are standard
 /// for inputs shorter than 4 GiB (TFRA's length is an `unsigned int`, so longer ones cannot occur).
-pub(crate) fn tfra_md5(data: &[u8]) -> [u8; 16] {
+pub fn tfra_md5(data: &[u8]) -> [u8; 16] {
     let mut state: [u64; 4] = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476];
 
     let mut message = data.to_vec();

@@ -81,6 +81,11 @@ impl Optimizer {
     /// hyper-parameters named as the Keras constructor arguments (`learning_rate`, `beta_1`,
     /// `initial_accumulator_value`, `l1_regularization_strength`, ...). Missing ones take Keras'
     /// defaults; an unknown name or hyper-parameter is an error that names it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] ([`ArgumentKind::Optimizer`](crate::ArgumentKind::Optimizer)) for an unknown optimizer, an
+    /// unknown or repeated hyper-parameter, or a value out of range.
     pub fn from_keras_name(name: &str, hyper: &[(&str, f64)]) -> Result<Optimizer> {
         let kind = name.to_ascii_lowercase();
         let allowed: &[&str] = match kind.as_str() {
@@ -169,6 +174,11 @@ impl Optimizer {
 
     /// Checks the hyper-parameters with Keras' rules (plus finiteness and a positive learning
     /// rate, which every update below divides by or relies on).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] ([`ArgumentKind::Optimizer`](crate::ArgumentKind::Optimizer)) naming the hyper-parameter out of
+    /// range.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str, value: f64, rule: &str| {
             Err(Error::invalid(
@@ -406,6 +416,16 @@ impl Optimizer {
 ///
 /// Each window of keys is read, updated and written back; it is not a transaction, so two
 /// workers updating the same id at once may lose one update (as with TFRA's Redis backend).
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] before anything is sent: slot tables that do not fit the optimizer or
+/// `params` ([`ArgumentKind::TableSet`](crate::ArgumentKind::TableSet), [`ArgumentKind::Dtype`](crate::ArgumentKind::Dtype), [`ArgumentKind::Dim`](crate::ArgumentKind::Dim)), gradient
+/// or initial-row buffers of the wrong length ([`ArgumentKind::Shape`](crate::ArgumentKind::Shape)), an id given twice
+/// ([`ArgumentKind::DuplicateKey`](crate::ArgumentKind::DuplicateKey)), step 0 for Adam ([`ArgumentKind::Optimizer`](crate::ArgumentKind::Optimizer)).
+///
+/// The Redis errors of [`Table::find`] and [`Table::insert`]; a failed write may leave some tables
+/// of the step updated and others not.
 pub fn apply_gradients(
     opt: &Optimizer,
     params: &Table,

@@ -59,6 +59,13 @@ pub(crate) fn bucket_file(dir: &Path, bucket: &BucketKey) -> PathBuf {
 /// temporary file, fsynced and renamed into place, so a crash never leaves a half file under the
 /// real name. An older file is kept, renamed with a timestamp suffix as TFRA does. A bucket that
 /// does not exist gives an empty file (TFRA's convention, which its restore skips).
+///
+/// # Errors
+///
+/// [`Error::Io`] when the directory or a file cannot be created, written or renamed;
+/// [`Error::Data`] when `DUMP` answers something else than a payload; and [`Error::Connection`] or
+/// [`Error::Timeout`] when Redis cannot be reached within the retry deadline, [`Error::Auth`] when
+/// the ACL user may not run the commands, [`Error::Command`] when Redis refuses one.
 pub fn save_files(table: &Table) -> Result<Vec<PathBuf>> {
     let dir = model_lib_dir(table, &table.config().model_tag_runtime);
     fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
@@ -139,6 +146,13 @@ fn timestamp() -> String {
 /// (`RESTORE ... REPLACE`, as TFRA, but mapped by index rather than by TFRA's shifted count of
 /// found files). Otherwise each file is restored into a scratch key and its pairs are re-bucketed
 /// into the runtime layout. Missing and empty files are skipped. Returns the files restored.
+///
+/// # Errors
+///
+/// [`Error::Io`] when a file cannot be read, [`Error::Data`] naming the file and bucket when Redis
+/// refuses its payload (`RESTORE`), and [`Error::Connection`] or [`Error::Timeout`] when Redis
+/// cannot be reached within the retry deadline, [`Error::Auth`] when the ACL user may not run the
+/// commands, [`Error::Command`] when Redis refuses one.
 pub fn restore_files(table: &Table) -> Result<usize> {
     let dir = model_lib_dir(table, &table.config().model_tag_import);
     let import = table.import_buckets()?;
@@ -218,6 +232,13 @@ pub struct RebucketReport {
 /// row already in its new place, which may be newer), checks that every copied id is readable,
 /// and only then deletes the old copy; so if the process dies at any point, running it again
 /// finishes the job and loses nothing.
+///
+/// # Errors
+///
+/// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+/// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`] when
+/// Redis refuses one; [`Error::Data`] when a copied id cannot be read back in the new layout (the
+/// old copy is then kept). An interrupted move loses nothing: run it again.
 pub fn rebucket(table: &Table) -> Result<RebucketReport> {
     let runtime: BTreeSet<Vec<u8>> = table
         .buckets()
@@ -327,6 +348,12 @@ pub(crate) fn needs_rebucket(table: &Table) -> Result<bool> {
 /// Copies the rows stored under `model_tag_import` into this table's runtime layout (re-bucketed
 /// as needed), leaving the old tag's data in place. Idempotent: the copy is an upsert. Returns
 /// the number of pairs copied.
+///
+/// # Errors
+///
+/// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+/// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`] when
+/// Redis refuses one.
 pub fn import_model_tag(table: &Table) -> Result<u64> {
     let config = table.config();
     if config.model_tag_import == config.model_tag_runtime {

@@ -323,6 +323,17 @@ impl Table {
     /// Looks ids up. `out` receives `keys.len()` rows; missing ids get their default row, and
     /// `exists` (when given) says which ids were found. A Redis failure is an error, never a
     /// silent default row, unless the config sets `redis_lookup_defaults_on_error`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `out`, the defaults or `exists` do not fit `keys`
+    /// ([`ArgumentKind::Shape`](crate::ArgumentKind::Shape)) or an id does not fit an int32 table
+    /// ([`ArgumentKind::KeyOutOfRange`](crate::ArgumentKind::KeyOutOfRange)); nothing is sent then.
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one (unless `redis_lookup_defaults_on_error` is set: then transient
+    /// failures give the default rows); [`Error::Data`] when a stored row has the wrong length.
     pub fn find(
         &self,
         keys: &[i64],
@@ -520,6 +531,11 @@ impl Table {
     /// reads a table and its slot tables for the same ids: one pipeline on one connection
     /// keeps the server as busy as three, without three threads competing with it for CPU.
     /// Tables on different backends are looked up one after another.
+    ///
+    /// # Errors
+    ///
+    /// As [`Table::find`], for the first lookup that fails; the outputs of the others are then
+    /// unspecified.
     pub fn find_together(lookups: &mut [Lookup<'_>]) -> Result<()> {
         for l in lookups.iter() {
             l.table.check_lookup(l.keys, l.defaults, l.out)?;
@@ -550,6 +566,10 @@ impl Table {
 
     /// Upserts rows into several tables with one pipeline (see [`Table::find_together`]);
     /// each entry is `(table, keys, rows)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Table::insert`]; when an error is returned, some of the writes may have been applied.
     pub fn insert_together(writes: &[(&Table, &[i64], &[u8])]) -> Result<()> {
         for (table, keys, rows) in writes {
             table.check_keys(keys)?;
@@ -575,6 +595,17 @@ impl Table {
 
     /// Upserts rows (raw little-endian bytes, `keys.len()` rows). Within one batch the last
     /// row of a repeated id wins.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `values` does not hold `keys.len()` rows
+    /// ([`ArgumentKind::Shape`](crate::ArgumentKind::Shape)) or an id does not fit an int32 table
+    /// ([`ArgumentKind::KeyOutOfRange`](crate::ArgumentKind::KeyOutOfRange)); nothing is sent then.
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one; after an error some rows may have been written (writes are
+    /// idempotent: repeat the call).
     pub fn insert(&self, keys: &[i64], values: &[u8]) -> Result<()> {
         self.write_rows(keys, values, false)
     }
@@ -678,11 +709,22 @@ impl Table {
     }
 
     /// Imports pairs: an upsert, as TFRA's import is (the table is not cleared first).
+    ///
+    /// # Errors
+    ///
+    /// As [`Table::insert`].
     pub fn import(&self, keys: &[i64], values: &[u8]) -> Result<()> {
         self.insert(keys, values)
     }
 
     /// Removes ids; missing ones are ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] ([`ArgumentKind::KeyOutOfRange`](crate::ArgumentKind::KeyOutOfRange)) for an id an int32 table cannot
+    /// hold, and [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within
+    /// the retry deadline, [`Error::Auth`] when the ACL user may not run the commands,
+    /// [`Error::Command`] when Redis refuses one.
     pub fn remove(&self, keys: &[i64]) -> Result<()> {
         self.check_keys(keys)?;
         if keys.is_empty() {
@@ -696,6 +738,17 @@ impl Table {
     /// Adds deltas to present rows and sets absent ones, per TFRA's BP-v2 rule (see
     /// `ACCUM_LUA`); atomic per command on the server. Not retried when the outcome of a
     /// failed attempt is unknown, since applying a delta twice would be wrong.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `deltas` or `exists` do not fit `keys`
+    /// ([`ArgumentKind::Shape`](crate::ArgumentKind::Shape)), for a value dtype without accum ([`ArgumentKind::Dtype`](crate::ArgumentKind::Dtype)) or an
+    /// id an int32 table cannot hold ([`ArgumentKind::KeyOutOfRange`](crate::ArgumentKind::KeyOutOfRange)).
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one. After an error whose outcome is unknown, some deltas may have been
+    /// applied: do not blindly repeat the call.
     pub fn accum(&self, keys: &[i64], deltas: &[u8], exists: &[bool]) -> Result<()> {
         self.check_keys(keys)?;
         self.check_len("deltas", deltas.len(), keys.len())?;
@@ -734,6 +787,12 @@ impl Table {
     }
 
     /// Number of ids: the sum of `HLEN` over all runtime buckets.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one.
     pub fn size(&self) -> Result<u64> {
         let mut total = 0u64;
         // The master, even with replica reads on: sizes feed checkpoints and re-bucketing
@@ -752,12 +811,24 @@ impl Table {
     }
 
     /// Deletes every runtime bucket.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one.
     pub fn clear(&self) -> Result<()> {
         self.per_bucket("DEL", Role::Write, &[]).map(|_| ())
     }
 
     /// The bucket keys of the import layout (`model_tag_import`, `storage_slice_import`,
     /// `redis_hash_tags_import`), where restores and model-tag imports read from.
+    ///
+    /// # Errors
+    ///
+    /// In Cluster mode, the errors of reading the slot map ([`Error::Connection`],
+    /// [`Error::Timeout`]); [`Error::ConfigField`] when the import hash tags do not fit
+    /// `storage_slice_import`.
     pub fn import_buckets(&self) -> Result<Vec<BucketKey>> {
         let c = &self.config;
         let backend = self.backend()?;
@@ -815,6 +886,12 @@ impl Table {
 
     /// Clears any TTL on the table's buckets. TFRA does this when a table opens so that a model
     /// in use never expires.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one.
     pub fn persist(&self) -> Result<()> {
         self.per_bucket("PERSIST", Role::Write, &[]).map(|_| ())
     }
@@ -823,6 +900,12 @@ impl Table {
     /// does when a table closes; nothing when the setting is negative. 0 deletes the buckets.
     /// One attempt only: a close must not hold a process at exit for a whole retry deadline
     /// when Redis is gone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one.
     pub fn expire_per_config(&self) -> Result<()> {
         match self.config.expire_model_tag_in_seconds {
             Some(secs) => {
@@ -835,6 +918,12 @@ impl Table {
     }
 
     /// Puts a TTL of `secs` seconds on the table's buckets.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one.
     pub fn expire(&self, secs: u64) -> Result<()> {
         let secs = secs.to_string();
         self.per_bucket("EXPIRE", Role::Write, &[secs.as_bytes()])
@@ -903,6 +992,13 @@ impl Table {
     /// Streams every (id, row) pair, bucket by bucket, in pages of about `page` pairs, so memory
     /// stays bounded whatever the table size. `HSCAN` may report a pair twice when the hash is
     /// rehashed meanwhile; importing the pages is an upsert, so that is harmless.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one; [`Error::Data`] when a stored field or row does not fit the table;
+    /// any error `on_page` returns, which stops the export.
     pub fn export_pages(
         &self,
         page: usize,
@@ -916,6 +1012,10 @@ impl Table {
 
     /// Every pair at once, without duplicates. Only for tables that fit in memory; use
     /// [`Table::export_pages`] otherwise.
+    ///
+    /// # Errors
+    ///
+    /// As [`Table::export_pages`].
     pub fn export(&self) -> Result<(Vec<i64>, Vec<u8>)> {
         let rb = self.row_bytes;
         let mut seen = std::collections::HashSet::new();

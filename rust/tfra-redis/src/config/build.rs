@@ -14,7 +14,7 @@ use super::{ConnectionMode, RedisConfig};
 /// A duration in whole milliseconds, rounded up so that a non-zero duration never becomes 0
 /// ("no limit"); saturates at `u64::MAX`.
 fn millis_ceil(d: Duration) -> u64 {
-    let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
+    let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
@@ -243,8 +243,10 @@ mod tests {
             RedisConfig::default().connection_lifetime(),
             Some(Duration::from_secs(6000))
         );
-        let mut never = RedisConfig::default();
-        never.redis_connection_lifetime = 0;
+        let never = RedisConfig {
+            redis_connection_lifetime: 0,
+            ..RedisConfig::default()
+        };
         assert_eq!(never.connection_lifetime(), None);
     }
 }

@@ -8,6 +8,12 @@ use crate::error::{Error, Result};
 impl RedisConfig {
     /// Checks the rules that span several keys, and the ones a config built in code (rather than
     /// parsed) could break. Parsing already calls it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConfigField`] naming the first key that breaks a rule (a bucket count outside 1 to
+    /// [`MAX_STORAGE_SLICE`], hash tag lists of the wrong length, hosts and ports that do not pair
+    /// up, ...).
     pub fn validate(&self) -> Result<()> {
         for (key, n) in [
             ("storage_slice", self.storage_slice),
