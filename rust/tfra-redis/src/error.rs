@@ -3,8 +3,10 @@
 //!
 //! A program acts on the variant (`match`), on [`Error::is_transient`] (retry later), and for
 //! invalid arguments on their [`ArgumentKind`]. [`std::error::Error::source`] leads to the
-//! underlying I/O or Redis client error when there is one; its concrete type is not part of the
-//! API (it is boxed as `dyn Error`), so upgrading the Redis client never breaks a caller.
+//! cause when there is one: a [`std::io::Error`] for I/O failures (connection refused, reset,
+//! timed out: downcast it to read its kind), otherwise the Redis client's error (a server's error
+//! reply, a protocol error). Only `std::io::Error` is promised as a concrete type; the client's
+//! error is boxed as `dyn Error` so that no type of a dependency is part of the API.
 
 use std::path::PathBuf;
 

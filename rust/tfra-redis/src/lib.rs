@@ -90,6 +90,8 @@
 // repository's Python bindings and integration tests.
 #[cfg(feature = "internals")]
 #[doc(hidden)]
+// Without a mode's feature, the helpers only that mode calls are unused.
+#[cfg_attr(not(all(feature = "sentinel", feature = "cluster")), allow(dead_code))]
 pub mod backend;
 #[cfg(not(feature = "internals"))]
 #[allow(dead_code)] // Parts only the `internals` users call.

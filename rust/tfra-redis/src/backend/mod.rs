@@ -225,6 +225,9 @@ pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration)
 /// walk on to the I/O error under them) unless their text carried URL credentials, which
 /// `scrub` removed from the message: then only the scrubbed text is kept.
 fn cause(err: &redis::RedisError) -> Option<crate::error::Cause> {
+    if let Some(io) = io_error_of(err) {
+        return Some(Box::new(io));
+    }
     let text = err.to_string();
     let scrubbed = scrub(&text);
     if text == scrubbed {
@@ -232,6 +235,28 @@ fn cause(err: &redis::RedisError) -> Option<crate::error::Cause> {
     } else {
         Some(scrubbed.into())
     }
+}
+
+/// The I/O error under a redis-rs error, as a fresh `std::io::Error` of the same kind (and OS
+/// error code): redis-rs keeps it behind an `Arc<dyn Error>`, where a caller's
+/// `downcast_ref::<std::io::Error>()` cannot see it.
+fn io_error_of(err: &redis::RedisError) -> Option<std::io::Error> {
+    use std::error::Error as _;
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let io = c.downcast_ref::<std::io::Error>().or_else(|| {
+            c.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>()
+                .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+        });
+        if let Some(io) = io {
+            return Some(match io.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(io.kind(), io.to_string()),
+            });
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// True when the error proves the command never ran, so even a non-idempotent batch may be
@@ -505,7 +530,10 @@ pub(crate) fn error_reply(batch: &Batch, i: usize, e: &redis::ServerError) -> Er
         Some(d) => format!("{} {d}", e.code()),
         None => e.code().to_string(),
     };
-    let err = command_error(batch, i, message);
+    let mut err = command_error(batch, i, message);
+    if let Error::Command { source, .. } = &mut err {
+        *source = Some(Box::new(e.clone()));
+    }
     match err {
         // ACL refusals are the user's to fix, not a server fault: say so.
         Error::Command {
