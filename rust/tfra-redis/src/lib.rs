@@ -110,6 +110,12 @@ pub mod table;
 mod throttle;
 
 pub use builder::TableBuilder;
+
+// The README's examples are compiled as doc tests, so they cannot drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use codec::{Dim, KeyDtype, ValueDtype};
 pub use config::{ConnectionMode, RedisConfig, StoreMode};
 pub use error::{ArgumentKind, Error, Result};

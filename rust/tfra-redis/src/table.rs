@@ -131,7 +131,21 @@ fn shared_backend<'t>(
     Ok(Some(backend))
 }
 
-/// An open table.
+/// An open table. Open one with [`crate::TableBuilder`].
+///
+/// # Threads and blocking
+///
+/// `Table` is `Send + Sync`: share one between threads (in an `Arc`, say) rather than opening
+/// it once per thread. Calls from several threads run at the same time, each on its own pooled
+/// connection (`redis_conn_pool_size` per pool; all tables of a process with the same
+/// connection settings share the pools), and wait for a free one for at most
+/// `redis_wait_timeout`.
+///
+/// Every method is blocking: it returns when Redis has answered, or when the socket timeout
+/// and retry deadline have run out (see [`crate::Error::is_transient`]); nothing runs in the
+/// background. From async code, call it on a blocking thread (e.g. tokio's `spawn_blocking`).
+/// A table used in a `fork()`ed child reconnects on its first call there instead of sharing
+/// the parent's sockets.
 pub struct Table {
     spec: TableSpec,
     config: RedisConfig,
