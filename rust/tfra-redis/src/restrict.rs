@@ -22,6 +22,7 @@ const BUCKETS: usize = 1 << 16;
 
 /// What one [`restrict`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Restriction {
     /// Ids in the status table when it started.
     pub before: u64,

@@ -217,6 +217,7 @@ fn file_error(path: &Path, bucket: &BucketKey, e: Error) -> Error {
 
 /// What [`rebucket`] found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RebucketReport {
     /// Buckets of this table that were not in the runtime layout (now deleted).
     pub old_buckets: Vec<String>,

@@ -61,6 +61,7 @@ pub struct Lookup<'a> {
 
 /// Rows to use for ids that are not in Redis.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub enum Defaults<'a> {
     /// One row (raw little-endian bytes) for every missing id.
     Row(&'a [u8]),
