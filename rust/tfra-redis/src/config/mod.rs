@@ -156,9 +156,14 @@ impl StoreMode {
 ///
 /// Field names are the JSON keys, and fields hold the JSON values in the JSON's units: TFRA's
 /// timeouts are milliseconds, `redis_connection_lifetime` is minutes, keys ending in `_ms` or
-/// `_in_seconds` say their unit. Consumers convert to `Duration` and decide what 0 means for their
-/// library (the backend reads a 0 timeout as "no limit"). `Debug` hides the passwords; there is
-/// no `Display`.
+/// `_in_seconds` say their unit. That way a config round-trips through TFRA's JSON unchanged and
+/// each field is documented once. Rust code should not have to remember the units: every
+/// timeout has an accessor returning a [`std::time::Duration`] ([`RedisConfig::socket_timeout`],
+/// [`RedisConfig::connect_timeout`], [`RedisConfig::wait_timeout`],
+/// [`RedisConfig::retry_deadline`], [`RedisConfig::connection_lifetime`], ...) and a `with_*`
+/// setter taking one, which rounds a sub-millisecond remainder up so that a non-zero duration
+/// never becomes 0 ("no limit" for the timeouts). `Debug` hides the passwords; there is no
+/// `Display`.
 #[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RedisConfig {
