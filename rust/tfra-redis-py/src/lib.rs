@@ -73,7 +73,7 @@ fn to_py(err: tfra_redis::Error) -> PyErr {
         E::Auth { .. } => RedisAuthError::new_err(msg),
         E::Command { .. } => RedisCommandError::new_err(msg),
         E::Data { .. } => RedisDataError::new_err(msg),
-        E::InvalidArgument(_) => PyValueError::new_err(msg),
+        E::InvalidArgument { .. } => PyValueError::new_err(msg),
         _ => RedisTableError::new_err(msg),
     }
 }
@@ -234,14 +234,10 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
 fn keys_to_py<'py>(py: Python<'py>, keys: KeyBuf) -> Bound<'py, PyAny> {
     match keys {
         KeyBuf::Ints(k) => PyArray1::from_vec(py, k).into_any(),
-        buf => {
-            let keys = buf.keys();
-            let objects: Vec<Py<PyAny>> = (0..keys.len())
-                .map(|i| {
-                    PyBytes::new(py, keys.field(i, KeyDtype::Str).as_ref())
-                        .into_any()
-                        .unbind()
-                })
+        KeyBuf::Bytes { data, offsets } => {
+            let objects: Vec<Py<PyAny>> = offsets
+                .windows(2)
+                .map(|w| PyBytes::new(py, &data[w[0]..w[1]]).into_any().unbind())
                 .collect();
             PyArray1::from_vec(py, objects).into_any()
         }
@@ -386,7 +382,7 @@ impl PyConfig {
 
     /// The full config as JSON text (TFRA's key names), password included.
     fn to_json(&self) -> String {
-        self.inner.to_json().to_string()
+        self.inner.to_json()
     }
 
     fn __repr__(&self) -> String {
@@ -425,19 +421,17 @@ impl PyTable {
         dim: usize,
         manage_ttl: bool,
     ) -> PyResult<Self> {
-        let spec = TableSpec {
-            name: name.to_string(),
-            key_dtype: KeyDtype::parse(key_dtype).map_err(to_py)?,
-            value_dtype: ValueDtype::parse(value_dtype).map_err(to_py)?,
-            dim: Dim::new(dim).map_err(to_py)?,
-        };
+        let spec = TableSpec::new(
+            name,
+            KeyDtype::parse(key_dtype).map_err(to_py)?,
+            ValueDtype::parse(value_dtype).map_err(to_py)?,
+            Dim::new(dim).map_err(to_py)?,
+        );
         let config = config.inner.clone();
         let (table, notes) = detached(py, move || {
-            let options = tfra_redis::store::OpenOptions {
-                persist: manage_ttl,
-                ..Default::default()
-            };
-            tfra_redis::store::open_table_with(&config, spec, options)
+            tfra_redis::TableBuilder::from_spec(&config, spec)
+                .persist(manage_ttl)
+                .open_with_notes()
         })?;
         Ok(PyTable {
             inner: Arc::new(table),
@@ -633,7 +627,10 @@ impl PyTable {
                 let mut keys = KeyBuf::new(dtype);
                 keys.extend(k);
                 tx.send((keys, v.to_vec())).map_err(|_| {
-                    tfra_redis::Error::InvalidArgument("export stopped by the consumer".into())
+                    tfra_redis::Error::invalid(
+                        tfra_redis::ArgumentKind::Cancelled,
+                        "export stopped by the consumer",
+                    )
                 })
             })
         });

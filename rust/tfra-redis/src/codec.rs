@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 
 /// The dtype of a table's keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum KeyDtype {
     /// `int32`: 4-byte fields.
     I32,
@@ -24,7 +25,7 @@ pub enum KeyDtype {
 
 /// A key encoded as a hash field: its 4 or 8 little-endian bytes, without allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct KeyField {
+pub(crate) struct KeyField {
     bytes: [u8; 8],
     len: u8,
 }
@@ -55,14 +56,20 @@ impl KeyDtype {
     }
 
     /// Parses a TF or numpy dtype name (`int32`, `int64`, `string`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] ([`ArgumentKind::Dtype`](crate::ArgumentKind::Dtype)) for a
+    /// name other than `int32`, `int64` or `string`.
     pub fn parse(s: &str) -> Result<KeyDtype> {
         match s {
             "int32" => Ok(KeyDtype::I32),
             "int64" => Ok(KeyDtype::I64),
             "string" => Ok(KeyDtype::Str),
-            _ => Err(Error::InvalidArgument(format!(
-                "unsupported key dtype {s:?}: expected int32, int64 or string"
-            ))),
+            _ => Err(Error::invalid(
+                crate::error::ArgumentKind::Dtype,
+                format!("unsupported key dtype {s:?}: expected int32, int64 or string"),
+            )),
         }
     }
 
@@ -71,7 +78,7 @@ impl KeyDtype {
     /// callers check the range first. String tables never take integer keys
     /// ([`Keys::Ints`] is refused for them before any field is made), so `Str` encodes like
     /// `I64` here rather than failing.
-    pub fn field(self, key: i64) -> KeyField {
+    pub(crate) fn field(self, key: i64) -> KeyField {
         let mut bytes = [0u8; 8];
         let len = match self {
             KeyDtype::I32 => {
@@ -89,7 +96,7 @@ impl KeyDtype {
     /// The integer key stored in `field`, or `None` if it has the wrong length (a field
     /// written by a table of another key dtype) or the table has string keys. int32 keys are
     /// sign-extended.
-    pub fn decode(self, field: &[u8]) -> Option<i64> {
+    pub(crate) fn decode(self, field: &[u8]) -> Option<i64> {
         match self {
             KeyDtype::I32 => Some(i64::from(i32::from_le_bytes(field.try_into().ok()?))),
             KeyDtype::I64 => Some(i64::from_le_bytes(field.try_into().ok()?)),
@@ -116,24 +123,34 @@ pub struct ByteKeys<'a> {
 
 impl<'a> ByteKeys<'a> {
     /// Keys over `data` cut at `offsets` (`n + 1` non-decreasing positions for `n` keys, the
-    /// last at most `data.len()`; an empty slice means no keys). Anything else is an
-    /// [`Error::InvalidArgument`], so no later access can go out of bounds.
+    /// last at most `data.len()`; an empty slice means no keys).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] ([`ArgumentKind::Shape`](crate::ArgumentKind::Shape)) for any
+    /// other offsets, so no later access can go out of bounds.
     pub fn new(data: &'a [u8], offsets: &'a [usize]) -> Result<ByteKeys<'a>> {
         if let Some(i) = offsets.windows(2).position(|w| w[0] > w[1]) {
-            return Err(Error::InvalidArgument(format!(
-                "string key offsets must not decrease: offsets[{i}] = {} > offsets[{}] = {}",
-                offsets[i],
-                i + 1,
-                offsets[i + 1]
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Shape,
+                format!(
+                    "string key offsets must not decrease: offsets[{i}] = {} > offsets[{}] = {}",
+                    offsets[i],
+                    i + 1,
+                    offsets[i + 1]
+                ),
+            ));
         }
         if let Some(&last) = offsets.last()
             && last > data.len()
         {
-            return Err(Error::InvalidArgument(format!(
-                "string key offsets end at {last}, past the {} bytes of key data",
-                data.len()
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Shape,
+                format!(
+                    "string key offsets end at {last}, past the {} bytes of key data",
+                    data.len()
+                ),
+            ));
         }
         Ok(ByteKeys { data, offsets })
     }
@@ -209,7 +226,7 @@ impl<'a> Keys<'a> {
     ///
     /// # Panics
     /// If `i >= self.len()`.
-    pub fn field(&self, i: usize, dtype: KeyDtype) -> FieldBytes<'a> {
+    pub(crate) fn field(&self, i: usize, dtype: KeyDtype) -> FieldBytes<'a> {
         match self {
             Keys::Ints(k) => FieldBytes::Int(dtype.field(k[i])),
             Keys::Bytes(k) => FieldBytes::Bytes(k.get(i)),
@@ -277,7 +294,7 @@ impl<'a> From<&'a KeyBuf> for Keys<'a> {
 
 /// A key's hash field: an integer's bytes held inline, or a string key's bytes borrowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FieldBytes<'a> {
+pub(crate) enum FieldBytes<'a> {
     /// An integer key's little-endian bytes.
     Int(KeyField),
     /// A string key's bytes.
@@ -405,6 +422,7 @@ impl KeyBuf {
 
 /// The dtype of a table's row elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ValueDtype {
     /// IEEE binary32 (`float` / `float32`).
     F32,
@@ -457,6 +475,11 @@ impl ValueDtype {
     }
 
     /// Parses a TF or numpy dtype name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] ([`ArgumentKind::Dtype`](crate::ArgumentKind::Dtype)) for a name that is not one of the
+    /// supported value dtypes.
     pub fn parse(s: &str) -> Result<ValueDtype> {
         Ok(match s {
             "float" | "float32" => ValueDtype::F32,
@@ -467,10 +490,13 @@ impl ValueDtype {
             "int64" => ValueDtype::I64,
             "int8" => ValueDtype::I8,
             _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "unsupported value dtype {s:?}: expected one of float32, float64, float16, \
+                return Err(Error::invalid(
+                    crate::error::ArgumentKind::Dtype,
+                    format!(
+                        "unsupported value dtype {s:?}: expected one of float32, float64, float16, \
                      bfloat16, int32, int64, int8"
-                )));
+                    ),
+                ));
             }
         })
     }
@@ -494,12 +520,19 @@ pub const MAX_DIM: usize = (512 << 20) / 8;
 impl Dim {
     /// A row length, 1 to [`MAX_DIM`]; zero is rejected because a zero-length row cannot be
     /// told from a missing one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] ([`ArgumentKind::Dim`](crate::ArgumentKind::Dim)) when `dim` is 0 or above [`MAX_DIM`].
     pub fn new(dim: usize) -> Result<Dim> {
         if !(1..=MAX_DIM).contains(&dim) {
-            return Err(Error::InvalidArgument(format!(
-                "embedding dim must be between 1 and {MAX_DIM} (rows of at most 512 MiB, \
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Dim,
+                format!(
+                    "embedding dim must be between 1 and {MAX_DIM} (rows of at most 512 MiB, \
                  Redis's largest string), got {dim}"
-            )));
+                ),
+            ));
         }
         Ok(Dim(dim))
     }
@@ -535,13 +568,21 @@ fn zip_elems<const N: usize>(
 ///
 /// Floats add in their own precision (f16/bf16 round after each add, as TF's ops on those types
 /// do); integers wrap. This is the arithmetic of TFRA's `accum` and of the optimizer updates.
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] ([`ArgumentKind::Shape`](crate::ArgumentKind::Shape)) when the two buffers differ in length or
+/// are not whole elements of `dtype`.
 pub fn add_rows(dtype: ValueDtype, acc: &mut [u8], delta: &[u8]) -> Result<()> {
     if acc.len() != delta.len() || !acc.len().is_multiple_of(dtype.width()) {
-        return Err(Error::InvalidArgument(format!(
-            "cannot add {} bytes to {} bytes of {dtype} rows",
-            delta.len(),
-            acc.len()
-        )));
+        return Err(Error::invalid(
+            crate::error::ArgumentKind::Shape,
+            format!(
+                "cannot add {} bytes to {} bytes of {dtype} rows",
+                delta.len(),
+                acc.len()
+            ),
+        ));
     }
     match dtype {
         ValueDtype::F32 => zip_elems::<4>(acc, delta, |a, d| {

@@ -1,7 +1,46 @@
 //! The one error type of the crate. Each variant says what the user can do about it:
 //! fix the config, check the server, retry later, or look at the stored data.
+//!
+//! A program acts on the variant (`match`), on [`Error::is_transient`] (retry later), and for
+//! invalid arguments on their [`ArgumentKind`]. [`std::error::Error::source`] leads to the
+//! cause when there is one: a [`std::io::Error`] for I/O failures (connection refused, reset,
+//! timed out: downcast it to read its kind), otherwise the Redis client's error (a server's error
+//! reply, a protocol error). Only `std::io::Error` is promised as a concrete type; the client's
+//! error is boxed as `dyn Error` so that no type of a dependency is part of the API.
 
 use std::path::PathBuf;
+
+/// The cause of an error: the I/O or Redis client error underneath, behind a trait object so
+/// that no type of a dependency appears in this crate's API.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What kind of argument [`Error::InvalidArgument`] refused, so a program can react without
+/// parsing the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ArgumentKind {
+    /// A buffer's length does not match the number of keys times the row size (rows, defaults,
+    /// deltas, the `exists` flags, gradients).
+    Shape,
+    /// An unknown or unsupported element type, or one that differs between tables used
+    /// together.
+    Dtype,
+    /// An embedding dimension out of range, or different from the one a table has.
+    Dim,
+    /// An id the table's key type cannot hold (an int64 id in an int32 table).
+    KeyOutOfRange,
+    /// The same id more than once where each must appear once (an optimizer step).
+    DuplicateKey,
+    /// An unknown optimizer or hyper-parameter, a value out of its range, or step 0.
+    Optimizer,
+    /// Tables passed together do not fit each other (the slot tables of an optimizer, the
+    /// status table of a restriction).
+    TableSet,
+    /// A configuration built in code that names nothing to connect to.
+    Config,
+    /// The caller stopped an operation from its callback (e.g. an export consumer went away).
+    Cancelled,
+}
 
 /// Everything that can go wrong in tfra-redis.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +97,9 @@ pub enum Error {
         target: String,
         /// What went wrong.
         message: String,
+        /// The client or I/O error underneath, when there is one.
+        #[source]
+        source: Option<Cause>,
     },
 
     /// The server accepted the connection but refused our credentials or a command (ACL).
@@ -67,6 +109,9 @@ pub enum Error {
         target: String,
         /// The server's words (never contains the password).
         message: String,
+        /// The client error underneath, when there is one.
+        #[source]
+        source: Option<Cause>,
     },
 
     /// A server did not answer within the configured timeout. `waited_ms` is how long the
@@ -86,6 +131,9 @@ pub enum Error {
         waited_ms: u64,
         /// Details.
         message: String,
+        /// The client or I/O error underneath, when there is one.
+        #[source]
+        source: Option<Cause>,
     },
 
     /// The server's mode does not match `redis_connection_mode`.
@@ -104,6 +152,9 @@ pub enum Error {
         bucket: String,
         /// The server's or client's message.
         message: String,
+        /// The client error underneath, when there is one.
+        #[source]
+        source: Option<Cause>,
     },
 
     /// Stored data does not fit the table (e.g. a row of the wrong length).
@@ -115,16 +166,51 @@ pub enum Error {
         message: String,
     },
 
-    /// The caller passed arguments that do not fit the table (shapes, dtypes).
-    #[error("{0}")]
-    InvalidArgument(String),
+    /// The caller passed arguments that do not fit the table (shapes, dtypes, ids) or each
+    /// other. Nothing was sent to Redis; the call fails the same way until the arguments change.
+    #[error("{message}")]
+    InvalidArgument {
+        /// Which rule the arguments broke.
+        kind: ArgumentKind,
+        /// What was expected and what was given.
+        message: String,
+    },
 }
 
 impl Error {
     /// True when retrying the same call later may succeed (connection drops, timeouts,
     /// failovers), false when the caller has to change something first.
+    ///
+    /// A transient error returned by an operation on an open table has already been retried:
+    /// connection failures (drops, refusals, failovers, cluster redirections) are retried with
+    /// backoff (20 ms doubling to 500 ms) until `redis_retry_deadline_ms` (default 30 s; 0
+    /// disables retries) has passed since the call began. Timeouts are returned at once, since
+    /// the command may still be running on the server. Writes that may have reached the server
+    /// are repeated only when that is harmless: every table write is, except `accum`, which is
+    /// resent only when the command surely did not run.
+    ///
+    /// Opening a table differs by mode: in Cluster mode reading the slot map is retried within
+    /// the same deadline; in Standalone and Sentinel mode the first connection is tried once,
+    /// so an open can fail with a transient error at once (retry it yourself when the server
+    /// may still be starting).
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Connection { .. } | Error::Timeout { .. })
+    }
+
+    /// The kind of argument refused, for [`Error::InvalidArgument`]; `None` for other errors.
+    pub fn argument_kind(&self) -> Option<ArgumentKind> {
+        match self {
+            Error::InvalidArgument { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// An [`Error::InvalidArgument`] of the given kind.
+    pub fn invalid(kind: ArgumentKind, message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            kind,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn field(field: impl Into<String>, message: impl Into<String>) -> Self {

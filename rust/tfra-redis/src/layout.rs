@@ -69,7 +69,7 @@ pub fn key_slot(key: &[u8]) -> u16 {
 /// TFRA ships this as a 16384-entry literal array and picks bucket tags from it, so the tag of a
 /// bucket is always the smallest number that lands on the wanted slot. Regenerating it gives the
 /// identical table (every entry is that minimum; the largest is 109757). Built on first use.
-pub fn slot_table() -> &'static [u32] {
+pub(crate) fn slot_table() -> &'static [u32] {
     static TABLE: OnceLock<Box<[u32]>> = OnceLock::new();
     TABLE.get_or_init(|| {
         let mut table = vec![u32::MAX; SLOT_COUNT];
@@ -116,6 +116,11 @@ impl HashTag {
     /// TFRA wraps tags in braces when they are missing, so both spellings name the same bucket.
     /// Empty tags, non-digits and a brace on one side only are rejected with
     /// [`Error::ConfigField`] naming `field`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConfigField`] naming `field` when `s` is not a hash tag of digits (with or without
+    /// braces).
     pub fn parse(field: &str, s: &str) -> Result<HashTag> {
         let inner = match (s.strip_prefix('{'), s.ends_with('}')) {
             (Some(rest), true) => rest.strip_suffix('}'),
@@ -167,7 +172,7 @@ impl fmt::Display for HashTag {
 ///
 /// # Panics
 /// If `n == 0` or `n > SLOT_COUNT` (TFRA would read past its table).
-pub fn hypodispersion_tags(n: usize) -> Vec<HashTag> {
+pub(crate) fn hypodispersion_tags(n: usize) -> Vec<HashTag> {
     assert!(
         (1..=SLOT_COUNT).contains(&n),
         "bucket count {n} outside 1..={SLOT_COUNT}"
@@ -196,7 +201,7 @@ pub fn hypodispersion_tags(n: usize) -> Vec<HashTag> {
 ///
 /// # Panics
 /// If `n == 0`, `n > SLOT_COUNT` or a range ends at or past `SLOT_COUNT`.
-pub fn topology_tags(masters: &[(u16, u16)], n: usize) -> Vec<HashTag> {
+pub(crate) fn topology_tags(masters: &[(u16, u16)], n: usize) -> Vec<HashTag> {
     let mut masters = masters.to_vec();
     masters.sort_unstable();
     masters.dedup();
@@ -312,7 +317,7 @@ pub fn embedding_name(table_name: &str) -> &str {
 /// `bytes` made readable for logs and errors: UTF-8 text as is, everything else (control
 /// characters, invalid UTF-8, backslash) as `\xNN`. Raw MD5 prefixes are binary, so bucket keys
 /// cannot be printed as plain strings without losing or garbling bytes.
-pub fn printable(bytes: &[u8]) -> String {
+pub(crate) fn printable(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for ch in chunk.valid().chars() {
@@ -409,13 +414,13 @@ impl From<BucketKey> for Vec<u8> {
 }
 
 /// The bucket keys for `tags`, in bucket order.
-pub fn bucket_keys(prefix: &KeyPrefix, tags: &[HashTag]) -> Vec<BucketKey> {
+pub(crate) fn bucket_keys(prefix: &KeyPrefix, tags: &[HashTag]) -> Vec<BucketKey> {
     tags.iter().map(|t| BucketKey::new(prefix, t)).collect()
 }
 
 /// How a key picks its bucket in Cluster mode (`using_hash_storage_slice`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BucketFn {
+pub(crate) enum BucketFn {
     /// The low 32 bits of the key (TFRA's default): cheap, but keys that share their low bits
     /// (e.g. ids built with artificial endings) crowd into the same buckets.
     LowBits,
@@ -437,7 +442,7 @@ impl BucketFn {
 /// CRC-32C (Castagnoli) as TFRA computes it: init `0xFFFFFFFF` and no final XOR, i.e. the
 /// standard CRC-32C XOR `0xFFFFFFFF`. TFRA feeds the hardware CRC32 instruction directly and
 /// never applies the final inversion.
-pub fn crc32c_tfra(bytes: &[u8]) -> u32 {
+pub(crate) fn crc32c_tfra(bytes: &[u8]) -> u32 {
     crc32c::crc32c(bytes) ^ 0xFFFF_FFFF
 }
 
@@ -448,7 +453,7 @@ pub fn crc32c_tfra(bytes: &[u8]) -> u32 {
 ///
 /// # Panics
 /// If `slices == 0`.
-pub fn bucket_of(key: i64, key_dtype: KeyDtype, slices: u32, f: BucketFn) -> u32 {
+pub(crate) fn bucket_of(key: i64, key_dtype: KeyDtype, slices: u32, f: BucketFn) -> u32 {
     let h = match f {
         // For int32 keys this equals `(key as i32) as u32`, TFRA's int32 rule.
         BucketFn::LowBits => (key as u64 & 0xFFFF_FFFF) as u32,
@@ -464,7 +469,7 @@ pub const TSTRING_SMALL_CAPACITY: usize = 22;
 /// The 32-bit hash TFRA's cluster mode buckets a string key by.
 ///
 /// TFRA hashes the bytes of the in-memory `tstring` *object*, not the string's data: CRC-32C
-/// ([`crc32c_tfra`]: init `0xFFFFFFFF`, no final XOR, whatever `using_hash_storage_slice`
+/// (TFRA's CRC-32C variant: init `0xFFFFFFFF`, no final XOR, whatever `using_hash_storage_slice`
 /// says) over `length()` bytes from the object's start. For a string of at most
 /// [`TSTRING_SMALL_CAPACITY`] bytes the object starts with one header byte `len << 2` followed
 /// by the characters, so TFRA hashes `[len << 2] ++ s[..len - 1]`: the header and all but the
@@ -517,7 +522,7 @@ fn push_glob_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
 /// TFRA used the same pattern but did not escape `P`, so prefixes containing glob
 /// metacharacters (likely with raw MD5 bytes) broke listing; we escape them. The pattern still
 /// matches some foreign keys (`P{1x}`), so filter the results with [`parse_bucket_tag`].
-pub fn bucket_glob(prefix: &KeyPrefix) -> Vec<u8> {
+pub(crate) fn bucket_glob(prefix: &KeyPrefix) -> Vec<u8> {
     let mut out = Vec::with_capacity(prefix.0.len() + 16);
     push_glob_escaped(&mut out, &prefix.0);
     out.extend_from_slice(b"{[0123456789]*}");
@@ -538,7 +543,7 @@ pub fn bucket_family_glob(prefix: &KeyPrefix) -> Vec<u8> {
 ///
 /// This is how the buckets of one table are told apart from tables whose names merely share the
 /// prefix (TFRA's rehash scanned `P*{…}` and swallowed those).
-pub fn parse_bucket_tag(prefix: &KeyPrefix, key: &[u8]) -> Option<HashTag> {
+pub(crate) fn parse_bucket_tag(prefix: &KeyPrefix, key: &[u8]) -> Option<HashTag> {
     let digits = key
         .strip_prefix(prefix.0.as_slice())?
         .strip_prefix(b"{")?

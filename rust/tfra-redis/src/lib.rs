@@ -4,17 +4,15 @@
 //! A table maps int64 (or int32) ids to fixed-length rows. Rows live in Redis hashes ("buckets"),
 //! one field per id, exactly as TFRA lays them out, so a table written by TFRA opens here unchanged.
 //!
-//! The flow: a JSON [`config::RedisConfig`] names the servers (standalone, Sentinel or Cluster);
-//! [`store::open_table`] connects (pools are shared by tables with the same settings), works out
-//! the bucket keys ([`layout`]) and returns a [`table::Table`]; its batch operations group ids by
-//! bucket, cut them into commands of `keys_sending_size` fields and run one pipeline per node
-//! ([`backend`]). Rows cross as raw little-endian bytes ([`codec`]).
+//! # Quick start
+//!
+//! Build a [`RedisConfig`] for your deployment ([`RedisConfig::standalone`],
+//! [`RedisConfig::sentinel`], [`RedisConfig::cluster`], or TFRA's JSON file with
+//! [`RedisConfig::from_path`]), open a [`Table`] with a [`TableBuilder`], and read and write
+//! rows as raw little-endian bytes:
 //!
 //! ```
-//! use tfra_redis::codec::{Dim, KeyDtype, ValueDtype};
-//! use tfra_redis::config::RedisConfig;
-//! use tfra_redis::store::open_table;
-//! use tfra_redis::table::{Defaults, TableSpec};
+//! use tfra_redis::{Defaults, KeyDtype, RedisConfig, TableBuilder, ValueDtype};
 //! # let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
 //! # let mut server = std::process::Command::new("redis-server")
 //! #     .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
@@ -26,20 +24,15 @@
 //! #     std::thread::sleep(std::time::Duration::from_millis(20));
 //! # }
 //!
-//! // The same JSON a TFRA user writes; mode 2 is a single server.
-//! let json = format!(
-//!     r#"{{"redis_connection_mode": 2, "redis_host_ip": ["127.0.0.1"], "redis_host_port": [{port}]}}"#
-//! );
-//! let (config, _warnings) = RedisConfig::from_json_str(&json, "example")?;
-//! let spec = TableSpec {
-//!     name: "user_emb".into(),
-//!     key_dtype: KeyDtype::I64,
-//!     value_dtype: ValueDtype::F32,
-//!     dim: Dim::new(2)?,
-//! };
-//! let (table, _notes) = open_table(&config, spec)?;
+//! let config = RedisConfig::standalone("127.0.0.1", port).with_model_tag("example");
+//! let table = TableBuilder::new(&config)
+//!     .name("user_emb")
+//!     .dim(2)
+//!     .key_dtype(KeyDtype::I64)
+//!     .value_dtype(ValueDtype::F32)
+//!     .open()?;
 //!
-//! // Rows are raw little-endian bytes: two float32 rows for ids 7 and 9.
+//! // Two float32 rows for ids 7 and 9.
 //! let rows: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|x| x.to_le_bytes()).collect();
 //! table.insert(&[7, 9], &rows)?;
 //!
@@ -56,15 +49,60 @@
 //! # Ok::<(), tfra_redis::Error>(())
 //! ```
 //!
+//! # How it works
+//!
+//! [`TableBuilder::open`] connects (pools are shared by tables with the same connection
+//! settings), works out the bucket keys ([`layout`]) and returns a [`Table`]; its batch
+//! operations group ids by bucket, cut them into commands of `keys_sending_size` fields and run
+//! one pipeline per node. Rows cross as raw little-endian bytes ([`codec`]). TFRA's names for
+//! shard and optimizer slot tables are in [`naming`]; saving and restoring files and moving
+//! rows between layouts in [`store`]; optimizers that update rows in Redis in [`optim`].
+//!
+//! # Errors
+//!
+//! Every fallible call returns [`Error`]: match its variant, ask [`Error::is_transient`]
+//! whether retrying later may help (transient failures were already retried for
+//! `redis_retry_deadline_ms`), read [`Error::argument_kind`] for refused arguments, and follow
+//! [`std::error::Error::source`] to the I/O or Redis client error underneath.
+//!
+//! # Cargo features
+//!
+//! * `tls` (default): TLS connections (`redis_tls`), through rustls with the ring crypto
+//!   backend. A config asking for TLS in a build without it fails to open with
+//!   [`Error::ConfigField`] naming `redis_tls`. See the README for the crypto provider.
+//! * `sentinel`, `cluster` (default): the Sentinel and Cluster connection modes; a config
+//!   asking for a mode left out fails to open with [`Error::ConfigField`] naming
+//!   `redis_connection_mode`. Standalone is always there.
+//! * `internals`: the connection layer as unstable public API, for this repository's Python
+//!   bindings and tests; not covered by semver.
+//!
+//! # Logging
+//!
 //! Diagnostics (a lookup served default rows, a Sentinel config pointed at a plain server) go
 //! through the [`log`](https://docs.rs/log) crate under the `tfra_redis` target; the Python
 //! bindings forward them to Python's `logging` logger `tfra_redis`.
 
+#![warn(clippy::missing_errors_doc, clippy::missing_panics_doc)]
+
+// The connection layer: pools, pipelines, retries and the three topologies. Its types carry
+// redis-rs types (`redis::Cmd`, `redis::Value`) and change whenever the backend does, so it is
+// not part of the public API. The `internals` feature exposes it, unstable, for this
+// repository's Python bindings and integration tests.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+// Without a mode's feature, the helpers only that mode calls are unused.
+#[cfg_attr(not(all(feature = "sentinel", feature = "cluster")), allow(dead_code))]
 pub mod backend;
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code)] // Parts only the `internals` users call.
+pub(crate) mod backend;
+
+mod builder;
 pub mod codec;
 pub mod config;
 pub mod error;
 pub mod layout;
+pub mod naming;
 pub mod optim;
 pub mod restrict;
 pub mod store;
@@ -77,4 +115,14 @@ mod throttle;
 #[path = "../tests/support/mod.rs"]
 pub(crate) mod test_servers;
 
-pub use error::{Error, Result};
+pub use builder::TableBuilder;
+
+// The README's examples are compiled as doc tests, so they cannot drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+pub use codec::{ByteKeys, Dim, KeyBuf, KeyDtype, Keys, ValueDtype};
+pub use config::{ConnectionMode, RedisConfig, StoreMode};
+pub use error::{ArgumentKind, Error, Result};
+pub use table::{Defaults, Lookup, Table, TableSpec};

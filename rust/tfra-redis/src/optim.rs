@@ -30,6 +30,7 @@ const WINDOW_KEYS: usize = 1 << 16;
 /// float32 once, which is not the same number as `1.0f32 - 0.9f32`). Storing them as `f32`
 /// would make the last bit differ from Keras.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Optimizer {
     /// Plain SGD: `p -= g * lr` (Keras `SGD` with `momentum=0`).
     Sgd {
@@ -80,6 +81,11 @@ impl Optimizer {
     /// hyper-parameters named as the Keras constructor arguments (`learning_rate`, `beta_1`,
     /// `initial_accumulator_value`, `l1_regularization_strength`, ...). Missing ones take Keras'
     /// defaults; an unknown name or hyper-parameter is an error that names it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] ([`ArgumentKind::Optimizer`](crate::ArgumentKind::Optimizer)) for an unknown optimizer, an
+    /// unknown or repeated hyper-parameter, or a value out of range.
     pub fn from_keras_name(name: &str, hyper: &[(&str, f64)]) -> Result<Optimizer> {
         let kind = name.to_ascii_lowercase();
         let allowed: &[&str] = match kind.as_str() {
@@ -96,23 +102,28 @@ impl Optimizer {
                 "beta",
             ],
             _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown optimizer {name:?}; expected one of sgd, adagrad, adam, ftrl"
-                )));
+                return Err(Error::invalid(
+                    crate::error::ArgumentKind::Optimizer,
+                    format!("unknown optimizer {name:?}; expected one of sgd, adagrad, adam, ftrl"),
+                ));
             }
         };
         let mut seen = HashSet::new();
         for (key, _) in hyper {
             if !allowed.contains(key) {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown hyper-parameter {key:?} for optimizer {name:?}; expected some of {}",
-                    allowed.join(", ")
-                )));
+                return Err(Error::invalid(
+                    crate::error::ArgumentKind::Optimizer,
+                    format!(
+                        "unknown hyper-parameter {key:?} for optimizer {name:?}; expected some of {}",
+                        allowed.join(", ")
+                    ),
+                ));
             }
             if !seen.insert(*key) {
-                return Err(Error::InvalidArgument(format!(
-                    "hyper-parameter {key:?} given twice"
-                )));
+                return Err(Error::invalid(
+                    crate::error::ArgumentKind::Optimizer,
+                    format!("hyper-parameter {key:?} given twice"),
+                ));
             }
         }
         let h = |key: &str, default: f64| {
@@ -163,12 +174,17 @@ impl Optimizer {
 
     /// Checks the hyper-parameters with Keras' rules (plus finiteness and a positive learning
     /// rate, which every update below divides by or relies on).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] ([`ArgumentKind::Optimizer`](crate::ArgumentKind::Optimizer)) naming the hyper-parameter out of
+    /// range.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str, value: f64, rule: &str| {
-            Err(Error::InvalidArgument(format!(
-                "{} {what} must be {rule}, got {value}",
-                self.name()
-            )))
+            Err(Error::invalid(
+                crate::error::ArgumentKind::Optimizer,
+                format!("{} {what} must be {rule}, got {value}", self.name()),
+            ))
         };
         let lr = match *self {
             Optimizer::Sgd { lr }
@@ -400,6 +416,16 @@ impl Optimizer {
 ///
 /// Each window of keys is read, updated and written back; it is not a transaction, so two
 /// workers updating the same id at once may lose one update (as with TFRA's Redis backend).
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] before anything is sent: slot tables that do not fit the optimizer or
+/// `params` ([`ArgumentKind::TableSet`](crate::ArgumentKind::TableSet), [`ArgumentKind::Dtype`](crate::ArgumentKind::Dtype), [`ArgumentKind::Dim`](crate::ArgumentKind::Dim)), gradient
+/// or initial-row buffers of the wrong length ([`ArgumentKind::Shape`](crate::ArgumentKind::Shape)), an id given twice
+/// ([`ArgumentKind::DuplicateKey`](crate::ArgumentKind::DuplicateKey)), step 0 for Adam ([`ArgumentKind::Optimizer`](crate::ArgumentKind::Optimizer)).
+///
+/// The Redis errors of [`Table::find`] and [`Table::insert`]; a failed write may leave some tables
+/// of the step updated and others not.
 pub fn apply_gradients<'k>(
     opt: &Optimizer,
     params: &Table,
@@ -412,58 +438,73 @@ pub fn apply_gradients<'k>(
     let keys = keys.into();
     opt.validate()?;
     if matches!(opt, Optimizer::Adam { .. }) && step == 0 {
-        return Err(Error::InvalidArgument(
-            "step is the 1-based update count (Keras' iterations + 1); Adam cannot take step 0"
-                .into(),
+        return Err(Error::invalid(
+            crate::error::ArgumentKind::Optimizer,
+            "step is the 1-based update count (Keras' iterations + 1); Adam cannot take step 0",
         ));
     }
     let names = opt.slot_names();
     if slots.len() != names.len() {
-        return Err(Error::InvalidArgument(format!(
-            "{} needs {} slot tables ({}), got {}",
-            opt.name(),
-            names.len(),
-            names.join(", "),
-            slots.len()
-        )));
+        return Err(Error::invalid(
+            crate::error::ArgumentKind::TableSet,
+            format!(
+                "{} needs {} slot tables ({}), got {}",
+                opt.name(),
+                names.len(),
+                names.join(", "),
+                slots.len()
+            ),
+        ));
     }
     let dim = params.spec().dim.get();
     for table in std::iter::once(params).chain(slots.iter().copied()) {
         let spec = table.spec();
         if spec.value_dtype != ValueDtype::F32 {
-            return Err(Error::InvalidArgument(format!(
-                "optimizers update float32 tables only, but table {:?} holds {}",
-                spec.name,
-                spec.value_dtype.numpy_name()
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Dtype,
+                format!(
+                    "optimizers update float32 tables only, but table {:?} holds {}",
+                    spec.name,
+                    spec.value_dtype.numpy_name()
+                ),
+            ));
         }
         if spec.dim.get() != dim {
-            return Err(Error::InvalidArgument(format!(
-                "slot table {:?} has dim {}, but its params table {:?} has dim {dim}",
-                spec.name,
-                spec.dim.get(),
-                params.spec().name
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Dim,
+                format!(
+                    "slot table {:?} has dim {}, but its params table {:?} has dim {dim}",
+                    spec.name,
+                    spec.dim.get(),
+                    params.spec().name
+                ),
+            ));
         }
     }
     let n = keys.len();
     for (what, len) in [("grads", grads.len()), ("init_rows", init_rows.len())] {
         if len != n * dim {
-            return Err(Error::InvalidArgument(format!(
-                "Expected shape [{n}, {dim}] for {what} ({} float32 values), got {len} values",
-                n * dim
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Shape,
+                format!(
+                    "{what} has {len} float32 values, expected {n} rows x {dim} = {}",
+                    n * dim
+                ),
+            ));
         }
     }
     let key_dtype = params.spec().key_dtype;
     let mut seen = HashSet::with_capacity(n);
     if let Some(i) = (0..n).find(|&i| !seen.insert(keys.field(i, key_dtype))) {
-        return Err(Error::InvalidArgument(format!(
-            "key {} appears more than once in one optimizer step; sum the gradients of \
-             repeated ids first (e.g. tf.math.unsorted_segment_sum or \
-             tfra_redis.optimizers.sum_duplicates)",
-            keys.label(i)
-        )));
+        return Err(Error::invalid(
+            crate::error::ArgumentKind::DuplicateKey,
+            format!(
+                "key {} appears more than once in one optimizer step; sum the gradients of \
+                 repeated ids first (e.g. tf.math.unsorted_segment_sum or \
+                 tfra_redis.optimizers.sum_duplicates)",
+                keys.label(i)
+            ),
+        ));
     }
     let slot_defaults: Vec<Vec<u8>> = names
         .iter()

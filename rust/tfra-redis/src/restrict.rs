@@ -22,6 +22,7 @@ const BUCKETS: usize = 1 << 16;
 
 /// What one [`restrict`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Restriction {
     /// Ids in the status table when it started.
     pub before: u64,
@@ -67,22 +68,28 @@ pub fn restrict(
 ) -> Result<Restriction> {
     let spec = status.spec();
     if spec.value_dtype != ValueDtype::I32 || spec.dim.get() != 1 {
-        return Err(Error::InvalidArgument(format!(
-            "a restrict status table holds one int32 per id; {:?} holds {} x {}",
-            spec.name,
-            spec.dim.get(),
-            spec.value_dtype.numpy_name()
-        )));
+        return Err(Error::invalid(
+            crate::error::ArgumentKind::TableSet,
+            format!(
+                "a restrict status table holds one int32 per id; {:?} holds {} x {}",
+                spec.name,
+                spec.dim.get(),
+                spec.value_dtype.numpy_name()
+            ),
+        ));
     }
     for table in tables {
         if table.spec().key_dtype != spec.key_dtype {
-            return Err(Error::InvalidArgument(format!(
-                "table {:?} has {} keys, its status table {:?} has {}",
-                table.spec().name,
-                table.spec().key_dtype.name(),
-                spec.name,
-                spec.key_dtype.name()
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::TableSet,
+                format!(
+                    "table {:?} has {} keys, its status table {:?} has {}",
+                    table.spec().name,
+                    table.spec().key_dtype.name(),
+                    spec.name,
+                    spec.key_dtype.name()
+                ),
+            ));
         }
     }
     let page = page.max(1);

@@ -23,7 +23,7 @@ const COPY_PAGE: usize = 8192;
 
 /// The bucket keys that exist in Redis for exactly this prefix (never a table whose name merely
 /// starts with it), sorted.
-pub fn existing_buckets(table: &Table, prefix: &KeyPrefix) -> Result<Vec<Vec<u8>>> {
+pub(crate) fn existing_buckets(table: &Table, prefix: &KeyPrefix) -> Result<Vec<Vec<u8>>> {
     let backend = table.backend()?;
     let mut found: Vec<Vec<u8>> = backend
         .scan_match(&bucket_glob(prefix))?
@@ -44,12 +44,12 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error
 }
 
 /// The directory of mode-1 files for a model tag: `model_lib_abs_dir/<model_tag>/`.
-pub fn model_lib_dir(table: &Table, model_tag: &str) -> PathBuf {
+pub(crate) fn model_lib_dir(table: &Table, model_tag: &str) -> PathBuf {
     Path::new(&table.config().model_lib_abs_dir).join(model_tag)
 }
 
 /// The file of one bucket: `<dir>/<bucket key>.rdb` (TFRA's name; raw bytes for MD5 prefixes).
-pub fn bucket_file(dir: &Path, bucket: &BucketKey) -> PathBuf {
+pub(crate) fn bucket_file(dir: &Path, bucket: &BucketKey) -> PathBuf {
     use std::os::unix::ffi::OsStrExt;
     let mut name = bucket.as_bytes().to_vec();
     name.extend_from_slice(b".rdb");
@@ -60,6 +60,13 @@ pub fn bucket_file(dir: &Path, bucket: &BucketKey) -> PathBuf {
 /// temporary file, fsynced and renamed into place, so a crash never leaves a half file under the
 /// real name. An older file is kept, renamed with a timestamp suffix as TFRA does. A bucket that
 /// does not exist gives an empty file (TFRA's convention, which its restore skips).
+///
+/// # Errors
+///
+/// [`Error::Io`] when the directory or a file cannot be created, written or renamed;
+/// [`Error::Data`] when `DUMP` answers something else than a payload; and [`Error::Connection`] or
+/// [`Error::Timeout`] when Redis cannot be reached within the retry deadline, [`Error::Auth`] when
+/// the ACL user may not run the commands, [`Error::Command`] when Redis refuses one.
 pub fn save_files(table: &Table) -> Result<Vec<PathBuf>> {
     let dir = model_lib_dir(table, &table.config().model_tag_runtime);
     fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
@@ -140,6 +147,13 @@ fn timestamp() -> String {
 /// (`RESTORE ... REPLACE`, as TFRA, but mapped by index rather than by TFRA's shifted count of
 /// found files). Otherwise each file is restored into a scratch key and its pairs are re-bucketed
 /// into the runtime layout. Missing and empty files are skipped. Returns the files restored.
+///
+/// # Errors
+///
+/// [`Error::Io`] when a file cannot be read, [`Error::Data`] naming the file and bucket when Redis
+/// refuses its payload (`RESTORE`), and [`Error::Connection`] or [`Error::Timeout`] when Redis
+/// cannot be reached within the retry deadline, [`Error::Auth`] when the ACL user may not run the
+/// commands, [`Error::Command`] when Redis refuses one.
 pub fn restore_files(table: &Table) -> Result<usize> {
     let dir = model_lib_dir(table, &table.config().model_tag_import);
     let import = table.import_buckets()?;
@@ -204,6 +218,7 @@ fn file_error(path: &Path, bucket: &BucketKey, e: Error) -> Error {
 
 /// What [`rebucket`] found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RebucketReport {
     /// Buckets of this table that were not in the runtime layout (now deleted).
     pub old_buckets: Vec<String>,
@@ -219,6 +234,13 @@ pub struct RebucketReport {
 /// row already in its new place, which may be newer), checks that every copied id is readable,
 /// and only then deletes the old copy; so if the process dies at any point, running it again
 /// finishes the job and loses nothing.
+///
+/// # Errors
+///
+/// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+/// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`] when
+/// Redis refuses one; [`Error::Data`] when a copied id cannot be read back in the new layout (the
+/// old copy is then kept). An interrupted move loses nothing: run it again.
 pub fn rebucket(table: &Table) -> Result<RebucketReport> {
     let runtime: BTreeSet<Vec<u8>> = table
         .buckets()
@@ -303,7 +325,7 @@ fn verify_readable(table: &Table, from: &[u8], ids: Keys<'_>) -> Result<()> {
 /// True when some of this table's rows are not where the runtime layout looks for them:
 /// buckets of the same prefix outside the layout exist, or a sample of each runtime bucket
 /// holds ids that belong to another bucket.
-pub fn needs_rebucket(table: &Table) -> Result<bool> {
+pub(crate) fn needs_rebucket(table: &Table) -> Result<bool> {
     let runtime: BTreeSet<Vec<u8>> = table
         .buckets()
         .iter()
@@ -328,6 +350,12 @@ pub fn needs_rebucket(table: &Table) -> Result<bool> {
 /// Copies the rows stored under `model_tag_import` into this table's runtime layout (re-bucketed
 /// as needed), leaving the old tag's data in place. Idempotent: the copy is an upsert. Returns
 /// the number of pairs copied.
+///
+/// # Errors
+///
+/// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+/// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`] when
+/// Redis refuses one.
 pub fn import_model_tag(table: &Table) -> Result<u64> {
     let config = table.config();
     if config.model_tag_import == config.model_tag_runtime {
@@ -347,7 +375,7 @@ pub fn import_model_tag(table: &Table) -> Result<u64> {
 /// A warning when the runtime buckets hold nothing but other buckets of this table's prefix, or
 /// of the import tag, exist: the data is not where the config says, and the message names the
 /// setting that would open it.
-pub fn misplaced_data_hint(table: &Table) -> Result<Option<String>> {
+pub(crate) fn misplaced_data_hint(table: &Table) -> Result<Option<String>> {
     if table.size()? > 0 {
         return Ok(None);
     }
@@ -375,26 +403,14 @@ pub fn misplaced_data_hint(table: &Table) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// Opens a table the way TFRA's constructor does, minus its bugs: connects, clears any TTL on
-/// the table's buckets, and moves rows of this table left in another bucket layout (changed
-/// `storage_slice`, hash tags or cluster topology, or an interrupted earlier move) into the
-/// runtime one. Detecting that costs one `SCAN` over the keyspace and a 32-field sample per
-/// bucket. Returns notes worth showing the user.
-pub fn open_table(
-    config: &crate::config::RedisConfig,
-    spec: crate::table::TableSpec,
-) -> Result<(Table, Vec<String>)> {
-    open_table_with(config, spec, OpenOptions::default())
-}
-
 /// What [`open_table_with`] does besides connecting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OpenOptions {
+pub(crate) struct OpenOptions {
     /// Clear the TTL of the table's buckets (TFRA does). Off for read-only tools, which must
     /// not change a table's expiry by looking at it.
-    pub persist: bool,
+    pub(crate) persist: bool,
     /// Detect and move rows left in another bucket layout.
-    pub rebucket: bool,
+    pub(crate) rebucket: bool,
 }
 
 impl Default for OpenOptions {
@@ -406,8 +422,9 @@ impl Default for OpenOptions {
     }
 }
 
-/// [`open_table`] with the lifecycle steps chosen by the caller.
-pub fn open_table_with(
+/// Opens a table and runs the lifecycle steps `options` asks for; the one implementation
+/// behind [`crate::TableBuilder`] (which documents the steps).
+pub(crate) fn open_table_with(
     config: &crate::config::RedisConfig,
     spec: crate::table::TableSpec,
     options: OpenOptions,

@@ -18,6 +18,7 @@ use crate::throttle::{Throttle, held_back_note};
 
 /// What a table holds: its name and the shape of its keys and rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TableSpec {
     /// The table name; the Redis name is the part before `_mht_` (TFRA's rule).
     pub name: String,
@@ -27,6 +28,23 @@ pub struct TableSpec {
     pub value_dtype: ValueDtype,
     /// Elements per row.
     pub dim: Dim,
+}
+
+impl TableSpec {
+    /// A table description.
+    pub fn new(
+        name: impl Into<String>,
+        key_dtype: KeyDtype,
+        value_dtype: ValueDtype,
+        dim: Dim,
+    ) -> Self {
+        TableSpec {
+            name: name.into(),
+            key_dtype,
+            value_dtype,
+            dim,
+        }
+    }
 }
 
 /// One table's part of [`Table::find_together`].
@@ -43,6 +61,7 @@ pub struct Lookup<'a> {
 
 /// Rows to use for ids that are not in Redis.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub enum Defaults<'a> {
     /// One row (raw little-endian bytes) for every missing id.
     Row(&'a [u8]),
@@ -111,7 +130,21 @@ fn shared_backend<'t>(
     Ok(Some(backend))
 }
 
-/// An open table.
+/// An open table. Open one with [`crate::TableBuilder`].
+///
+/// # Threads and blocking
+///
+/// `Table` is `Send + Sync`: share one between threads (in an `Arc`, say) rather than opening
+/// it once per thread. Calls from several threads run at the same time, each on its own pooled
+/// connection (`redis_conn_pool_size` per pool; all tables of a process with the same
+/// connection settings share the pools), and wait for a free one for at most
+/// `redis_wait_timeout`.
+///
+/// Every method is blocking: it returns when Redis has answered, or when the socket timeout
+/// and retry deadline have run out (see [`crate::Error::is_transient`]); nothing runs in the
+/// background. From async code, call it on a blocking thread (e.g. tokio's `spawn_blocking`).
+/// A table used in a `fork()`ed child reconnects on its first call there instead of sharing
+/// the parent's sockets.
 pub struct Table {
     spec: TableSpec,
     config: RedisConfig,
@@ -139,7 +172,7 @@ impl std::fmt::Debug for Table {
 
 impl Table {
     /// Connects (or reuses a connection for the same config) and works out the bucket keys.
-    pub fn open(config: &RedisConfig, spec: TableSpec) -> Result<Table> {
+    pub(crate) fn open(config: &RedisConfig, spec: TableSpec) -> Result<Table> {
         // A config built or changed in code never went through the parser's checks, and the
         // layout code relies on them (a bucket count past the slot table panicked).
         config.validate()?;
@@ -209,7 +242,7 @@ impl Table {
 
     /// The backend, reconnected when this process is a fork of the one that opened the table:
     /// sockets inherited across fork() are shared with the parent and must not be used.
-    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+    pub(crate) fn backend(&self) -> Result<Arc<dyn Backend>> {
         let mut guard = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id();
         if guard.0 != pid {
@@ -282,10 +315,13 @@ impl Table {
             Keys::Bytes(_) if dtype != KeyDtype::Str => Err(self.key_kind_error(keys)),
             Keys::Ints(k) if dtype == KeyDtype::I32 => {
                 match k.iter().find(|&&k| i32::try_from(k).is_err()) {
-                    Some(key) => Err(Error::InvalidArgument(format!(
-                        "id {key} does not fit the int32 keys of table {:?}",
-                        self.spec.name
-                    ))),
+                    Some(key) => Err(Error::invalid(
+                        crate::error::ArgumentKind::KeyOutOfRange,
+                        format!(
+                            "id {key} does not fit the int32 keys of table {:?}",
+                            self.spec.name
+                        ),
+                    )),
                     None => Ok(()),
                 }
             }
@@ -294,22 +330,29 @@ impl Table {
     }
 
     fn key_kind_error(&self, keys: Keys<'_>) -> Error {
-        Error::InvalidArgument(format!(
-            "table {:?} has {} keys, but {} ids were given",
-            self.spec.name,
-            self.spec.key_dtype.name(),
-            keys.kind()
-        ))
+        Error::invalid(
+            crate::error::ArgumentKind::Dtype,
+            format!(
+                "table {:?} has {} keys, but {} ids were given",
+                self.spec.name,
+                self.spec.key_dtype.name(),
+                keys.kind()
+            ),
+        )
     }
 
     fn check_len(&self, what: &str, got: usize, rows: usize) -> Result<()> {
         let want = rows * self.row_bytes;
         if got != want {
-            return Err(Error::InvalidArgument(format!(
-                "Expected shape [{rows}, {}] for {what} ({want} bytes of {}), got {got} bytes",
-                self.spec.dim.get(),
-                self.spec.value_dtype.numpy_name()
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Shape,
+                format!(
+                    "{what} has {got} bytes, expected {rows} rows x {} bytes ({} x {}) = {want}",
+                    self.row_bytes,
+                    self.spec.dim.get(),
+                    self.spec.value_dtype.numpy_name()
+                ),
+            ));
         }
         Ok(())
     }
@@ -317,6 +360,17 @@ impl Table {
     /// Looks ids up. `out` receives `keys.len()` rows; missing ids get their default row, and
     /// `exists` (when given) says which ids were found. A Redis failure is an error, never a
     /// silent default row, unless the config sets `redis_lookup_defaults_on_error`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `out`, the defaults or `exists` do not fit `keys`
+    /// ([`ArgumentKind::Shape`](crate::ArgumentKind::Shape)) or an id does not fit an int32 table
+    /// ([`ArgumentKind::KeyOutOfRange`](crate::ArgumentKind::KeyOutOfRange)); nothing is sent then.
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one (unless `redis_lookup_defaults_on_error` is set: then transient
+    /// failures give the default rows); [`Error::Data`] when a stored row has the wrong length.
     pub fn find<'k>(
         &self,
         keys: impl Into<Keys<'k>>,
@@ -330,10 +384,10 @@ impl Table {
         if let Some(e) = exists.as_deref()
             && e.len() != n
         {
-            return Err(Error::InvalidArgument(format!(
-                "exists has {} entries for {n} keys",
-                e.len()
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Shape,
+                format!("exists has {} entries, expected {n} (one per key)", e.len()),
+            ));
         }
         if n == 0 {
             return Ok(());
@@ -417,10 +471,10 @@ impl Table {
     /// Checks a lookup's buffers against this table's row size.
     fn check_lookup(&self, keys: Keys<'_>, defaults: Defaults<'_>, out: &[u8]) -> Result<()> {
         self.check_keys(keys)?;
-        self.check_len("the output", out.len(), keys.len())?;
+        self.check_len("out", out.len(), keys.len())?;
         match defaults {
-            Defaults::Row(r) => self.check_len("default_value", r.len(), 1),
-            Defaults::PerKey(r) => self.check_len("default_value", r.len(), keys.len()),
+            Defaults::Row(r) => self.check_len("the default row", r.len(), 1),
+            Defaults::PerKey(r) => self.check_len("the per-key defaults", r.len(), keys.len()),
         }
     }
 
@@ -522,6 +576,11 @@ impl Table {
     /// reads a table and its slot tables for the same ids: one pipeline on one connection
     /// keeps the server as busy as three, without three threads competing with it for CPU.
     /// Tables on different backends are looked up one after another.
+    ///
+    /// # Errors
+    ///
+    /// As [`Table::find`], for the first lookup that fails; the outputs of the others are then
+    /// unspecified.
     pub fn find_together(lookups: &mut [Lookup<'_>]) -> Result<()> {
         for l in lookups.iter() {
             l.table.check_lookup(l.keys, l.defaults, l.out)?;
@@ -553,10 +612,14 @@ impl Table {
 
     /// Upserts rows into several tables with one pipeline (see [`Table::find_together`]);
     /// each entry is `(table, keys, rows)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Table::insert`]; when an error is returned, some of the writes may have been applied.
     pub fn insert_together(writes: &[(&Table, Keys<'_>, &[u8])]) -> Result<()> {
         for (table, keys, rows) in writes {
             table.check_keys(*keys)?;
-            table.check_len("value", rows.len(), keys.len())?;
+            table.check_len("rows", rows.len(), keys.len())?;
         }
         let Some(backend) = shared_backend(writes.iter().map(|(t, ..)| *t))? else {
             for (table, keys, rows) in writes {
@@ -579,6 +642,17 @@ impl Table {
 
     /// Upserts rows (raw little-endian bytes, `keys.len()` rows). Within one batch the last
     /// row of a repeated id wins.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `values` does not hold `keys.len()` rows
+    /// ([`ArgumentKind::Shape`](crate::ArgumentKind::Shape)) or an id does not fit an int32 table
+    /// ([`ArgumentKind::KeyOutOfRange`](crate::ArgumentKind::KeyOutOfRange)); nothing is sent then.
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one; after an error some rows may have been written (writes are
+    /// idempotent: repeat the call).
     pub fn insert<'k>(&self, keys: impl Into<Keys<'k>>, values: &[u8]) -> Result<()> {
         self.write_rows(keys.into(), values, false)
     }
@@ -586,13 +660,17 @@ impl Table {
     /// Writes rows only for ids that are not stored yet (`HSETNX` semantics). Moving data
     /// between layouts uses this, so a row written to the new layout meanwhile is never
     /// overwritten by an older copy.
-    pub fn insert_missing<'k>(&self, keys: impl Into<Keys<'k>>, values: &[u8]) -> Result<()> {
+    pub(crate) fn insert_missing<'k>(
+        &self,
+        keys: impl Into<Keys<'k>>,
+        values: &[u8],
+    ) -> Result<()> {
         self.write_rows(keys.into(), values, true)
     }
 
     fn write_rows(&self, keys: Keys<'_>, values: &[u8], only_missing: bool) -> Result<()> {
         self.check_keys(keys)?;
-        self.check_len("value", values.len(), keys.len())?;
+        self.check_len("values", values.len(), keys.len())?;
         if keys.is_empty() {
             return Ok(());
         }
@@ -640,13 +718,13 @@ impl Table {
 
     /// The bucket (index into [`Table::buckets`]) where key `i` of `keys` lives in this
     /// layout.
-    pub fn bucket_of_key(&self, keys: Keys<'_>, i: usize) -> usize {
+    pub(crate) fn bucket_of_key(&self, keys: Keys<'_>, i: usize) -> usize {
         self.bucket_index(keys, i)
     }
 
     /// Up to `n` random ids stored in runtime bucket `bucket` (`HRANDFIELD`), cheap evidence of
     /// whether the bucket holds rows of another layout.
-    pub fn sample_ids(&self, bucket: usize, n: usize) -> Result<KeyBuf> {
+    pub(crate) fn sample_ids(&self, bucket: usize, n: usize) -> Result<KeyBuf> {
         let backend = self.backend()?;
         let cmd = redis::cmd("HRANDFIELD")
             .arg(self.buckets[bucket].as_bytes())
@@ -669,7 +747,11 @@ impl Table {
     }
 
     /// Deletes ids from one given runtime bucket, wherever the layout would put them.
-    pub fn remove_from_bucket<'k>(&self, bucket: usize, keys: impl Into<Keys<'k>>) -> Result<()> {
+    pub(crate) fn remove_from_bucket<'k>(
+        &self,
+        bucket: usize,
+        keys: impl Into<Keys<'k>>,
+    ) -> Result<()> {
         let keys = keys.into();
         self.check_keys(keys)?;
         let backend = self.backend()?;
@@ -684,11 +766,22 @@ impl Table {
     }
 
     /// Imports pairs: an upsert, as TFRA's import is (the table is not cleared first).
+    ///
+    /// # Errors
+    ///
+    /// As [`Table::insert`].
     pub fn import<'k>(&self, keys: impl Into<Keys<'k>>, values: &[u8]) -> Result<()> {
         self.insert(keys, values)
     }
 
     /// Removes ids; missing ones are ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] ([`ArgumentKind::KeyOutOfRange`](crate::ArgumentKind::KeyOutOfRange)) for an id an int32 table cannot
+    /// hold, and [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within
+    /// the retry deadline, [`Error::Auth`] when the ACL user may not run the commands,
+    /// [`Error::Command`] when Redis refuses one.
     pub fn remove<'k>(&self, keys: impl Into<Keys<'k>>) -> Result<()> {
         let keys = keys.into();
         self.check_keys(keys)?;
@@ -703,6 +796,17 @@ impl Table {
     /// Adds deltas to present rows and sets absent ones, per TFRA's BP-v2 rule (see
     /// `ACCUM_LUA`); atomic per command on the server. Not retried when the outcome of a
     /// failed attempt is unknown, since applying a delta twice would be wrong.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `deltas` or `exists` do not fit `keys`
+    /// ([`ArgumentKind::Shape`](crate::ArgumentKind::Shape)), for a value dtype without accum ([`ArgumentKind::Dtype`](crate::ArgumentKind::Dtype)) or an
+    /// id an int32 table cannot hold ([`ArgumentKind::KeyOutOfRange`](crate::ArgumentKind::KeyOutOfRange)).
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one. After an error whose outcome is unknown, some deltas may have been
+    /// applied: do not blindly repeat the call.
     pub fn accum<'k>(
         &self,
         keys: impl Into<Keys<'k>>,
@@ -711,19 +815,25 @@ impl Table {
     ) -> Result<()> {
         let keys = keys.into();
         self.check_keys(keys)?;
-        self.check_len("values_or_deltas", deltas.len(), keys.len())?;
+        self.check_len("deltas", deltas.len(), keys.len())?;
         if exists.len() != keys.len() {
-            return Err(Error::InvalidArgument(format!(
-                "exists has {} entries for {} keys",
-                exists.len(),
-                keys.len()
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Shape,
+                format!(
+                    "exists has {} entries, expected {} (one per key)",
+                    exists.len(),
+                    keys.len()
+                ),
+            ));
         }
         if matches!(self.spec.value_dtype, ValueDtype::F16 | ValueDtype::BF16) {
-            return Err(Error::InvalidArgument(format!(
-                "accum does not support {} values (TFRA's HMACCUM does not either)",
-                self.spec.value_dtype.numpy_name()
-            )));
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Dtype,
+                format!(
+                    "accum does not support {} values (TFRA's HMACCUM does not either)",
+                    self.spec.value_dtype.numpy_name()
+                ),
+            ));
         }
         if keys.is_empty() {
             return Ok(());
@@ -741,6 +851,12 @@ impl Table {
     }
 
     /// Number of ids: the sum of `HLEN` over all runtime buckets.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one.
     pub fn size(&self) -> Result<u64> {
         let mut total = 0u64;
         // The master, even with replica reads on: sizes feed checkpoints and re-bucketing
@@ -759,12 +875,24 @@ impl Table {
     }
 
     /// Deletes every runtime bucket.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one.
     pub fn clear(&self) -> Result<()> {
         self.per_bucket("DEL", Role::Write, &[]).map(|_| ())
     }
 
     /// The bucket keys of the import layout (`model_tag_import`, `storage_slice_import`,
     /// `redis_hash_tags_import`), where restores and model-tag imports read from.
+    ///
+    /// # Errors
+    ///
+    /// In Cluster mode, the errors of reading the slot map ([`Error::Connection`],
+    /// [`Error::Timeout`]); [`Error::ConfigField`] when the import hash tags do not fit
+    /// `storage_slice_import`.
     pub fn import_buckets(&self) -> Result<Vec<BucketKey>> {
         let c = &self.config;
         let backend = self.backend()?;
@@ -822,6 +950,12 @@ impl Table {
 
     /// Clears any TTL on the table's buckets. TFRA does this when a table opens so that a model
     /// in use never expires.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one.
     pub fn persist(&self) -> Result<()> {
         self.per_bucket("PERSIST", Role::Write, &[]).map(|_| ())
     }
@@ -830,6 +964,12 @@ impl Table {
     /// does when a table closes; nothing when the setting is negative. 0 deletes the buckets.
     /// One attempt only: a close must not hold a process at exit for a whole retry deadline
     /// when Redis is gone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one.
     pub fn expire_per_config(&self) -> Result<()> {
         match self.config.expire_model_tag_in_seconds {
             Some(secs) => {
@@ -842,6 +982,12 @@ impl Table {
     }
 
     /// Puts a TTL of `secs` seconds on the table's buckets.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one.
     pub fn expire(&self, secs: u64) -> Result<()> {
         let secs = secs.to_string();
         self.per_bucket("EXPIRE", Role::Write, &[secs.as_bytes()])
@@ -849,7 +995,7 @@ impl Table {
     }
 
     /// Streams the pairs of any bucket hash (not necessarily one of this table's) in pages.
-    pub fn scan_bucket(
+    pub(crate) fn scan_bucket(
         &self,
         bucket: &[u8],
         page: usize,
@@ -911,6 +1057,13 @@ impl Table {
     /// Streams every (id, row) pair, bucket by bucket, in pages of about `page` pairs, so memory
     /// stays bounded whatever the table size. `HSCAN` may report a pair twice when the hash is
     /// rehashed meanwhile; importing the pages is an upsert, so that is harmless.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
+    /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`]
+    /// when Redis refuses one; [`Error::Data`] when a stored field or row does not fit the table;
+    /// any error `on_page` returns, which stops the export.
     pub fn export_pages(
         &self,
         page: usize,
@@ -924,6 +1077,10 @@ impl Table {
 
     /// Every pair at once, without duplicates. Only for tables that fit in memory; use
     /// [`Table::export_pages`] otherwise.
+    ///
+    /// # Errors
+    ///
+    /// As [`Table::export_pages`].
     pub fn export(&self) -> Result<(KeyBuf, Vec<u8>)> {
         let rb = self.row_bytes;
         let dtype = self.spec.key_dtype;

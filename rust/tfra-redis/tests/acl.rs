@@ -14,7 +14,14 @@ use support::{
 use tfra_redis::codec::{Dim, KeyDtype, ValueDtype};
 use tfra_redis::config::RedisConfig;
 use tfra_redis::table::{Defaults, TableSpec};
-use tfra_redis::{Error, store::open_table};
+use tfra_redis::{Error, TableBuilder};
+
+fn open_table(
+    config: &RedisConfig,
+    spec: TableSpec,
+) -> tfra_redis::Result<(tfra_redis::Table, Vec<String>)> {
+    TableBuilder::from_spec(config, spec).open_with_notes()
+}
 
 const DIM: usize = 4;
 
@@ -28,12 +35,7 @@ fn as_user(config_json: String) -> RedisConfig {
 }
 
 fn spec(name: &str) -> TableSpec {
-    TableSpec {
-        name: name.into(),
-        key_dtype: KeyDtype::I64,
-        value_dtype: ValueDtype::F32,
-        dim: Dim::new(DIM).unwrap(),
-    }
+    TableSpec::new(name, KeyDtype::I64, ValueDtype::F32, Dim::new(DIM).unwrap())
 }
 
 fn rows(keys: &[i64], value: f32) -> Vec<u8> {

@@ -11,17 +11,19 @@ use support::Standalone;
 use tfra_redis::backend::{self, Batch, Retry, Role};
 use tfra_redis::codec::{Dim, KeyDtype, ValueDtype};
 use tfra_redis::config::{MAX_STORAGE_SLICE, RedisConfig};
-use tfra_redis::store::{self, OpenOptions};
 use tfra_redis::table::{Table, TableSpec};
-use tfra_redis::{Error, Result};
+use tfra_redis::{Error, Result, TableBuilder};
 
 fn spec(name: &str) -> TableSpec {
-    TableSpec {
-        name: name.into(),
-        key_dtype: KeyDtype::I64,
-        value_dtype: ValueDtype::F32,
-        dim: Dim::new(2).unwrap(),
-    }
+    TableSpec::new(name, KeyDtype::I64, ValueDtype::F32, Dim::new(2).unwrap())
+}
+
+/// Opens without the lifecycle steps (TTL, re-bucketing), as the old `Table::open` did.
+fn open_bare(config: &RedisConfig, spec: TableSpec) -> Result<Table> {
+    TableBuilder::from_spec(config, spec)
+        .persist(false)
+        .rebucket(false)
+        .open()
 }
 
 fn assert_slice_error<T: std::fmt::Debug>(result: Result<T>, key: &str, n: u32) {
@@ -58,14 +60,9 @@ fn bucket_counts_above_the_slot_count_are_a_config_error_on_every_open_path() {
             config.storage_slice_import = n;
         }
         assert_slice_error(config.validate(), key, n);
-        assert_slice_error(Table::open(&config, spec("too_many")), key, n);
-        assert_slice_error(store::open_table(&config, spec("too_many")), key, n);
-        let options = OpenOptions {
-            persist: false,
-            rebucket: false,
-        };
+        assert_slice_error(open_bare(&config, spec("too_many")), key, n);
         assert_slice_error(
-            store::open_table_with(&config, spec("too_many"), options),
+            TableBuilder::from_spec(&config, spec("too_many")).open_with_notes(),
             key,
             n,
         );
@@ -77,7 +74,7 @@ fn bucket_counts_above_the_slot_count_are_a_config_error_on_every_open_path() {
     let mut config = base.clone();
     config.storage_slice = MAX_STORAGE_SLICE;
     config.storage_slice_import = MAX_STORAGE_SLICE;
-    let t = Table::open(&config, spec("slot_count")).unwrap();
+    let t = open_bare(&config, spec("slot_count")).unwrap();
     assert_eq!(t.buckets().len(), 16384);
     assert_eq!(t.import_buckets().unwrap().len(), 16384);
 }
@@ -202,7 +199,7 @@ fn accum_after_a_demotion_mid_pipeline_sends_only_the_refused_commands_again() {
     })
     .to_string();
     let config = RedisConfig::from_json_str(&text, "<test>").unwrap().0;
-    let table = Table::open(&config, spec("role_change")).unwrap();
+    let table = open_bare(&config, spec("role_change")).unwrap();
     let keys: Vec<i64> = (1..=8).collect();
     let deltas: Vec<u8> = keys
         .iter()

@@ -5,6 +5,7 @@ mod support;
 
 use serde_json::json;
 use support::Standalone;
+use tfra_redis::ArgumentKind;
 use tfra_redis::codec::{Dim, KeyDtype, ValueDtype};
 use tfra_redis::config::RedisConfig;
 use tfra_redis::optim::{Optimizer, apply_gradients};
@@ -18,13 +19,12 @@ fn config(server: &Standalone) -> RedisConfig {
 }
 
 fn open(config: &RedisConfig, name: &str, dtype: ValueDtype, dim: usize) -> Table {
-    let spec = TableSpec {
-        name: name.to_string(),
-        key_dtype: KeyDtype::I64,
-        value_dtype: dtype,
-        dim: Dim::new(dim).unwrap(),
-    };
-    Table::open(config, spec).unwrap()
+    let spec = TableSpec::new(name, KeyDtype::I64, dtype, Dim::new(dim).unwrap());
+    tfra_redis::TableBuilder::from_spec(config, spec)
+        .persist(false)
+        .rebucket(false)
+        .open()
+        .unwrap()
 }
 
 fn to_bytes(values: &[f32]) -> Vec<u8> {
@@ -174,7 +174,7 @@ fn bad_arguments_are_refused_with_clear_messages() {
     let g = [1.0f32, 1.0, 1.0, 1.0];
     let init = [0.0f32; 4];
     let err = |slots: &[&Table], keys: &[i64], grads: &[f32], step| {
-        apply_gradients(
+        let e = apply_gradients(
             &adam,
             &params,
             slots,
@@ -183,27 +183,33 @@ fn bad_arguments_are_refused_with_clear_messages() {
             &init[..grads.len()],
             step,
         )
-        .unwrap_err()
-        .to_string()
+        .unwrap_err();
+        (e.argument_kind(), e.to_string())
     };
-    let msg = err(&[&m, &v64], &[1, 2], &g, 1);
+    let (kind, msg) = err(&[&m, &v64], &[1, 2], &g, 1);
     assert!(
         msg.contains("\"p_p_shadow_v64\"") && msg.contains("float64"),
         "{msg}"
     );
-    let msg = err(&[&m, &v3], &[1, 2], &g, 1);
+    assert_eq!(kind, Some(ArgumentKind::Dtype));
+    let (kind, msg) = err(&[&m, &v3], &[1, 2], &g, 1);
     assert!(
         msg.contains("\"p_p_shadow_v3\"") && msg.contains("dim 3"),
         "{msg}"
     );
-    let msg = err(&[&m], &[1, 2], &g, 1);
+    assert_eq!(kind, Some(ArgumentKind::Dim));
+    let (kind, msg) = err(&[&m], &[1, 2], &g, 1);
     assert!(msg.contains("2 slot tables (m, v)"), "{msg}");
-    let msg = err(&[&m, &v], &[1, 1], &g, 1);
+    assert_eq!(kind, Some(ArgumentKind::TableSet));
+    let (kind, msg) = err(&[&m, &v], &[1, 1], &g, 1);
     assert!(msg.contains("key 1 appears more than once"), "{msg}");
-    let msg = err(&[&m, &v], &[1, 2], &g[..3], 1);
-    assert!(msg.contains("[2, 2] for grads"), "{msg}");
-    let msg = err(&[&m, &v], &[1, 2], &g, 0);
+    assert_eq!(kind, Some(ArgumentKind::DuplicateKey));
+    let (kind, msg) = err(&[&m, &v], &[1, 2], &g[..3], 1);
+    assert_eq!(msg, "grads has 3 float32 values, expected 2 rows x 2 = 4");
+    assert_eq!(kind, Some(ArgumentKind::Shape));
+    let (kind, msg) = err(&[&m, &v], &[1, 2], &g, 0);
     assert!(msg.contains("step 0"), "{msg}");
+    assert_eq!(kind, Some(ArgumentKind::Optimizer));
     // Nothing was written by the refused calls.
     assert_eq!(params.size().unwrap(), 0);
     assert_eq!(m.size().unwrap(), 0);

@@ -13,19 +13,14 @@ use support::{Cluster, ServerOptions, Standalone};
 use tfra_redis::codec::{Dim, KeyDtype, ValueDtype};
 use tfra_redis::config::RedisConfig;
 use tfra_redis::table::{Defaults, Table, TableSpec};
-use tfra_redis::{Error, store::open_table};
+use tfra_redis::{Error, TableBuilder};
 
 const DIM: usize = 4;
 
 fn open(config_json: &str, name: &str) -> Table {
     let config = RedisConfig::from_json_str(config_json, "<test>").unwrap().0;
-    let spec = TableSpec {
-        name: name.into(),
-        key_dtype: KeyDtype::I64,
-        value_dtype: ValueDtype::F32,
-        dim: Dim::new(DIM).unwrap(),
-    };
-    open_table(&config, spec).unwrap().0
+    let spec = TableSpec::new(name, KeyDtype::I64, ValueDtype::F32, Dim::new(DIM).unwrap());
+    TableBuilder::from_spec(&config, spec).open().unwrap()
 }
 
 fn rows(keys: &[i64], value: f32) -> Vec<u8> {

@@ -10,19 +10,19 @@ use tfra_redis::codec::{Dim, KeyDtype, ValueDtype};
 use tfra_redis::config::RedisConfig;
 use tfra_redis::store;
 use tfra_redis::table::{Defaults, Lookup, Table, TableSpec};
-use tfra_redis::{Error, store::open_table};
+use tfra_redis::{ArgumentKind, Error, TableBuilder};
+
+/// Opens a table the one public way, returning the notes of the lifecycle steps.
+fn open_table(config: &RedisConfig, spec: TableSpec) -> tfra_redis::Result<(Table, Vec<String>)> {
+    TableBuilder::from_spec(config, spec).open_with_notes()
+}
 
 fn config(json: &str) -> RedisConfig {
     RedisConfig::from_json_str(json, "<test>").unwrap().0
 }
 
 fn spec(name: &str, dim: usize) -> TableSpec {
-    TableSpec {
-        name: name.into(),
-        key_dtype: KeyDtype::I64,
-        value_dtype: ValueDtype::F32,
-        dim: Dim::new(dim).unwrap(),
-    }
+    TableSpec::new(name, KeyDtype::I64, ValueDtype::F32, Dim::new(dim).unwrap())
 }
 
 fn bytes(v: &[f32]) -> Vec<u8> {
@@ -176,7 +176,14 @@ fn exercise(config_json: &str, name: &str) {
     // Wrong value length: a clear error, nothing written.
     let before = t.size().unwrap();
     let err = t.insert(&[1, 2], &bytes(&vec![0.0; dim])).unwrap_err();
-    assert!(err.to_string().contains("Expected shape"), "{err}");
+    assert_eq!(err.argument_kind(), Some(ArgumentKind::Shape), "{err}");
+    let want = format!(
+        "values has {} bytes, expected 2 rows x {} bytes ({dim} x float32) = {}",
+        4 * dim,
+        4 * dim,
+        8 * dim
+    );
+    assert_eq!(err.to_string(), want);
     assert_eq!(t.size().unwrap(), before);
 
     // Rows stored with another dim: the error names the key and the bucket.
@@ -315,7 +322,10 @@ fn tables_are_read_and_written_together() {
     }
     // A wrong row size is refused before anything is sent.
     let err = Table::insert_together(&[(&m, (&keys).into(), &rows[..4])]).unwrap_err();
-    assert!(err.to_string().contains("Expected shape [3, 2]"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "rows has 4 bytes, expected 3 rows x 8 bytes (2 x float32) = 24"
+    );
 }
 
 #[test]
@@ -599,15 +609,26 @@ fn ids_outside_int32_are_refused_by_int32_tables() {
     // Encoding keeps the low 32 bits: 1 << 40 would have read and written id 0's row.
     let s = Standalone::start();
     let cfg = config(&s.config_json(json!({})));
-    let spec = TableSpec {
-        key_dtype: KeyDtype::I32,
-        ..spec("int32_range", 2)
-    };
+    let spec = TableSpec::new(
+        "int32_range",
+        KeyDtype::I32,
+        ValueDtype::F32,
+        Dim::new(2).unwrap(),
+    );
     let (t, _) = open_table(&cfg, spec).unwrap();
     let rows = bytes(&[1.0, 2.0]);
     for bad in [1i64 << 40, i64::from(i32::MIN) - 1] {
         let err = t.insert(&[bad], &rows).unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::InvalidArgument {
+                    kind: ArgumentKind::KeyOutOfRange,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains(&bad.to_string()), "{err}");
         let mut out = vec![0u8; t.row_bytes()];
         let d = bytes(&[0.0, 0.0]);

@@ -148,6 +148,7 @@ impl Cluster {
         }
         if !checked {
             return Err(Error::Connection {
+                source: None,
                 target,
                 message: failures.join("; "),
             });
@@ -211,6 +212,7 @@ impl Cluster {
         let map = parse_cluster_slots(reply, &addr.0)?;
         if map.ranges.is_empty() {
             return Err(Error::Connection {
+                source: None,
                 target: conn.addr.clone(),
                 message: "serves no slots (not part of a cluster yet?)".into(),
             });
@@ -277,6 +279,7 @@ impl Cluster {
         }
         if all_refused && !failures.is_empty() {
             return Err(Error::Auth {
+                source: None,
                 target: self.target.clone(),
                 message: format!(
                     "cluster mode needs CLUSTER SLOTS to find the slot owners; grant the user \
@@ -286,6 +289,7 @@ impl Cluster {
             });
         }
         Err(Error::Connection {
+            source: None,
             target: self.target.clone(),
             message: format!("no node answered CLUSTER SLOTS: {}", failures.join("; ")),
         })
@@ -442,20 +446,28 @@ impl Cluster {
                 timeout_ms,
                 waited_ms,
                 message,
+                source,
                 ..
             } => Error::Timeout {
                 target: context,
                 timeout_ms,
                 waited_ms,
                 message,
+                source,
             },
-            Error::Connection { message, .. } => Error::Connection {
+            Error::Connection {
+                message, source, ..
+            } => Error::Connection {
                 target: context,
                 message,
+                source,
             },
-            Error::Auth { message, .. } => Error::Auth {
+            Error::Auth {
+                message, source, ..
+            } => Error::Auth {
                 target: context,
                 message,
+                source,
             },
             other => other,
         }
@@ -532,6 +544,7 @@ impl Cluster {
                     self.stale.store(true, Ordering::Relaxed);
                     return Err((
                         Error::Connection {
+                            source: None,
                             target: self.target.clone(),
                             message: format!(
                                 "no master serves slot {} of bucket {} (the cluster is failing \
@@ -646,6 +659,7 @@ impl Cluster {
                                     _ => self.stale.store(true, Ordering::Relaxed),
                                 }
                                 retry_err.get_or_insert_with(|| Error::Connection {
+                                    source: None,
                                     target: format!("{}:{}", addr.0, addr.1),
                                     message: format!(
                                         "{} {} (the cluster is failing over or resharding)",
@@ -705,10 +719,12 @@ fn with_node(err: Error, node: &(Addr, bool)) -> Error {
             command,
             bucket,
             message,
+            source,
         } => Error::Command {
             command,
             bucket,
             message: format!("{message} (node {}:{})", node.0.0, node.0.1),
+            source,
         },
         other => other,
     }

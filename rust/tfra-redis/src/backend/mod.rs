@@ -27,11 +27,13 @@
 //! Sentinels are asked SENTINEL and INFO with their own credentials.
 
 mod batch;
+#[cfg(feature = "cluster")]
 mod cluster;
 mod link;
 mod options;
 mod pool;
 mod reply;
+#[cfg(feature = "sentinel")]
 mod sentinel;
 mod slot_map;
 mod standalone;
@@ -167,8 +169,12 @@ pub fn connect(config: &RedisConfig) -> Result<Arc<dyn Backend>> {
 fn open(opts: ConnectOptions) -> Result<Arc<dyn Backend>> {
     match opts.mode {
         ConnectionMode::Standalone => Ok(Arc::new(standalone::Standalone::open(opts)?)),
+        #[cfg(feature = "sentinel")]
         ConnectionMode::Sentinel => sentinel::open(opts),
+        #[cfg(feature = "cluster")]
         ConnectionMode::Cluster => Ok(Arc::new(cluster::Cluster::open(opts)?)),
+        #[allow(unreachable_patterns)] // Reachable only when a mode's feature is off.
+        other => Err(crate::config::feature_missing(other)),
     }
 }
 
@@ -205,6 +211,7 @@ pub(crate) fn is_access_code(code: &str) -> bool {
 pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration) -> Error {
     use redis::ErrorKind;
     let message = scrub(&err.to_string());
+    let source = || cause(err);
     if err.is_timeout() {
         return Error::Timeout {
             target: target.to_string(),
@@ -212,12 +219,14 @@ pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration)
             // The call's own time when known: `with_retry` sets it.
             waited_ms: timeout.as_millis() as u64,
             message,
+            source: source(),
         };
     }
     if err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() {
         return Error::Connection {
             target: target.to_string(),
             message,
+            source: source(),
         };
     }
     let code = err.code().unwrap_or("");
@@ -225,6 +234,7 @@ pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration)
         return Error::Auth {
             target: target.to_string(),
             message,
+            source: source(),
         };
     }
     if err.is_cluster_error()
@@ -241,13 +251,53 @@ pub(crate) fn classify(err: &redis::RedisError, target: &str, timeout: Duration)
         return Error::Connection {
             target: target.to_string(),
             message,
+            source: source(),
         };
     }
     Error::Command {
         command: String::new(),
         bucket: String::new(),
         message,
+        source: source(),
     }
+}
+
+/// The client error as an error's cause. redis-rs errors are kept as they are (callers can
+/// walk on to the I/O error under them) unless their text carried URL credentials, which
+/// `scrub` removed from the message: then only the scrubbed text is kept.
+fn cause(err: &redis::RedisError) -> Option<crate::error::Cause> {
+    if let Some(io) = io_error_of(err) {
+        return Some(Box::new(io));
+    }
+    let text = err.to_string();
+    let scrubbed = scrub(&text);
+    if text == scrubbed {
+        Some(Box::new(err.clone()))
+    } else {
+        Some(scrubbed.into())
+    }
+}
+
+/// The I/O error under a redis-rs error, as a fresh `std::io::Error` of the same kind (and OS
+/// error code): redis-rs keeps it behind an `Arc<dyn Error>`, where a caller's
+/// `downcast_ref::<std::io::Error>()` cannot see it.
+fn io_error_of(err: &redis::RedisError) -> Option<std::io::Error> {
+    use std::error::Error as _;
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let io = c.downcast_ref::<std::io::Error>().or_else(|| {
+            c.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>()
+                .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+        });
+        if let Some(io) = io {
+            return Some(match io.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(io.kind(), io.to_string()),
+            });
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// True when the error proves the command never ran, so even a non-idempotent batch may be
@@ -304,12 +354,14 @@ fn with_waited(err: Error, start: Instant) -> Error {
             target,
             timeout_ms,
             message,
+            source,
             ..
         } => Error::Timeout {
             target,
             timeout_ms,
             waited_ms: start.elapsed().as_millis() as u64,
             message,
+            source,
         },
         other => other,
     }
@@ -445,6 +497,7 @@ pub(crate) fn check_durable(acked: i64, opts: &ConnectOptions, target: &str) -> 
         return Ok(());
     }
     Err(Error::Connection {
+        source: None,
         target: target.to_string(),
         message: format!(
             "durable write not confirmed: {acked} of {} replicas (redis_durable_write_replicas) \
@@ -458,6 +511,7 @@ pub(crate) fn check_durable(acked: i64, opts: &ConnectOptions, target: &str) -> 
 /// Parses the reply of `SCAN`: `[cursor, [keys...]]`.
 pub(crate) fn parse_scan_reply(reply: Value) -> Result<(u64, Vec<Vec<u8>>)> {
     let bad = || Error::Command {
+        source: None,
         command: "SCAN".into(),
         bucket: String::new(),
         message: "unexpected reply shape".into(),
@@ -525,6 +579,7 @@ pub(crate) fn scan_connection(
 /// its key (the bucket).
 pub(crate) fn command_error(batch: &Batch, i: usize, message: String) -> Error {
     Error::Command {
+        source: None,
         command: batch.name_of(i).to_string(),
         bucket: crate::layout::printable(batch.key_of(i)),
         message: scrub(&message),
@@ -547,16 +602,21 @@ pub(crate) fn error_reply(batch: &Batch, i: usize, e: &redis::ServerError) -> Er
         Some(d) => format!("{} {d}", e.code()),
         None => e.code().to_string(),
     };
-    let err = command_error(batch, i, message);
+    let mut err = command_error(batch, i, message);
+    if let Error::Command { source, .. } = &mut err {
+        *source = Some(Box::new(e.clone()));
+    }
     match err {
         // ACL refusals are the user's to fix, not a server fault: say so.
         Error::Command {
             command,
             bucket,
             message,
+            source,
         } if is_access_code(e.code()) => Error::Auth {
             target: format!("{command} {bucket}"),
             message,
+            source,
         },
         other => other,
     }

@@ -3,10 +3,9 @@
 use std::time::Duration;
 
 use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
-use redis::{
-    ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
-    TlsCertificates,
-};
+#[cfg(feature = "tls")]
+use redis::{ClientTlsConfig, TlsCertificates};
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 
 use crate::config::{ConnectionMode, RedisConfig};
 use crate::error::{Error, Result};
@@ -53,6 +52,9 @@ impl TlsFiles {
         if !c.redis_tls {
             return Ok(None);
         }
+        if !cfg!(feature = "tls") {
+            return Err(crate::config::tls_missing());
+        }
         let read = |field: &str, path: &str| -> Result<Option<Vec<u8>>> {
             if path.is_empty() {
                 return Ok(None);
@@ -81,6 +83,7 @@ impl TlsFiles {
         h.finish()
     }
 
+    #[cfg(feature = "tls")]
     pub(crate) fn certificates(&self) -> TlsCertificates {
         TlsCertificates {
             client_tls: self.client.as_ref().map(|(cert, key)| ClientTlsConfig {
@@ -92,12 +95,23 @@ impl TlsFiles {
     }
 }
 
-/// rustls needs a process-wide crypto provider before the first TLS connection.
+/// Makes sure rustls has a process-wide crypto provider before the first TLS connection.
+///
+/// redis-rs builds its rustls `ClientConfig` with `ClientConfig::builder()`, which uses the
+/// process-default provider, and offers no way to pass one (`TlsConnParams` has no public
+/// constructor taking a `ClientConfig` or a provider). Without a default, that builder panics
+/// when the build links more than one provider (e.g. an application using aws-lc-rs). So a
+/// provider must be installed; this one installs ring's only when none is installed yet, at
+/// the first TLS connection, so an application that installs its own before opening a TLS
+/// table keeps it.
+#[cfg(feature = "tls")]
 pub(crate) fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // Err only means another library installed one already, which serves as well.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            // Err only means another thread installed one meanwhile, which serves as well.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
     });
 }
 
@@ -257,10 +271,14 @@ pub(crate) fn connect_node(
     socket_timeout: Duration,
 ) -> redis::RedisResult<redis::Connection> {
     let client = match tls {
+        #[cfg(feature = "tls")]
         Some(files) => {
             install_crypto_provider();
             redis::Client::build_with_tls(info, files.certificates())?
         }
+        // `TlsFiles::read` refuses TLS configs in a build without the `tls` feature.
+        #[cfg(not(feature = "tls"))]
+        Some(_) => unreachable!("TLS options without the tls feature"),
         None => redis::Client::open(info)?,
     };
     let conn = client.get_connection_with_timeout(connect_timeout)?;

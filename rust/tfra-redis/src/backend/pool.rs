@@ -208,6 +208,7 @@ impl<T: Target> Pool<T> {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Error::Connection {
+                    source: None,
                     target: self.target.describe(),
                     message: format!(
                         "all {} pooled connections stayed busy for redis_wait_timeout ({} ms); \
@@ -282,6 +283,7 @@ mod tests {
                 timeout_ms: 5,
                 waited_ms: 5,
                 message: "handshake".into(),
+                source: None,
             })
         }
         fn describe(&self) -> String {

@@ -94,8 +94,8 @@ impl ReplyView<'_> {
     }
 
     /// The reply as a redis-rs value.
-    pub fn to_value(&self) -> Value {
-        match *self {
+    pub fn to_value(self) -> Value {
+        match self {
             ReplyView::Parsed(v) => v.clone(),
             // The scanner only cuts complete, well-formed replies, so this parse cannot fail;
             // if it somehow did, Nil makes the caller report an unexpected reply.

@@ -52,6 +52,7 @@ impl SentinelNode {
             }
         }
         Err(Error::Connection {
+            source: None,
             target: format!("sentinel group '{}'", self.opts.master_name),
             message: format!("no sentinel could tell the {what}: {}", failures.join("; ")),
         })
@@ -67,6 +68,7 @@ impl SentinelNode {
                 .query(c)
                 .map_err(|e| classify(&e, addr, timeout))?;
             reply.ok_or_else(|| Error::Connection {
+                source: None,
                 target: addr.to_string(),
                 message: format!(
                     "sentinel does not monitor a master named '{name}' (redis_master_name)"
@@ -169,6 +171,7 @@ impl Target for SentinelNode {
                 let role = role_of(&mut conn, &addr, self.opts.socket_timeout)?;
                 if role != "master" {
                     last = Some(Error::Connection {
+                        source: None,
                         target: addr,
                         message: format!("sentinels name it master but it reports role '{role}'"),
                     });
@@ -178,6 +181,7 @@ impl Target for SentinelNode {
             return Ok((conn, addr));
         }
         Err(last.unwrap_or_else(|| Error::Connection {
+            source: None,
             target: self.describe(),
             message: "no node to connect to".into(),
         }))
@@ -247,6 +251,7 @@ fn first_host_is_sentinel(opts: &ConnectOptions) -> Result<bool> {
         failures.push(format!("{addr}: {err}"));
     }
     Err(Error::Connection {
+        source: None,
         target: format!("sentinel group '{}'", opts.master_name),
         message: format!("no sentinel reachable: {}", failures.join("; ")),
     })

@@ -183,6 +183,7 @@ fn as_string(v: &Value) -> Option<String> {
 /// replica with it (see the module doc).
 pub(crate) fn parse_cluster_slots(reply: Value, asked_host: &str) -> Result<SlotMap> {
     let bad = |why: &str| Error::Command {
+        source: None,
         command: "CLUSTER SLOTS".into(),
         bucket: String::new(),
         message: format!("unexpected reply: {why}"),

@@ -65,7 +65,10 @@ impl Standalone {
     /// Connects once to check the server and the mode, then builds the pool.
     pub(crate) fn open(opts: ConnectOptions) -> Result<Self> {
         let (host, port) = opts.hosts.first().cloned().ok_or_else(|| {
-            Error::InvalidArgument("redis_host_ip is empty: no server to connect to".into())
+            Error::invalid(
+                crate::error::ArgumentKind::Config,
+                "redis_host_ip is empty: no server to connect to",
+            )
         })?;
         let node = FixedNode::new(&host, port, &opts, false);
         let (mut conn, addr) = node.open()?;
@@ -177,6 +180,7 @@ pub(crate) fn run_on_pool<T: Target>(
 
 fn failover_error(addr: &str) -> Error {
     Error::Connection {
+        source: None,
         target: addr.to_string(),
         message: "server is read-only or loading (failover in progress)".into(),
     }

@@ -15,6 +15,12 @@ impl RedisConfig {
     ///
     /// Keys are checked in TFRA's order, so the first bad key is the one TFRA would report.
     /// A duplicate key counts once, with its last value, as in TFRA.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConfigSyntax`] when the text is not a JSON object, with the line and column;
+    /// [`Error::ConfigField`] naming the first key of the wrong JSON type or out of range, or a
+    /// rule across keys that the config breaks.
     pub fn from_json_str(text: &str, source_name: &str) -> Result<(Self, Vec<String>)> {
         // Some editors start UTF-8 files with a BOM, which is not JSON.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -50,6 +56,11 @@ impl RedisConfig {
     }
 
     /// Reads and parses the config file at `path` (see [`RedisConfig::from_json_str`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the file cannot be read, [`Error::ConfigPath`] when it is empty, and the
+    /// errors of [`RedisConfig::from_json_str`].
     pub fn from_path(path: &Path) -> Result<(Self, Vec<String>)> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             action: "reading",
@@ -88,6 +99,11 @@ impl RedisConfig {
 
     /// Finds the config file (see [`resolve_config_path`]) and parses it. Returns the config, the
     /// path it came from, and warnings to log.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConfigPath`] when no file is found (naming what was tried), and the errors of
+    /// [`RedisConfig::from_path`].
     pub fn load(
         env_var_name: Option<&str>,
         abs_dir: Option<&str>,
@@ -102,7 +118,13 @@ impl RedisConfig {
     ///
     /// The passwords are included: this is the config itself, for writing it back to a file or
     /// passing it on, not a log message. Log the `Debug` form instead, which hides them.
-    pub fn to_json(&self) -> Value {
+    pub fn to_json(&self) -> String {
+        self.to_json_value().to_string()
+    }
+
+    /// [`RedisConfig::to_json`] as a `serde_json` value, for the crate's own tests and writers
+    /// (kept out of the public API so that no `serde_json` type is part of it).
+    pub(crate) fn to_json_value(&self) -> Value {
         Value::Object(
             FIELDS
                 .iter()

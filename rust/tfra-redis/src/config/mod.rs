@@ -15,6 +15,11 @@
 //!
 //! In the JSON, every key is spelled exactly like the [`RedisConfig`] field that holds it.
 //!
+//! In Rust code, start from a constructor for your mode: [`RedisConfig::standalone`],
+//! [`RedisConfig::sentinel`] or [`RedisConfig::cluster`], then the `with_*` setters (timeouts
+//! as [`std::time::Duration`]) or the public fields. [`RedisConfig::default`] exists for the
+//! JSON reader and is rarely what a program wants (see its docs).
+//!
 //! ```
 //! use tfra_redis::config::{ConnectionMode, RedisConfig};
 //!
@@ -32,6 +37,7 @@
 //! writes the JSON, `validate` checks the rules a config built in code could also break, and
 //! `path` finds the file.
 
+mod build;
 mod json;
 mod path;
 #[cfg(test)]
@@ -45,6 +51,7 @@ use serde_json::Value;
 use crate::error::Result;
 
 pub use path::{resolve_config_path, resolve_config_path_with};
+pub(crate) use validate::{feature_missing, tls_missing};
 
 use json::coded_field;
 
@@ -60,6 +67,7 @@ pub const MAX_STORAGE_SLICE: u32 = crate::layout::SLOT_COUNT as u32;
 
 /// How tfra-redis reaches Redis (`redis_connection_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum ConnectionMode {
     /// Redis Cluster. The hosts are seed nodes; buckets spread over the masters by their hash tags.
     Cluster = 0,
@@ -99,6 +107,7 @@ impl ConnectionMode {
 
 /// What saving and restoring a table does (`table_store_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum StoreMode {
     /// Export and import go through TF tensors, so the checkpoint holds the table's data.
     Tensor = 0,
@@ -139,11 +148,22 @@ impl StoreMode {
 /// The whole backend config. `Default` gives TFRA's C++ defaults (what applies when a key is
 /// absent from the JSON), which differ in places from the examples in TFRA's docs.
 ///
+/// Build one with [`RedisConfig::standalone`], [`RedisConfig::sentinel`] or
+/// [`RedisConfig::cluster`], or read TFRA's JSON with [`RedisConfig::from_json_str`],
+/// [`RedisConfig::from_path`] or [`RedisConfig::load`]. The struct is `#[non_exhaustive]`: new
+/// settings may be added, so it cannot be written as a literal outside this crate; change the
+/// public fields of a constructed value instead.
+///
 /// Field names are the JSON keys, and fields hold the JSON values in the JSON's units: TFRA's
 /// timeouts are milliseconds, `redis_connection_lifetime` is minutes, keys ending in `_ms` or
-/// `_in_seconds` say their unit. Consumers convert to `Duration` and decide what 0 means for their
-/// library (the backend reads a 0 timeout as "no limit"). `Debug` hides the passwords; there is
-/// no `Display`.
+/// `_in_seconds` say their unit. That way a config round-trips through TFRA's JSON unchanged and
+/// each field is documented once. Rust code should not have to remember the units: every
+/// timeout has an accessor returning a [`std::time::Duration`] ([`RedisConfig::socket_timeout`],
+/// [`RedisConfig::connect_timeout`], [`RedisConfig::wait_timeout`],
+/// [`RedisConfig::retry_deadline`], [`RedisConfig::connection_lifetime`], ...) and a `with_*`
+/// setter taking one, which rounds a sub-millisecond remainder up so that a non-zero duration
+/// never becomes 0 ("no limit" for the timeouts). `Debug` hides the passwords; there is no
+/// `Display`.
 #[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RedisConfig {
@@ -258,6 +278,14 @@ pub struct RedisConfig {
     pub redis_conn_idle_timeout_ms: u64,
 }
 
+/// **TFRA's C++ defaults, meant for the JSON reader**: Sentinel mode (master group `master`)
+/// on `127.0.0.1:6379`, model tag `test`, one bucket, the `Files` store mode under `/tmp/`.
+///
+/// These are what a key absent from a TFRA JSON file means, so the reader starts from them.
+/// A Rust program should start from [`RedisConfig::standalone`], [`RedisConfig::sentinel`] or
+/// [`RedisConfig::cluster`] instead, which name the mode and the servers explicitly. (Pointed
+/// at a plain server, Sentinel mode falls back to a direct connection with a warning, as TFRA
+/// does.)
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {

@@ -18,6 +18,11 @@ use crate::error::{Error, Result};
 ///
 /// If nothing fits, the [`Error::ConfigPath`] lists every variable (with its value) and path tried,
 /// and why each was skipped.
+///
+/// # Errors
+///
+/// [`Error::ConfigPath`] when no candidate names an existing file, listing each candidate and why
+/// it was skipped.
 pub fn resolve_config_path(env_var_name: Option<&str>, abs_dir: Option<&str>) -> Result<PathBuf> {
     resolve_config_path_with(
         |name| std::env::var_os(name).map(|value| value.to_string_lossy().into_owned()),
@@ -28,6 +33,10 @@ pub fn resolve_config_path(env_var_name: Option<&str>, abs_dir: Option<&str>) ->
 
 /// [`resolve_config_path`] with the environment read through `env` (name -> value), so that
 /// callers and tests can supply their own.
+///
+/// # Errors
+///
+/// As [`resolve_config_path`].
 pub fn resolve_config_path_with(
     env: impl Fn(&str) -> Option<String>,
     env_var_name: Option<&str>,

@@ -265,7 +265,7 @@ fn every_field_with_a_wrong_type_is_named() {
         ..RedisConfig::default()
     };
     base.redis_hash_tags_runtime = vec!["1".into(), "2".into(), "3".into(), "4".into()];
-    let Value::Object(base) = base.to_json() else {
+    let Value::Object(base) = base.to_json_value() else {
         unreachable!()
     };
     assert_eq!(base.len(), FIELDS.len());
@@ -676,7 +676,7 @@ fn validate_catches_configs_built_in_code() {
 
 #[test]
 fn to_json_has_every_key() {
-    let Value::Object(object) = RedisConfig::default().to_json() else {
+    let Value::Object(object) = RedisConfig::default().to_json_value() else {
         panic!("not an object");
     };
     for key in TFRA_KEYS {
@@ -712,7 +712,7 @@ fn to_json_round_trips() {
         redis_retry_deadline_ms: 5,
         ..RedisConfig::default()
     };
-    let json = config.to_json();
+    let json = config.to_json_value();
     assert_eq!(json["redis_password"], "hunter2");
     assert_eq!(
         json["redis_hash_tags_runtime"],

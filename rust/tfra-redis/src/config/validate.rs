@@ -8,6 +8,12 @@ use crate::error::{Error, Result};
 impl RedisConfig {
     /// Checks the rules that span several keys, and the ones a config built in code (rather than
     /// parsed) could break. Parsing already calls it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConfigField`] naming the first key that breaks a rule (a bucket count outside 1 to
+    /// [`MAX_STORAGE_SLICE`], hash tag lists of the wrong length, hosts and ports that do not pair
+    /// up, ...).
     pub fn validate(&self) -> Result<()> {
         for (key, n) in [
             ("storage_slice", self.storage_slice),
@@ -120,4 +126,34 @@ fn check_hash_tags(key: &str, tags: &[String], count_key: &str, count: u32) -> R
         ));
     }
     Ok(())
+}
+
+/// The error for a config asking for a connection mode this build of the crate leaves out
+/// (Cargo features `sentinel` and `cluster`). Raised when a table opens, not when the config
+/// is read, so tools can still read and print such a config.
+#[cfg_attr(all(feature = "sentinel", feature = "cluster"), allow(dead_code))]
+pub(crate) fn feature_missing(mode: super::ConnectionMode) -> Error {
+    let (name, feature) = match mode {
+        super::ConnectionMode::Cluster => ("Cluster", "cluster"),
+        super::ConnectionMode::Sentinel => ("Sentinel", "sentinel"),
+        super::ConnectionMode::Standalone => ("Standalone", "default"),
+    };
+    Error::field(
+        "redis_connection_mode",
+        format!(
+            "is {} ({name}), but this build of tfra-redis was compiled without {name} support; \
+             enable the Cargo feature `{feature}` of tfra-redis",
+            mode.code()
+        ),
+    )
+}
+
+/// The error for `redis_tls` in a build without the Cargo feature `tls`.
+#[cfg_attr(feature = "tls", allow(dead_code))]
+pub(crate) fn tls_missing() -> Error {
+    Error::field(
+        "redis_tls",
+        "is true, but this build of tfra-redis was compiled without TLS support; enable the \
+         Cargo feature `tls` of tfra-redis",
+    )
 }
