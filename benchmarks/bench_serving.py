@@ -58,8 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME:VAR=VALUE[,VAR=VALUE]",
-        help="also run our client as NAME with these environment variables (PYTHONPATH=DIR to "
-        "measure another checkout's python/ beside this one); repeatable",
+        help="also run our client as NAME with these environment variables: PYTHONPATH=DIR to "
+        "measure another checkout's python/ beside this one, PYTHON=EXE for another interpreter "
+        "(the TFRA venv's, for ours on TFRA's TensorFlow); repeatable",
     )
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.variant:
         name, _, settings = spec.partition(":")
         variants[name] = dict(s.split("=", 1) for s in settings.split(",") if s)
+        if "PYTHON" in variants[name]:
+            pythons[name] = variants[name].pop("PYTHON")
         args.clients.append(name)
     rng = np.random.default_rng(args.seed)
     started = time.time()

@@ -106,6 +106,11 @@ def say(message: dict) -> None:
 
 def main() -> int:
     args = json.loads(sys.argv[1])
+    # A knob for variants (bench_serving.py --variant NAME:SERVING_INTER_OP_THREADS=N): the
+    # size of TensorFlow's inter-op pool, where the lookup ops of concurrent calls run.
+    inter_op = int(os.environ.get("SERVING_INTER_OP_THREADS", "0"))
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
     de, version = load_de(args["client"])
     dim = args["dim"]
     table = de.RedisTable(
