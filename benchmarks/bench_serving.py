@@ -7,7 +7,7 @@ per client and asks each for one cell at a time (1, 8, 32 threads x batch 256, 4
 interleaved across the clients (who goes first alternates) while the other client idles: calls/s
 and the latency percentiles of the calls. Per cell the round with the most calls/s is kept.
 
-    python benchmarks/bench_serving.py            # ~4 minutes
+    python benchmarks/bench_serving.py            # ~10 minutes
     python benchmarks/bench_serving.py --quick    # ~1 minute: 200k ids, shorter windows
 
 TFRA runs from ``benchmarks/.tfra-venv`` (``benchmarks/setup_tfra_baseline.sh``; ``--tfra-venv``
@@ -44,8 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--threads", default="1,8,32", help="comma-separated thread counts")
     parser.add_argument("--batches", default="256,4096", help="comma-separated batch sizes")
-    parser.add_argument("--seconds", type=float, default=4.0, help="timed window per cell")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--seconds", type=float, help="timed window per cell and round (3; quick 1.5)"
+    )
+    parser.add_argument("--rounds", type=int, help="rounds, interleaved (5; quick 1)")
     parser.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the ids")
     parser.add_argument("--clients", default="ours,tfra", help="which clients to run (ours, tfra)")
     parser.add_argument(
@@ -66,8 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.rows = min(args.rows, 200_000)
-        args.seconds = min(args.seconds, 1.5)
-        args.rounds = 1
+    args.seconds = args.seconds or (1.5 if args.quick else 3.0)
+    args.rounds = args.rounds or (1 if args.quick else 5)
     args.threads = [int(x) for x in args.threads.split(",")]
     args.batches = [int(x) for x in args.batches.split(",")]
     args.clients = [x.strip() for x in args.clients.split(",") if x.strip()]
@@ -157,20 +159,47 @@ def best_cells(cells: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, A
     return best
 
 
+def paired_ratios(
+    runs: dict[str, list[dict[str, Any]]], name: str
+) -> dict[tuple[int, int], list[float]]:
+    """Per (batch, threads), ``name``'s calls/s over TFRA's in each round: the two ran one
+    after the other, so a ratio sees one moment of the machine's load."""
+    out: dict[tuple[int, int], list[float]] = {}
+    if "tfra" not in runs:
+        return out
+    theirs = {}
+    for k, cell in enumerate(runs["tfra"]):
+        theirs[(cell["batch"], cell["threads"], k)] = cell["calls_per_s"]
+    for k, cell in enumerate(runs[name]):
+        key = (cell["batch"], cell["threads"])
+        other = theirs.get((*key, k))
+        if other:
+            out.setdefault(key, []).append(cell["calls_per_s"] / other)
+    return out
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{float(np.median(values)):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a and b else "-"
 
 
 def table_lines(
-    best: dict[str, dict[tuple[int, int], dict[str, Any]]], tfra_note: str | None
+    best: dict[str, dict[tuple[int, int], dict[str, Any]]],
+    tfra_note: str | None,
+    paired: dict[str, dict[tuple[int, int], list[float]]],
 ) -> list[str]:
     """One row per (batch, threads) and client other than TFRA, beside TFRA's cell."""
     tfra = best.get("tfra", {})
     missing = tfra_note or "-"
     lines = [
-        "| batch | threads | client | calls/s | TFRA calls/s | / TFRA | p50 ms / TFRA "
-        "| p99 ms / TFRA | p99.9 ms / TFRA |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| batch | threads | client | calls/s | TFRA calls/s | / TFRA | / TFRA per round: "
+        "median (range) | p50 ms / TFRA | p99 ms / TFRA | p99.9 ms / TFRA |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = sorted({key for cells in best.values() for key in cells})
     for key in keys:
@@ -187,6 +216,7 @@ def table_lines(
                 f"| {key[0]:,} | {key[1]} | {name} | {o['calls_per_s']:,.0f} "
                 f"| {theirs('calls_per_s', ',.0f')} "
                 f"| {ratio(o['calls_per_s'], t and t['calls_per_s'])} "
+                f"| {spread(paired.get(name, {}).get(key, []))} "
                 f"| {o['p50_ms']:.2f} / {theirs('p50_ms', '.2f')} "
                 f"| {o['p99_ms']:.2f} / {theirs('p99_ms', '.2f')} "
                 f"| {o['p999_ms']:.2f} / {theirs('p999_ms', '.2f')} |"
@@ -271,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     if len({json.dumps(c, sort_keys=True) for c in checks.values()}) > 1:
         print(f"WARNING: the clients read different rows: {checks}", file=sys.stderr)
     best = {name: best_cells(rs) for name, rs in runs.items()}
-    lines = table_lines(best, tfra_note)
+    paired = {name: paired_ratios(runs, name) for name in runs if name != "tfra"}
+    lines = table_lines(best, tfra_note, paired)
     print()
     print("\n".join(lines))
     if tfra_note:
