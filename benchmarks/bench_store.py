@@ -8,7 +8,12 @@ one Adam step for each (topology, dim, batch):
 * **redis-py**: redis-py + hiredis, pipelined ``HMGET`` / ``HSET`` / ``EVAL`` with 1024 fields per
   command, numpy in and out, the same bucket keys, fields and row bytes;
 * **raw**: ``rust/tfra-redis/examples/raw_limit.rs``, prebuilt RESP commands over one
-  connection per node, counting reply bytes only.
+  connection per node, counting reply bytes only;
+* **TFRA**: TFRA 0.8.1's own ``RedisTable`` (``lookup`` / ``insert``, eager, numpy in and out) on
+  the same tables, from the venv ``setup_tfra_baseline.sh`` makes (``tfra_store_client.py``, one
+  process for the run). Without that venv its column says "not installed". TFRA's ``accum`` needs
+  the ``HMACCUM`` server module (stock Redis has none), and its Adam step goes through a Keras
+  optimizer (``bench_train_step.py`` times it): those cells say so.
 
 Also: a GIL check (a Python thread counting during a long ``find``), peak client RSS during a
 10M-key ``find`` (in a subprocess), and ``find`` / ``insert`` through ``delay_proxy.py``.
@@ -49,6 +54,11 @@ CLIENTS = ("ours", "redis-py", "raw")
 # DEL of a big bucket would block the server (and time out the client) for seconds.
 LAZY_FREE = ["--lazyfree-lazy-user-del", "yes"]
 ADAM = {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
+#: What the TFRA column says where TFRA is not measured.
+TFRA_NOT_MEASURED = {
+    "accum": "n/a: needs HMACCUM",
+    "adam": "n/a: see bench_train_step",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,6 +360,7 @@ class Row:
     payload_per_key: int  # bytes: 8-byte field + row (x3 tables x read+write for adam)
     samples: dict[str, Sample] = field(default_factory=dict)
     note: str = ""
+    tfra_note: str = ""  # why the TFRA column has no number
 
     def keys_per_s(self, client: str) -> float | None:
         s = self.samples.get(client)
@@ -376,10 +387,18 @@ class Row:
                 # CPU-seconds of all redis-servers per wall second: how busy the servers were.
                 "server_busy_cores": s.server_cpu / s.seconds,
             }
-        for base in ("redis-py", "raw"):
+        for base in ("redis-py", "raw", "tfra"):
             if "ours" in self.samples and base in self.samples:
                 out[f"ours_over_{base}"] = self.keys_per_s("ours") / self.keys_per_s(base)
+        if self.tfra_note:
+            out["tfra_note"] = self.tfra_note
         return out
+
+    def tfra_cell(self) -> str:
+        """ours/TFRA, or why there is no number."""
+        if "ours" in self.samples and "tfra" in self.samples:
+            return f"{self.keys_per_s('ours') / self.keys_per_s('tfra'):.2f}"
+        return self.tfra_note or "-"
 
 
 def measure_in_process(topo: Topology, run: Callable[[], None]) -> Sample:
@@ -406,6 +425,62 @@ def measure_raw(raw_args: list[str]) -> Sample:
         result["server_cpu_seconds"],
         result["peak_rss_bytes"],
     )
+
+
+class TfraClient:
+    """TFRA 0.8.1's own table in its venv (``tfra_store_client.py``): one process for the run,
+    asked for one measurement at a time, idle in between."""
+
+    MARK = "@tfra-store "
+
+    def __init__(self, python: Path) -> None:
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._proc = subprocess.Popen(
+            [str(python), str(BENCH_DIR / "tfra_store_client.py")],
+            env=dict(os.environ, TF_USE_LEGACY_KERAS="1"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+        self.versions = self._answer()
+
+    def _answer(self) -> dict[str, Any]:
+        assert self._proc.stdout is not None
+        while True:
+            line = self._proc.stdout.readline()
+            if not line:
+                self._proc.wait()
+                self._stderr.seek(0)
+                raise RuntimeError(f"TFRA's client failed:\n{self._stderr.read()[-3000:]}")
+            # TFRA and TensorFlow print to stdout too; the client marks its own lines.
+            if line.startswith(self.MARK):
+                return json.loads(line[len(self.MARK) :])
+
+    def measure(self, topo: Topology, request: dict[str, Any]) -> tuple[Sample, float]:
+        """One measurement, and the checksum of the last batch's rows (find)."""
+        assert self._proc.stdin is not None
+        server0 = topo.server_cpu()
+        self._proc.stdin.write(json.dumps(request) + "\n")
+        self._proc.stdin.flush()
+        answer = self._answer()
+        sample = Sample(
+            answer["seconds"],
+            answer["client_cpu"],
+            topo.server_cpu() - server0,
+            answer["peak_rss"],
+        )
+        return sample, answer["checksum_last_batch"]
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._stderr.close()
 
 
 def best(samples: list[Sample]) -> Sample:
@@ -489,6 +564,8 @@ class Matrix:
     raw_bin: Path
     tmp: Path
     log: Callable[[str], None]
+    tfra: TfraClient | None = None
+    tfra_note: str = ""  # the TFRA column's text when `tfra` is None
 
     def run(self) -> list[Row]:
         from tfra_redis.optimizers import slot_table_name
@@ -503,6 +580,10 @@ class Matrix:
             arg for s in self.topo.servers for arg in ("--cpu-node", f"{s.host}:{s.port}")
         ]
         self.py = PyClient.of(self.topo)
+        # TFRA reads the config from a file; the same fields as ours.
+        self.config_file = self.tmp / f"{self.topo.kind}-config.json"
+        self.config_file.write_text(json.dumps(self.topo.config))
+        self.tfra_checks: list[dict[str, Any]] = []
         rows: list[Row] = []
         try:
             for dim in self.plan.dims:
@@ -624,18 +705,47 @@ class Matrix:
                     step[0] += 1
                     py.adam(table_buckets, k, g, init_rows, step[0])
 
+        tfra_request = None
+        if self.tfra is None:
+            row.tfra_note = self.tfra_note
+        elif op in TFRA_NOT_MEASURED:
+            row.tfra_note = TFRA_NOT_MEASURED[op]
+        else:
+            tfra_request = {
+                "op": op,
+                "config": str(self.config_file),
+                "table": store.name,
+                "dim": dim,
+                "batch": batch,
+                "keys": str(self.tmp / "keys.bin"),
+                "values": str(self.tmp / "values.bin") if op == "insert" else None,
+            }
         samples: dict[str, list[Sample]] = {c: [] for c in CLIENTS}
-        # Interleaved rounds, best kept: the three clients see the same machine noise.
+        if tfra_request is not None:
+            samples["tfra"] = []
+        # Interleaved rounds, best kept: the clients see the same machine noise.
         for _ in range(plan.rounds_for(op)):
             samples["ours"].append(measure_in_process(topo, ours))
             samples["redis-py"].append(measure_in_process(topo, redis_py))
             samples["raw"].append(measure_raw(raw))
+            if tfra_request is not None:
+                assert self.tfra is not None
+                sample, checksum = self.tfra.measure(topo, tfra_request)
+                samples["tfra"].append(sample)
+        if tfra_request is not None and op == "find":
+            # TFRA must have read the same rows as ours (same bucket keys, same bytes).
+            ours_sum = float(store.find(keys[-1]).astype(np.float64).sum())
+            check = {"dim": dim, "batch": batch, "ours": ours_sum, "tfra": checksum}
+            self.tfra_checks.append(check)
+            if not math.isclose(ours_sum, checksum, rel_tol=1e-9, abs_tol=1e-6):
+                self.log(f"WARNING: TFRA read other rows than ours: {check}")
         row.samples = {c: best(s) for c, s in samples.items()}
         j = row.as_json()
         self.log(
             f"[{topo.kind}] dim {dim:>3} batch {batch:>6} {op:<6} "
-            + "  ".join(f"{c} {j[c]['keys_per_s'] / 1e6:.3f}M/s" for c in CLIENTS)
+            + "  ".join(f"{c} {j[c]['keys_per_s'] / 1e6:.3f}M/s" for c in row.samples)
             + f"  ours/raw {j['ours_over_raw']:.2f}  ours/py {j['ours_over_redis-py']:.2f}"
+            + f"  ours/TFRA {row.tfra_cell()}"
         )
         return row
 
@@ -944,7 +1054,8 @@ def proxy_check(
 def table(rows: list[Row]) -> str:
     head = (
         f"{'topology':<10} {'dim':>3} {'batch':>6} {'op':<6} | "
-        f"{'Mkeys/s ours':>12} {'redis-py':>8} {'raw':>7} | {'ours/py':>7} {'ours/raw':>8} | "
+        f"{'Mkeys/s ours':>12} {'redis-py':>8} {'raw':>7} {'TFRA':>7} | {'ours/py':>7} "
+        f"{'ours/raw':>8} {'ours/TFRA':>26} | "
         f"{'MB/s ours':>9} | {'cli us/key ours':>15} {'py':>6} {'raw':>6} | "
         f"{'srv us/key ours':>15} {'py':>6} {'raw':>6} | {'srv busy ours':>13} {'raw':>5} | "
         f"{'peak RSS MB ours':>16} {'py':>6}"
@@ -956,11 +1067,12 @@ def table(rows: list[Row]) -> str:
             lines.append(f"{r.topology:<10} {r.dim:>3} {r.batch:>6} {r.op:<6} | {r.note}")
             continue
         o, p, w = j["ours"], j["redis-py"], j["raw"]
+        tfra_keys = f"{j['tfra']['keys_per_s'] / 1e6:.3f}" if "tfra" in j else "-"
         lines.append(
             f"{r.topology:<10} {r.dim:>3} {r.batch:>6} {r.op:<6} | "
             f"{o['keys_per_s'] / 1e6:>12.3f} {p['keys_per_s'] / 1e6:>8.3f} "
-            f"{w['keys_per_s'] / 1e6:>7.3f} | {j['ours_over_redis-py']:>7.2f} "
-            f"{j['ours_over_raw']:>8.2f} | {o['payload_mb_per_s']:>9.0f} | "
+            f"{w['keys_per_s'] / 1e6:>7.3f} {tfra_keys:>7} | {j['ours_over_redis-py']:>7.2f} "
+            f"{j['ours_over_raw']:>8.2f} {r.tfra_cell():>26} | {o['payload_mb_per_s']:>9.0f} | "
             f"{o['client_cpu_us_per_key']:>15.3f} {p['client_cpu_us_per_key']:>6.3f} "
             f"{w['client_cpu_us_per_key']:>6.3f} | {o['server_cpu_us_per_key']:>15.3f} "
             f"{p['server_cpu_us_per_key']:>6.3f} {w['server_cpu_us_per_key']:>6.3f} | "
@@ -1110,6 +1222,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proxy-delay-ms", type=float, default=0.5)
     parser.add_argument("--no-extras", action="store_true", help="skip the GIL/RSS/proxy checks")
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<ts>.json)")
+    parser.add_argument(
+        "--tfra-venv",
+        type=Path,
+        default=Path(os.environ.get("TFRA_VENV", BENCH_DIR / ".tfra-venv")),
+        help="venv with TFRA 0.8.1 (benchmarks/setup_tfra_baseline.sh); its column says "
+        "'not installed' without it",
+    )
     args = parser.parse_args(argv)
 
     quick = args.quick
@@ -1145,12 +1264,22 @@ def main(argv: list[str] | None = None) -> int:
     raw_bin = raw_limit_binary()
     rows: list[Row] = []
     gil = rss = proxy = None
-    with tempfile.TemporaryDirectory(prefix="tfra-bench-") as tmp_dir:
-        tmp = Path(tmp_dir)
+    tfra_python = args.tfra_venv / "bin" / "python"
+    tfra: TfraClient | None = None
+    tfra_note = "" if tfra_python.exists() else "not installed"
+    tfra_checks: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as cleanup:
+        tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tfra-bench-")))
+        if not tfra_note:
+            log(f"starting TFRA's client ({tfra_python})")
+            tfra = TfraClient(tfra_python)
+            cleanup.callback(tfra.close)
         for kind in plan.topologies:
             with start_topology(kind, plan.cluster_replicas) as topo:
                 log(f"[{kind}] servers up: {[s.port for s in topo.servers]}")
-                rows += Matrix(plan, topo, raw_bin, tmp, log).run()
+                matrix = Matrix(plan, topo, raw_bin, tmp, log, tfra, tfra_note)
+                rows += matrix.run()
+                tfra_checks += matrix.tfra_checks
                 if kind == "standalone" and not args.no_extras:
                     gil = gil_check(
                         topo, 400_000 if quick else 1_000_000, 1.0 if quick else 3.0, log
@@ -1177,6 +1306,12 @@ def main(argv: list[str] | None = None) -> int:
         "rss": rss,
         "proxy": proxy,
         "targets": goals,
+        "tfra": {
+            "installed": tfra is not None,
+            "venv": str(args.tfra_venv),
+            "versions": tfra.versions if tfra is not None else None,
+            "same_rows_checks": tfra_checks,
+        },
     }
     out = args.out or BENCH_DIR / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

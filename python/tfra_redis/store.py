@@ -274,6 +274,24 @@ class RedisStore:
             return out, exists.reshape(keys_arr.shape)
         return out
 
+    def find_rows(self, keys: np.ndarray, default_row: np.ndarray) -> np.ndarray:
+        """:meth:`find` for callers that already hold checked inputs, such as the op body of
+        ``RedisTable.lookup``: ``keys`` an integer numpy array of the table's key dtype (any
+        shape), ``default_row`` one row of the table's dtype viewed as ``uint8`` (one array
+        made once and reused). Returns new rows shaped ``keys.shape + (dim,)``.
+
+        Serving calls this from many threads at once, and everything here runs with the GIL
+        held: it is the one new array and the Rust call, nothing more.
+        """
+        if self._prefetcher.pending:
+            return self.find(keys, default_row.view(self.np_value_dtype))
+        flat = keys.reshape(-1)
+        if flat.dtype != np.int64:
+            flat = flat.astype(np.int64)
+        out = np.empty((*keys.shape, self.dim), self.np_value_dtype)
+        self._table.find(flat, default_row, out.reshape(-1).view(np.uint8), None)
+        return out
+
     def insert(self, keys: Any, values: Any) -> None:
         """Upserts rows; ``values`` must have shape ``keys.shape + (dim,)``."""
         keys_arr = self._key_array(keys)

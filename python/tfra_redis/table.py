@@ -184,6 +184,10 @@ class RedisTable(tf.__internal__.tracking.Trackable):
             np.asarray(self._default_numpy(), dtype=self._store.np_value_dtype).reshape(-1),
             (self._dim,),
         ).copy()
+        # The bytes every lookup with the table's default passes to Rust, made once: the op
+        # body then does no conversion of its own (see `_find_np`).
+        self._default_bytes = self._np_default.view(np.uint8)
+        self._default_bytes.flags.writeable = False
 
     def _default_numpy(self) -> np.ndarray:
         with tf.init_scope():
@@ -319,10 +323,6 @@ class RedisTable(tf.__internal__.tracking.Trackable):
         """
         keys = self._convert_keys(keys, "lookup")
         out_shape = keys.shape.concatenate([self._dim])
-        if dynamic_default_values is None:
-            default = tf.constant(self._np_default)
-        else:
-            default = tf.convert_to_tensor(dynamic_default_values, dtype=self._value_dtype)
         collected = getattr(_collector, "keys", None)
         if self._empty(keys) or collected is not None:
             if collected is not None:
@@ -332,26 +332,44 @@ class RedisTable(tf.__internal__.tracking.Trackable):
             values.set_shape(out_shape)
             return (values, tf.zeros_like(keys, tf.bool)) if return_exists else values
 
-        np_dtype = self._store.np_value_dtype
-
-        def find_fn(k: np.ndarray, d: np.ndarray) -> Any:
-            if k.size == 0:
-                values = np.zeros((*k.shape, self._dim), dtype=np_dtype)
-                return (values, np.zeros(k.shape, np.bool_)) if return_exists else values
-            result = self._store.find(k, d, return_exists=return_exists)
-            if return_exists:
-                return result[0], result[1]
-            return result
-
+        # The table's own default is not an input of the op: converting a default tensor to
+        # numpy on every call cost more than the lookup of a small batch.
+        inputs = [keys]
+        if dynamic_default_values is not None:
+            inputs.append(tf.convert_to_tensor(dynamic_default_values, dtype=self._value_dtype))
         op = name or f"{self._op_prefix}_lookup"
         if return_exists:
-            values, exists = self._call(find_fn, [keys, default], [self._value_dtype, tf.bool], op)
+            values, exists = self._call(
+                self._find_exists_np, inputs, [self._value_dtype, tf.bool], op
+            )
             values.set_shape(out_shape)
             exists.set_shape(keys.shape)
             return values, exists
-        values = self._call(find_fn, [keys, default], self._value_dtype, op)
+        values = self._call(self._find_np, inputs, self._value_dtype, op)
         values.set_shape(out_shape)
         return values
+
+    # The op bodies of `lookup`. They are methods, not closures made inside `lookup`: autograph
+    # converts a closure defined in code it converts (any `tf.function` calling `lookup`), and
+    # the converted body ran its control flow through autograph's operators on every call. The
+    # op runs with the GIL held, so whatever Python runs here runs one thread at a time.
+
+    def _find_np(self, keys: np.ndarray, default: np.ndarray | None = None) -> np.ndarray:
+        if default is None:
+            return self._store.find_rows(keys, self._default_bytes)
+        if keys.size == 0:
+            return np.zeros((*keys.shape, self._dim), dtype=self._store.np_value_dtype)
+        return self._store.find(keys, default)
+
+    def _find_exists_np(
+        self, keys: np.ndarray, default: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if keys.size == 0:
+            values = np.zeros((*keys.shape, self._dim), dtype=self._store.np_value_dtype)
+            return values, np.zeros(keys.shape, np.bool_)
+        return self._store.find(
+            keys, self._np_default if default is None else default, return_exists=True
+        )
 
     def insert(self, keys: Any, values: Any, name: str | None = None) -> Any:
         """Upserts rows; ``values`` must have shape ``keys.shape + [dim]``."""
