@@ -276,14 +276,15 @@ class RedisStore:
 
     def find_rows(self, keys: np.ndarray, default_row: np.ndarray) -> np.ndarray:
         """:meth:`find` for callers that already hold checked inputs, such as the op body of
-        ``RedisTable.lookup``: ``keys`` an integer numpy array of the table's key dtype (any
-        shape), ``default_row`` one row of the table's dtype viewed as ``uint8`` (one array
-        made once and reused). Returns new rows shaped ``keys.shape + (dim,)``.
+        ``RedisTable.lookup``: ``keys`` a numpy array of the table's key dtype (any shape;
+        ``bytes`` objects for string tables, as ``tf.numpy_function`` gives ``tf.string``),
+        ``default_row`` one row of the table's dtype viewed as ``uint8`` (one array made once
+        and reused). Returns new rows shaped ``keys.shape + (dim,)``.
 
         Serving calls this from many threads at once, and everything here runs with the GIL
         held: it is the one new array and the Rust call, nothing more.
         """
-        if self._prefetcher.pending:
+        if self._prefetcher.pending or self.key_dtype == "string":
             return self.find(keys, default_row.view(self.np_value_dtype))
         flat = keys.reshape(-1)
         if flat.dtype != np.int64:
