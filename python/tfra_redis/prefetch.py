@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -70,7 +70,10 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def run_concurrently(calls: Sequence[Callable[[], object]]) -> list[object]:
+_T = TypeVar("_T")
+
+
+def run_concurrently(calls: Sequence[Callable[[], _T]]) -> list[_T]:
     """Runs the calls at once (they must release the GIL to gain anything: Redis calls do),
     the first on this thread; returns their results in order, raising the first error."""
     if len(calls) <= 1:
@@ -80,11 +83,11 @@ def run_concurrently(calls: Sequence[Callable[[], object]]) -> list[object]:
         first = calls[0]()
     finally:
         # Wait for all of them even if one failed: none may outlive the step it belongs to.
-        results = [f.exception() or f.result() for f in futures]
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return [first, *results]
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+    return [first, *(f.result() for f in futures)]
 
 
 class WriteLog:

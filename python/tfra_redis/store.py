@@ -11,9 +11,10 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal, TypeAlias, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from tfra_redis import _native
 from tfra_redis.config import RedisTableConfig
@@ -29,7 +30,8 @@ def numpy_dtype(name: str) -> np.dtype:
     if name == "bfloat16":
         import ml_dtypes
 
-        return np.dtype(ml_dtypes.bfloat16)
+        bfloat16: np.dtype = np.dtype(ml_dtypes.bfloat16)
+        return bfloat16
     return np.dtype(name)
 
 
@@ -41,7 +43,14 @@ def dtype_name(dtype: Any) -> str:
     return {"float": "float32", "double": "float64", "half": "float16"}.get(name, name)
 
 
-def load_config(config: Any) -> _native.Config:
+# What a table's config may be given as: a parsed config, TFRA's RedisTableConfig, a dict of
+# the JSON keys, a path to the JSON file, or None for TFRA's lookup of the file.
+ConfigSource: TypeAlias = (
+    "_native.Config | RedisTableConfig | dict[str, Any] | str | os.PathLike[str] | None"
+)
+
+
+def load_config(config: ConfigSource) -> _native.Config:
     """Accepts a parsed config, a ``RedisTableConfig``, a dict, or a JSON file path."""
     if isinstance(config, _native.Config):
         return config
@@ -76,11 +85,11 @@ class RedisStore:
 
     def __init__(
         self,
-        config: Any,
+        config: ConfigSource,
         name: str,
         dim: int,
-        key_dtype: Any = "int64",
-        value_dtype: Any = "float32",
+        key_dtype: npt.DTypeLike = "int64",
+        value_dtype: npt.DTypeLike = "float32",
         manage_ttl: bool = True,
     ) -> None:
         """``manage_ttl=False`` opens the table without TFRA's TTL handling (no PERSIST on open,
@@ -203,7 +212,7 @@ class RedisStore:
 
     # -- prefetching -------------------------------------------------------------------------
 
-    def prefetch(self, key_sets: Sequence[Any]) -> None:
+    def prefetch(self, key_sets: Sequence[npt.ArrayLike]) -> None:
         """Starts reading the rows of each key set in the background (the GIL released); a
         later :meth:`find` of exactly one of these key sets uses them instead of reading.
 
@@ -226,10 +235,38 @@ class RedisStore:
 
     # -- operations --------------------------------------------------------------------------
 
+    @overload
     def find(
         self,
-        keys: Any,
-        default: Any = 0,
+        keys: npt.ArrayLike,
+        default: npt.ArrayLike = 0,
+        return_exists: Literal[False] = False,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray: ...
+
+    @overload
+    def find(
+        self,
+        keys: npt.ArrayLike,
+        default: npt.ArrayLike,
+        return_exists: Literal[True],
+        out: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def find(
+        self,
+        keys: npt.ArrayLike,
+        default: npt.ArrayLike = 0,
+        *,
+        return_exists: Literal[True],
+        out: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def find(
+        self,
+        keys: npt.ArrayLike,
+        default: npt.ArrayLike = 0,
         return_exists: bool = False,
         out: np.ndarray | None = None,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -258,6 +295,7 @@ class RedisStore:
                 raise ValueError("out must be C-contiguous and writable")
         default = self._default(default, n)
         prefetched = self._prefetcher.take(flat) if self._prefetcher.pending else None
+        exists: np.ndarray | None
         if prefetched is not None:
             rows, exists = prefetched
             defaults = default.reshape(-1, self.dim)
@@ -271,6 +309,7 @@ class RedisStore:
         # The caller's own array when given (rows is a flat view of it), else the new rows.
         out = rows.reshape(want) if out is None else out
         if return_exists:
+            assert exists is not None
             return out, exists.reshape(keys_arr.shape)
         return out
 
@@ -285,7 +324,8 @@ class RedisStore:
         held: it is the one new array and the Rust call, nothing more.
         """
         if self._prefetcher.pending or self.key_dtype == "string":
-            return self.find(keys, default_row.view(self.np_value_dtype))
+            rows: np.ndarray = self.find(keys, default_row.view(self.np_value_dtype))
+            return rows
         flat = keys.reshape(-1)
         if flat.dtype != np.int64:
             flat = flat.astype(np.int64)
@@ -293,7 +333,7 @@ class RedisStore:
         self._table.find(flat, default_row, out.reshape(-1).view(np.uint8), None)
         return out
 
-    def insert(self, keys: Any, values: Any) -> None:
+    def insert(self, keys: npt.ArrayLike, values: npt.ArrayLike) -> None:
         """Upserts rows; ``values`` must have shape ``keys.shape + (dim,)``."""
         keys_arr = self._key_array(keys)
         flat = self._keys(keys_arr)
@@ -301,13 +341,15 @@ class RedisStore:
         with self.writing(flat):
             self._table.insert(flat, self._bytes(rows))
 
-    def remove(self, keys: Any) -> None:
+    def remove(self, keys: npt.ArrayLike) -> None:
         """Removes ids (missing ones are ignored)."""
         flat = self._keys(keys)
         with self.writing(flat):
             self._table.remove(flat)
 
-    def accum(self, keys: Any, values_or_deltas: Any, exists: Any) -> None:
+    def accum(
+        self, keys: npt.ArrayLike, values_or_deltas: npt.ArrayLike, exists: npt.ArrayLike
+    ) -> None:
         """TFRA's BP-v2 update: adds deltas to ids flagged in ``exists`` that are still
         present; sets unflagged ids that are absent; leaves the rest alone."""
         keys_arr = self._key_array(keys)
@@ -343,7 +385,9 @@ class RedisStore:
         values = raw.view(self.np_value_dtype).reshape(-1, self.dim)
         return self._exported_keys(keys), values
 
-    def export_pages(self, sink: Callable[[np.ndarray, np.ndarray], None], page: int = 65536):
+    def export_pages(
+        self, sink: Callable[[np.ndarray, np.ndarray], None], page: int = 65536
+    ) -> None:
         """Calls ``sink(ids, rows)`` page by page; memory stays bounded."""
 
         def forward(keys: np.ndarray, raw: np.ndarray) -> None:

@@ -83,7 +83,8 @@ def collecting_lookup_keys() -> Iterator[list[tuple[RedisStore, tf.Tensor]]]:
     dense layers fall out of that graph, as nothing uses their outputs.
     """
     previous = getattr(_collector, "keys", None)
-    _collector.keys = collected = []
+    collected: list[tf.Tensor] = []
+    _collector.keys = collected
     try:
         yield collected
     finally:
@@ -191,7 +192,8 @@ class RedisTable(tf.__internal__.tracking.Trackable):
 
     def _default_numpy(self) -> np.ndarray:
         with tf.init_scope():
-            return self._default_value.numpy()
+            value: np.ndarray = self._default_value.numpy()
+            return value
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -284,7 +286,7 @@ class RedisTable(tf.__internal__.tracking.Trackable):
 
     @staticmethod
     def _empty(keys: tf.Tensor) -> bool:
-        return keys.shape.num_elements() == 0
+        return bool(keys.shape.num_elements() == 0)
 
     def _call(
         self,
@@ -301,7 +303,7 @@ class RedisTable(tf.__internal__.tracking.Trackable):
     def size(self, name: str | None = None) -> tf.Tensor:
         """The number of keys stored (an int64 scalar)."""
 
-        def size_fn() -> np.ndarray:
+        def size_fn() -> np.int64:
             return np.int64(self._store.size())
 
         out = self._call(size_fn, [], tf.int64, name or f"{self._op_prefix}_size")
@@ -378,7 +380,7 @@ class RedisTable(tf.__internal__.tracking.Trackable):
         if self._empty(keys):
             return None if tf.executing_eagerly() else tf.no_op()
 
-        def insert_fn(k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        def insert_fn(k: np.ndarray, v: np.ndarray) -> np.int64:
             if k.size:
                 self._store.insert(k, v)
             return np.int64(k.size)
@@ -400,7 +402,7 @@ class RedisTable(tf.__internal__.tracking.Trackable):
         if self._empty(keys):
             return None if tf.executing_eagerly() else tf.no_op()
 
-        def accum_fn(k: np.ndarray, v: np.ndarray, e: np.ndarray) -> np.ndarray:
+        def accum_fn(k: np.ndarray, v: np.ndarray, e: np.ndarray) -> np.int64:
             if k.size:
                 self._store.accum(k, v, e)
             return np.int64(k.size)
@@ -420,7 +422,7 @@ class RedisTable(tf.__internal__.tracking.Trackable):
         if self._empty(keys):
             return None if tf.executing_eagerly() else tf.no_op()
 
-        def remove_fn(k: np.ndarray) -> np.ndarray:
+        def remove_fn(k: np.ndarray) -> np.int64:
             if k.size:
                 self._store.remove(k)
             return np.int64(k.size)
@@ -431,7 +433,7 @@ class RedisTable(tf.__internal__.tracking.Trackable):
     def clear(self, name: str | None = None) -> Any:
         """Deletes every row of the table."""
 
-        def clear_fn() -> np.ndarray:
+        def clear_fn() -> np.int64:
             self._store.clear()
             return np.int64(0)
 
@@ -582,7 +584,7 @@ class RedisTable(tf.__internal__.tracking.Trackable):
         }
 
     def _restore_from_tensors(self, restored_tensors: dict[str, tf.Tensor]) -> Any:
-        def restore_fn(keys: np.ndarray, values: np.ndarray, manifest: Any) -> np.ndarray:
+        def restore_fn(keys: np.ndarray, values: np.ndarray, manifest: Any) -> np.int64:
             self.restore_rows(keys, values, manifest)
             return np.int64(keys.shape[0])
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -119,7 +119,7 @@ class _State:
 
 
 def _state(optimizer: Any) -> _State:
-    state = optimizer.__dict__.get("_tfra_state")
+    state: _State | None = optimizer.__dict__.get("_tfra_state")
     if state is None:
         state = _State()
         # object.__setattr__: Keras' optimizer tracking must not see it.
@@ -154,8 +154,17 @@ def _table_identity(variable: Variable) -> tuple[str, str]:
     return store.config.to_json(), store.name
 
 
-class _DynamicEmbeddingMixin:
+# The mixin goes in front of a Keras optimizer class; to mypy, give it the optimizer's attributes.
+if TYPE_CHECKING:
+    from keras.optimizers import Optimizer as _MixinBase
+else:
+    _MixinBase = object
+
+
+class _DynamicEmbeddingMixin(_MixinBase):
     """Mixed into the class of an optimizer by :func:`DynamicEmbeddingOptimizer`."""
+
+    built: bool  # keras.optimizers.Optimizer's
 
     # -- slots --------------------------------------------------------------------------------
 
@@ -164,7 +173,7 @@ class _DynamicEmbeddingMixin:
     ) -> Any:
         wrapper = wrapper_of(reference_variable)
         if wrapper is None:
-            return super().add_variable_from_reference(  # type: ignore[misc]
+            return super().add_variable_from_reference(
                 reference_variable, name=name, initializer=initializer
             )
         return self._tfra_add_slot(wrapper, name or "var", initializer)
@@ -217,7 +226,7 @@ class _DynamicEmbeddingMixin:
         # A checkpoint dependency of the optimizer, as TFRA's optimizer tracks its slot tables:
         # tf.train.Checkpoint(optimizer=...) saves and restores them (per table_store_mode),
         # also when the restore ran before this slot existed.
-        self._track_trackable(  # type: ignore[attr-defined]
+        self._track_trackable(
             variable, name=f"tfra_slot:{variable.table.store.name}", overwrite=True
         )
         if params.restrict_policy is not None:
@@ -243,7 +252,7 @@ class _DynamicEmbeddingMixin:
             self._tfra_check_wrappers(wrappers)
             state = _state(self)
             state.wrappers.update((id(w), w) for w in wrappers)
-        super().build(mapped)  # type: ignore[misc]
+        super().build(mapped)
         state = _state(self)
         for wrapper in wrappers:
             slots = state.slots.get(id(wrapper), [])
@@ -281,9 +290,9 @@ class _DynamicEmbeddingMixin:
     def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
         grads = list(grads)
         if trainable_variables is None:
-            if not self.built:  # type: ignore[attr-defined]
-                return super().apply(grads)  # type: ignore[misc]  # Keras' own error
-            variables = list(self._trainable_variables)  # type: ignore[attr-defined]
+            if not self.built:
+                return super().apply(grads)  # Keras' own error
+            variables = list(self._trainable_variables)
         else:
             variables = [_as_model_variable(v) for v in trainable_variables]
         staged = [
@@ -292,9 +301,9 @@ class _DynamicEmbeddingMixin:
             if g is not None and isinstance(v, TrainableWrapper)
         ]
         if not staged:
-            return super().apply(grads, variables)  # type: ignore[misc]
-        if not self.built:  # type: ignore[attr-defined]
-            with keras.name_scope(self.name, caller=self):  # type: ignore[attr-defined]
+            return super().apply(grads, variables)
+        if not self.built:
+            with keras.name_scope(self.name, caller=self):
                 self.build(variables)
             self.built = True
         _check_no_strategy()
@@ -312,7 +321,7 @@ class _DynamicEmbeddingMixin:
             grads[i] = variables[i].merged_gradient(grads[i])
         self._tfra_read_slots(wrappers)
         with updating_buffers():
-            result = super().apply(grads, variables)  # type: ignore[misc]
+            result = super().apply(grads, variables)
         self._tfra_write_back(wrappers)
         applied_steps().assign_add(1)
         return result
@@ -396,14 +405,14 @@ class _DynamicEmbeddingMixin:
         return [table for tables in state.tables.values() for table in tables]
 
     def save_own_variables(self, store: Any) -> None:
-        super().save_own_variables(store)  # type: ignore[misc]
+        super().save_own_variables(store)
         for slot in self._tfra_slot_tables():
             if not slot.variable.checkpoint:
                 continue
             slot.variable.table.save_rows_to(store, _file_prefix(slot))
 
     def load_own_variables(self, store: Any) -> None:
-        super().load_own_variables(_WithoutSlotTables(store))  # type: ignore[misc]
+        super().load_own_variables(_WithoutSlotTables(store))
         for slot in self._tfra_slot_tables():
             if slot.variable.checkpoint:
                 slot.variable.table.restore_rows_from(store, _file_prefix(slot))
@@ -451,7 +460,9 @@ def _as_wrapper(thing: Any) -> TrainableWrapper:
         return shadow
     store = getattr(thing, "trainable_store", None)
     if isinstance(store, dict) and len(store) == 1:
-        return next(iter(store.values()))
+        (only,) = store.values()
+        if isinstance(only, TrainableWrapper):
+            return only
     raise TypeError(f"{thing!r} is not a trainable wrapper, a layer or a de.Variable with one")
 
 

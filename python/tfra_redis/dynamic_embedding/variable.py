@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import numbers
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -50,14 +51,14 @@ class _RowInitializer:
         self.value_dtype = value_dtype
         self.initializer = initializer
         self._generator: tf.random.Generator | None = None
-        self._draw = None
+        self._draw: Callable[[Any], Any] | None = None
         self.per_key = False
         row = self._constant_row(initializer)
         if row is None:
             self.per_key = True
             self._draw = self._random_draw(initializer)
             row = np.zeros((dim,), dtype=value_dtype.as_numpy_dtype)
-        self.default_row = row
+        self.default_row: np.ndarray = row
 
     def _constant_row(self, init: Any) -> np.ndarray | None:
         keras_init = _keras_initializers()
@@ -85,7 +86,8 @@ class _RowInitializer:
             row = np.full((self.dim,), value.reshape(-1)[0])
         else:
             raise ValueError(f"initializer {init!r} gives no value for rows of dim {self.dim}")
-        return row.astype(self.value_dtype.as_numpy_dtype)
+        out: np.ndarray = row.astype(self.value_dtype.as_numpy_dtype)
+        return out
 
     def _random_draw(self, init: Any) -> Any:
         keras_init = _keras_initializers()
@@ -140,6 +142,7 @@ class _RowInitializer:
     def rows(self, n: Any) -> tf.Tensor:
         """``[n, dim]`` default rows (one per key); ``n`` may be a scalar tensor."""
         shape = tf.stack([tf.cast(n, tf.int32), tf.constant(self.dim, tf.int32)])
+        assert self._draw is not None, "rows() is for per-key initializers"
         rows = tf.convert_to_tensor(self._draw(shape))
         rows = tf.reshape(tf.cast(rows, self.value_dtype), shape)
         if isinstance(n, int):
@@ -198,21 +201,21 @@ class Variable(tf.__internal__.tracking.Trackable):
                 "restrict_policy must be a RestrictPolicy subclass (the class, e.g. "
                 f"de.TimestampRestrictPolicy), got {restrict_policy!r}"
             )
-        self._dim = int(dim)
-        self._name = name
-        self._devices = list(devices) if devices else ["/CPU:0"]
+        self._dim: int = int(dim)
+        self._name: str = name
+        self._devices: list[str] = list(devices) if devices else ["/CPU:0"]
         self._partitioner = partitioner
         self._shared_name = shared_name
-        self._trainable = bool(trainable)
-        self._checkpoint = bool(checkpoint)
+        self._trainable: bool = bool(trainable)
+        self._checkpoint: bool = bool(checkpoint)
         self._init_size = init_size
-        self._kv_creator = kv_creator if kv_creator is not None else RedisTableCreator()
+        self._kv_creator: Any = kv_creator if kv_creator is not None else RedisTableCreator()
         self._restrict_policy: RestrictPolicy | None = None
-        self._bp_v2 = bool(bp_v2)
-        self._short_file_name = bool(short_file_name)
-        self._shadow_name = shadow_name
-        self._row_init = _RowInitializer(initializer, self._dim, self._value_dtype)
-        self._initializer = initializer
+        self._bp_v2: bool = bool(bp_v2)
+        self._short_file_name: bool = bool(short_file_name)
+        self._shadow_name: str | None = shadow_name
+        self._row_init: _RowInitializer = _RowInitializer(initializer, self._dim, self._value_dtype)
+        self._initializer: Any = initializer
         table = self._kv_creator.create(
             key_dtype=self._key_dtype,
             value_dtype=self._value_dtype,
@@ -222,7 +225,7 @@ class Variable(tf.__internal__.tracking.Trackable):
             init_size=init_size,
             device=self._devices[0] if devices else "",
         )
-        self._tables = [table]
+        self._tables: list[RedisTable] = [table]
         self._track_trackable(table, name="table", overwrite=True)
         if self._row_init.generator is not None:
             # Where random default rows come from next: saved with the rows, so that a run

@@ -210,7 +210,7 @@ class Embedding(keras.layers.Layer):
             rows = self.max_norm(rows)
         return rows
 
-    def compute_output_shape(self, input_shape: Any) -> tuple:
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
         return tuple(input_shape) + (self.embedding_size,)
 
     def compute_output_spec(self, ids: Any, training: Any = None) -> keras.KerasTensor:
@@ -236,7 +236,7 @@ class Embedding(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         """TFRA's keys (the creator and restrict policy are not serialized: a loaded layer
         takes its Redis config from ``TFRA_REDIS_CONFIG_PATH``, see ``tfra_redis.serving``)."""
-        config = super().get_config()
+        config: dict[str, Any] = super().get_config()
         config.pop("dtype", None)
         config.update(
             {
@@ -301,7 +301,7 @@ class SquashedEmbedding(Embedding):
     def call(self, ids: Any, training: Any = None) -> tf.Tensor:
         return _squash(super().call(ids, training=training), self.combiner)
 
-    def compute_output_shape(self, input_shape: Any) -> tuple:
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
         if len(input_shape) == 1:
             return (self.embedding_size,)
         return (input_shape[0], self.embedding_size)
@@ -396,7 +396,7 @@ class FieldWiseEmbedding(Embedding):
         )
         return _pool_by_fields(rows, fields, self.nslots, tf.cast(batch, tf.int64), self.combiner)
 
-    def compute_output_shape(self, input_shape: Any) -> tuple:
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
         return (input_shape[0], self.nslots, self.embedding_size)
 
     def get_config(self) -> dict[str, Any]:
