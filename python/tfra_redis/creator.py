@@ -7,6 +7,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfra_redis.config import RedisTableConfig
+from tfra_redis.dynamic_embedding._types import DTypeLike, TensorLike
 from tfra_redis.table import RedisTable
 
 __all__ = ["RedisTableCreator"]
@@ -42,9 +43,9 @@ class RedisTableCreator:
 
     def create(
         self,
-        key_dtype: Any = None,
-        value_dtype: Any = None,
-        default_value: Any = None,
+        key_dtype: DTypeLike | None = None,
+        value_dtype: DTypeLike | None = None,
+        default_value: TensorLike | None = None,
         name: str | None = None,
         checkpoint: bool | None = None,
         init_size: int | None = None,

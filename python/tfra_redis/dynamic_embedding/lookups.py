@@ -14,6 +14,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from tfra_redis.dynamic_embedding._types import TensorLike
 from tfra_redis.dynamic_embedding.variable import embedding_lookup, lookup_rows, one_variable
 
 __all__ = ["embedding_lookup_sparse", "embedding_lookup_unique", "safe_embedding_lookup_sparse"]
@@ -23,13 +24,13 @@ _COMBINERS = ("mean", "sqrtn", "sum")
 
 def embedding_lookup_unique(
     params: Any,
-    ids: Any,
-    partition_strategy: Any = None,
+    ids: TensorLike,
+    partition_strategy: object = None,
     name: str | None = None,
-    validate_indices: Any = None,
+    validate_indices: object = None,
     max_norm: float | None = None,
     return_trainable: bool = False,
-) -> Any:
+) -> tf.Tensor:
     """Rows of ``ids`` looked up once per distinct id (TFRA's ``de.embedding_lookup_unique``;
     every lookup here is unique, so this is :func:`embedding_lookup`). Unlike TFRA's,
     ``max_norm`` is honoured (TFRA passes ``validate_indices`` in its place)."""
@@ -69,12 +70,12 @@ def embedding_lookup_sparse(
     params: Any,
     sp_ids: tf.SparseTensor,
     sp_weights: tf.SparseTensor | None,
-    partition_strategy: Any = None,
+    partition_strategy: object = None,
     name: str = "embedding_lookup_sparse",
     combiner: str = "mean",
     max_norm: float | None = None,
     return_trainable: bool = False,
-) -> Any:
+) -> tf.Tensor:
     """Rows of the ids of each row of ``sp_ids`` (a ``[n, k]`` ``SparseTensor``), weighted by
     ``sp_weights`` (or 1) and combined with ``combiner`` (``mean``, ``sqrtn`` or ``sum``):
     ``[rows up to the last non-empty one, dim]``, as TFRA's and TensorFlow's. Looked up through
@@ -107,10 +108,10 @@ def safe_embedding_lookup_sparse(
     combiner: str = "mean",
     default_id: int | None = None,
     name: str = "safe_embedding_lookup_sparse",
-    partition_strategy: Any = None,
+    partition_strategy: object = None,
     max_norm: float | None = None,
     return_trainable: bool = False,
-) -> Any:
+) -> tf.Tensor:
     """:func:`embedding_lookup_sparse` for ids of any rank ``[d0, ..., dn]``, giving ``[d0, ...,
     dn-1, dim]``, that also covers empty rows (TFRA's ``de.safe_embedding_lookup_sparse``).
 

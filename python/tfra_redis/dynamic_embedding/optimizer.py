@@ -35,6 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfra_redis.dynamic_embedding._types import InitializerLike
 from tfra_redis.dynamic_embedding.trainable import (
     DynamicRows,
     TrainableWrapper,
@@ -169,7 +170,10 @@ class _DynamicEmbeddingMixin(_MixinBase):
     # -- slots --------------------------------------------------------------------------------
 
     def add_variable_from_reference(
-        self, reference_variable: Any, name: str | None = None, initializer: Any = "zeros"
+        self,
+        reference_variable: Any,
+        name: str | None = None,
+        initializer: InitializerLike = "zeros",
     ) -> Any:
         wrapper = wrapper_of(reference_variable)
         if wrapper is None:
@@ -178,7 +182,9 @@ class _DynamicEmbeddingMixin(_MixinBase):
             )
         return self._tfra_add_slot(wrapper, name or "var", initializer)
 
-    def _tfra_add_slot(self, wrapper: TrainableWrapper, name: str, initializer: Any) -> Any:
+    def _tfra_add_slot(
+        self, wrapper: TrainableWrapper, name: str, initializer: InitializerLike
+    ) -> Any:
         if name == "gradient_accumulator":
             raise NotImplementedError(
                 "gradient_accumulation_steps is not supported with dynamic embeddings: each "
@@ -488,8 +494,11 @@ def _dynamic_embedding_class(cls: type) -> type:
 
 
 def DynamicEmbeddingOptimizer(  # noqa: N802 - TFRA's name for a function
-    self: Any, bp_v2: bool = False, synchronous: bool = False, **kwargs: Any
-) -> Any:
+    self: keras.optimizers.Optimizer,
+    bp_v2: bool = False,
+    synchronous: bool = False,
+    **kwargs: Any,
+) -> keras.optimizers.Optimizer:
     """Makes a Keras 3 optimizer train Redis-backed dynamic embeddings too; returns the same
     object (as TFRA does).
 

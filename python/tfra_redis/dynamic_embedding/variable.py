@@ -6,12 +6,16 @@ import logging
 import numbers
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
 
+if TYPE_CHECKING:
+    import keras
+
 from tfra_redis.creator import RedisTableCreator
+from tfra_redis.dynamic_embedding._types import DevicesLike, DTypeLike, InitializerLike, TensorLike
 from tfra_redis.dynamic_embedding.restrict import RestrictPolicy
 from tfra_redis.dynamic_embedding.trainable import TrainableWrapper, stages_rows
 from tfra_redis.table import RedisTable, is_collecting_lookup_keys
@@ -46,7 +50,7 @@ class _RowInitializer:
     return the same values on every call; other callables are called with ``shape=[n, dim]``.
     """
 
-    def __init__(self, initializer: Any, dim: int, value_dtype: tf.DType) -> None:
+    def __init__(self, initializer: InitializerLike, dim: int, value_dtype: tf.DType) -> None:
         self.dim = dim
         self.value_dtype = value_dtype
         self.initializer = initializer
@@ -162,19 +166,19 @@ class Variable(tf.__internal__.tracking.Trackable):
 
     def __init__(
         self,
-        key_dtype: Any = tf.int64,
-        value_dtype: Any = tf.float32,
+        key_dtype: DTypeLike = tf.int64,
+        value_dtype: DTypeLike = tf.float32,
         dim: int = 1,
-        devices: Any = None,
-        partitioner: Any = None,
+        devices: DevicesLike = None,
+        partitioner: object = None,
         shared_name: str | None = None,
         name: str = "DynamicEmbedding_Variable",
-        initializer: Any = None,
+        initializer: InitializerLike = None,
         trainable: bool = True,
         checkpoint: bool = True,
         init_size: int = 0,
-        kv_creator: Any = None,
-        restrict_policy: Any = None,
+        kv_creator: RedisTableCreator | None = None,
+        restrict_policy: type[RestrictPolicy] | None = None,
         bp_v2: bool = False,
         short_file_name: bool = False,
         shadow_name: str | None = None,
@@ -209,7 +213,9 @@ class Variable(tf.__internal__.tracking.Trackable):
         self._trainable: bool = bool(trainable)
         self._checkpoint: bool = bool(checkpoint)
         self._init_size = init_size
-        self._kv_creator: Any = kv_creator if kv_creator is not None else RedisTableCreator()
+        self._kv_creator: RedisTableCreator = (
+            kv_creator if kv_creator is not None else RedisTableCreator()
+        )
         self._restrict_policy: RestrictPolicy | None = None
         self._bp_v2: bool = bool(bp_v2)
         self._short_file_name: bool = bool(short_file_name)
@@ -286,15 +292,15 @@ class Variable(tf.__internal__.tracking.Trackable):
         return self._checkpoint
 
     @property
-    def initializer(self) -> Any:
+    def initializer(self) -> InitializerLike:
         return self._initializer
 
     @property
-    def kv_creator(self) -> Any:
+    def kv_creator(self) -> RedisTableCreator:
         return self._kv_creator
 
     @property
-    def restrict_policy(self) -> Any:
+    def restrict_policy(self) -> RestrictPolicy | None:
         return self._restrict_policy
 
     @property
@@ -334,7 +340,7 @@ class Variable(tf.__internal__.tracking.Trackable):
         """The trainable wrapper called ``name``, if a lookup made one."""
         return self._trainable_store.get(name)
 
-    def get_slot_variables(self, optimizer: Any) -> list[Variable]:
+    def get_slot_variables(self, optimizer: keras.optimizers.Optimizer) -> list[Variable]:
         """The optimizer slot variables (Redis tables) ``optimizer`` made for this variable's
         wrappers."""
         slots: list[Variable] = []
@@ -380,7 +386,7 @@ class Variable(tf.__internal__.tracking.Trackable):
 
     # -- ops ----------------------------------------------------------------------------------
 
-    def lookup(self, keys: Any, return_exists: bool = False, name: str | None = None) -> Any:
+    def lookup(self, keys: TensorLike, return_exists: bool = False, name: str | None = None) -> Any:
         """Rows for ``keys`` (any shape): ``keys.shape + [dim]``; missing keys get initializer
         rows. With ``return_exists`` also a bool tensor saying which keys were stored."""
         keys = self.table._convert_keys(keys, "lookup")
@@ -394,16 +400,16 @@ class Variable(tf.__internal__.tracking.Trackable):
             name=name,
         )
 
-    def upsert(self, keys: Any, values: Any, name: str | None = None) -> Any:
+    def upsert(self, keys: TensorLike, values: TensorLike, name: str | None = None) -> Any:
         """Inserts or updates rows; ``values`` has shape ``keys.shape + [dim]``."""
         return self.table.insert(keys, values, name=name)
 
     def accum(
         self,
-        keys: Any,
-        old_values: Any,
-        new_values: Any,
-        exists: Any,
+        keys: TensorLike,
+        old_values: TensorLike,
+        new_values: TensorLike,
+        exists: TensorLike,
         name: str | None = None,
     ) -> Any:
         """TFRA's BP-v2 write: adds ``new - old`` to keys that existed at lookup time and still
@@ -416,7 +422,7 @@ class Variable(tf.__internal__.tracking.Trackable):
         deltas = tf.where(flags, new - old, new)
         return self.table.accum(keys, deltas, exists, name=name)
 
-    def remove(self, keys: Any, name: str | None = None) -> Any:
+    def remove(self, keys: TensorLike, name: str | None = None) -> Any:
         """Removes keys; missing ones are ignored."""
         return self.table.remove(keys, name=name)
 
@@ -452,21 +458,21 @@ _VARIABLES: weakref.WeakValueDictionary[str, Variable] = weakref.WeakValueDictio
 
 def get_variable(
     name: str,
-    key_dtype: Any = tf.int64,
-    value_dtype: Any = tf.float32,
+    key_dtype: DTypeLike = tf.int64,
+    value_dtype: DTypeLike = tf.float32,
     dim: int = 1,
-    devices: Any = None,
-    partitioner: Any = None,
+    devices: DevicesLike = None,
+    partitioner: object = None,
     shared_name: str | None = "get_variable",
-    initializer: Any = None,
+    initializer: InitializerLike = None,
     trainable: bool = True,
     checkpoint: bool = True,
     init_size: int = 0,
-    kv_creator: Any = None,
-    restrict_policy: Any = None,
+    kv_creator: RedisTableCreator | None = None,
+    restrict_policy: type[RestrictPolicy] | None = None,
     bp_v2: bool = False,
-    KVCreator: Any = None,  # noqa: N803 - the spelling of the seed design note
-    reuse: Any = None,
+    KVCreator: RedisTableCreator | None = None,  # noqa: N803 - the spelling of the seed design note
+    reuse: object = None,
     short_file_name: bool = False,
     shadow_name: str | None = None,
 ) -> Variable:
@@ -533,10 +539,10 @@ def one_variable(params: Any) -> Variable:
 
 def embedding_lookup(
     params: Variable,
-    ids: Any,
-    partition_strategy: Any = None,
+    ids: TensorLike,
+    partition_strategy: object = None,
     name: str | None = None,
-    validate_indices: Any = None,
+    validate_indices: object = None,
     max_norm: float | None = None,
     return_trainable: bool = False,
 ) -> Any:
@@ -561,7 +567,7 @@ def embedding_lookup(
 
 def lookup_rows(
     params: Variable,
-    ids: Any,
+    ids: TensorLike,
     *,
     wrapper_name: str | None,
     training: Any,

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfra_redis.dynamic_embedding._types import DevicesLike, DTypeLike, InitializerLike, TensorLike
 from tfra_redis.dynamic_embedding.restrict import FrequencyRestrictPolicy, TimestampRestrictPolicy
 from tfra_redis.dynamic_embedding.variable import Variable, lookup_rows
 
@@ -44,7 +45,7 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, UserWarning, stacklevel=4)
 
 
-def _serialize_initializer(initializer: Any) -> Any:
+def _serialize_initializer(initializer: InitializerLike) -> Any:
     if initializer is None or isinstance(initializer, (int, float)):
         return initializer
     if isinstance(initializer, keras.initializers.Initializer):
@@ -119,11 +120,11 @@ class Embedding(keras.layers.Layer):
     def __init__(
         self,
         embedding_size: int,
-        key_dtype: Any = tf.int64,
-        value_dtype: Any = tf.float32,
+        key_dtype: DTypeLike = tf.int64,
+        value_dtype: DTypeLike = tf.float32,
         combiner: str = "sum",
-        initializer: Any = None,
-        devices: Any = None,
+        initializer: InitializerLike = None,
+        devices: DevicesLike = None,
         name: str = "DynamicEmbeddingLayer",
         with_unique: bool = True,
         short_file_name: bool = False,
@@ -185,7 +186,7 @@ class Embedding(keras.layers.Layer):
         self.shadow = self.params.trainable_wrapper(shadow_name)
         self.built = True
 
-    def call(self, ids: Any, training: Any = None) -> tf.Tensor:
+    def call(self, ids: TensorLike, training: Any = None) -> tf.Tensor:
         if not isinstance(ids, tf.RaggedTensor):
             ids = tf.convert_to_tensor(ids)
         if ids.dtype != self.key_dtype:
@@ -298,7 +299,7 @@ class SquashedEmbedding(Embedding):
     embedding_size)`` (TFRA's ``de.keras.layers.SquashedEmbedding``): ids of shape ``(b, n,
     ...)`` give ``(b, embedding_size)``, ids of shape ``(n,)`` give ``(embedding_size,)``."""
 
-    def call(self, ids: Any, training: Any = None) -> tf.Tensor:
+    def call(self, ids: TensorLike, training: Any = None) -> tf.Tensor:
         return _squash(super().call(ids, training=training), self.combiner)
 
     def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
@@ -340,11 +341,11 @@ class FieldWiseEmbedding(Embedding):
         embedding_size: int,
         nslots: int,
         slot_map_fn: Any = None,
-        key_dtype: Any = tf.int64,
-        value_dtype: Any = tf.float32,
+        key_dtype: DTypeLike = tf.int64,
+        value_dtype: DTypeLike = tf.float32,
         combiner: str = "sum",
-        initializer: Any = None,
-        devices: Any = None,
+        initializer: InitializerLike = None,
+        devices: DevicesLike = None,
         name: str = "SlotDynamicEmbeddingLayer",
         with_unique: bool = True,
         **kwargs: Any,
@@ -374,7 +375,7 @@ class FieldWiseEmbedding(Embedding):
             **kwargs,
         )
 
-    def call(self, ids: Any, training: Any = None) -> tf.Tensor:
+    def call(self, ids: TensorLike, training: Any = None) -> tf.Tensor:
         ids = tf.convert_to_tensor(ids)
         if ids.shape.rank != 2:
             raise ValueError(
