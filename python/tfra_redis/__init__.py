@@ -5,6 +5,7 @@ TensorFlow Recommenders-Addons (TFRA).
 ``tfra_redis.dynamic_embedding`` and imports TensorFlow when it is first used.
 """
 
+from tfra_redis import _native
 from tfra_redis.config import RedisTableConfig
 from tfra_redis.errors import (
     ConfigError,
@@ -17,6 +18,9 @@ from tfra_redis.errors import (
 )
 from tfra_redis.store import RedisStore
 
+#: The package version: the workspace version in Cargo.toml, which maturin also gives the wheel.
+__version__: str = _native.__version__
+
 __all__ = [
     "ConfigError",
     "RedisAuthError",
@@ -27,6 +31,7 @@ __all__ = [
     "RedisTableConfig",
     "RedisTableError",
     "RedisTimeoutError",
+    "__version__",
 ]
 
 
