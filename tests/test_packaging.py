@@ -7,7 +7,6 @@ are in ``scripts/package_check``; these run in the development environment.
 from __future__ import annotations
 
 import ast
-import pkgutil
 import re
 import subprocess
 import sys
@@ -43,12 +42,16 @@ TF_MODULES = {
 
 
 def public_modules() -> list[str]:
-    """Every module of the package whose name has no part starting with ``_``."""
-    found = ["tfra_redis"]
-    for info in pkgutil.walk_packages([str(PACKAGE)], prefix="tfra_redis."):
-        if not any(part.startswith("_") for part in info.name.split(".")):
-            found.append(info.name)
-    return sorted(found)
+    """Every module of the package whose name has no part starting with ``_``, found from the
+    files (``pkgutil`` would have to import a package to list its modules)."""
+    names = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if not any(part.startswith("_") for part in parts):
+            names.append(".".join(parts))
+    return sorted(names)
 
 
 def _requirement_name(requirement: str) -> str:
