@@ -7,6 +7,7 @@ TensorFlow Recommenders-Addons (TFRA).
 
 from types import ModuleType
 
+from tfra_redis import _native
 from tfra_redis.config import RedisTableConfig
 from tfra_redis.errors import (
     ConfigError,
@@ -19,6 +20,9 @@ from tfra_redis.errors import (
 )
 from tfra_redis.store import RedisStore
 
+#: The package version: the workspace version in Cargo.toml, which maturin also gives the wheel.
+__version__: str = _native.__version__
+
 __all__ = [
     "ConfigError",
     "RedisAuthError",
@@ -29,6 +33,7 @@ __all__ = [
     "RedisTableConfig",
     "RedisTableError",
     "RedisTimeoutError",
+    "__version__",
 ]
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "__version__",
     "Config",
     "Table",
     "resolve_path",
@@ -29,6 +30,7 @@ __all__ = [
 _Keys = npt.NDArray[np.int64] | npt.NDArray[np.object_] | Sequence[bytes | str]
 # Exported ids: int64, or an object array of bytes for string tables.
 _KeysOut = npt.NDArray[np.int64] | npt.NDArray[np.object_]
+__version__: str
 
 class RedisTableError(Exception): ...
 class ConfigError(RedisTableError): ...

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import tensorflow as tf
+try:
+    import tensorflow as tf
+except ModuleNotFoundError as err:  # no TensorFlow: say how to install it
+    from tfra_redis._optional import tensorflow_missing
+
+    raise tensorflow_missing(__name__, err) from err
 
 from tfra_redis.config import RedisTableConfig
 from tfra_redis.dynamic_embedding._types import DTypeLike, TensorLike

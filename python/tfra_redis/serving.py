@@ -23,9 +23,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
+
+try:
+    import keras
+    import tensorflow as tf
+except ModuleNotFoundError as err:  # no TensorFlow: say how to install it
+    from tfra_redis._optional import tensorflow_missing
+
+    raise tensorflow_missing(__name__, err) from err
 
 from tfra_redis.dynamic_embedding.keras.layers import Embedding, SquashedEmbedding
 from tfra_redis.dynamic_embedding.training import DynamicEmbeddingModel

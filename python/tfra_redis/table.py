@@ -26,8 +26,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
-from tensorflow.python.training.saving import saveable_object
+
+try:
+    import tensorflow as tf
+    from tensorflow.python.training.saving import saveable_object
+except ModuleNotFoundError as err:  # no TensorFlow: say how to install it
+    from tfra_redis._optional import tensorflow_missing
+
+    raise tensorflow_missing(__name__, err) from err
 
 from tfra_redis.store import RedisStore, load_config
 

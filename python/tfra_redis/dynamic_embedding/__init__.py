@@ -16,6 +16,14 @@ Training: any Keras model with ``de.keras.layers`` trains its embeddings once it
 ``model.trainable_variables``). Importing this module imports TensorFlow.
 """
 
+try:
+    import keras as _keras  # noqa: F401
+    import tensorflow as _tf  # noqa: F401
+except ModuleNotFoundError as err:  # before any submodule: one clear message
+    from tfra_redis._optional import tensorflow_missing
+
+    raise tensorflow_missing(__name__, err) from err
+
 from tfra_redis.config import RedisTableConfig
 from tfra_redis.creator import RedisTableCreator
 from tfra_redis.dynamic_embedding import keras

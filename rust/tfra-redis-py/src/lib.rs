@@ -688,6 +688,9 @@ fn forward_logs_to_python(py: Python<'_>) -> PyResult<()> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     forward_logs_to_python(py)?;
+    // The wheel's version comes from the same Cargo.toml (maturin reads it), so
+    // `tfra_redis.__version__` cannot disagree with the installed distribution.
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PyConfig>()?;
     m.add_class::<PyTable>()?;
     m.add_function(wrap_pyfunction!(resolve_path, m)?)?;
