@@ -149,3 +149,14 @@ def test_each_public_module_without_tensorflow(module):
         assert "tensorflow-cpu" in message, message
     else:
         assert result.stdout.strip() == "imported", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("module", sorted(TF_MODULES))
+def test_each_tensorflow_module_imports_first(module):
+    # Imported first in a fresh interpreter, as a user's script may: an import cycle between
+    # the package's modules only shows when the cycle's other end is not loaded yet.
+    code = f"import importlib\nimportlib.import_module({module!r})\nprint('imported')\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.stdout.strip() == "imported", result.stderr[-3000:]

@@ -11,8 +11,8 @@ except ModuleNotFoundError as err:  # no TensorFlow: say how to install it
 
     raise tensorflow_missing(__name__, err) from err
 
+from tfra_redis._types import DTypeLike, TensorLike
 from tfra_redis.config import RedisTableConfig
-from tfra_redis.dynamic_embedding._types import DTypeLike, TensorLike
 from tfra_redis.table import RedisTable
 
 __all__ = ["RedisTableCreator"]

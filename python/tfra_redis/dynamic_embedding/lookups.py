@@ -14,7 +14,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfra_redis.dynamic_embedding._types import TensorLike
+from tfra_redis._types import TensorLike
 from tfra_redis.dynamic_embedding.variable import embedding_lookup, lookup_rows, one_variable
 
 __all__ = ["embedding_lookup_sparse", "embedding_lookup_unique", "safe_embedding_lookup_sparse"]

@@ -35,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfra_redis.dynamic_embedding._types import InitializerLike
+from tfra_redis._types import InitializerLike
 from tfra_redis.dynamic_embedding.trainable import (
     DynamicRows,
     TrainableWrapper,

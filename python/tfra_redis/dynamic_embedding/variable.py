@@ -14,8 +14,8 @@ import tensorflow as tf
 if TYPE_CHECKING:
     import keras
 
+from tfra_redis._types import DevicesLike, DTypeLike, InitializerLike, TensorLike
 from tfra_redis.creator import RedisTableCreator
-from tfra_redis.dynamic_embedding._types import DevicesLike, DTypeLike, InitializerLike, TensorLike
 from tfra_redis.dynamic_embedding.restrict import RestrictPolicy
 from tfra_redis.dynamic_embedding.trainable import TrainableWrapper, stages_rows
 from tfra_redis.table import RedisTable, is_collecting_lookup_keys

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfra_redis.dynamic_embedding._types import DevicesLike, DTypeLike, InitializerLike, TensorLike
+from tfra_redis._types import DevicesLike, DTypeLike, InitializerLike, TensorLike
 from tfra_redis.dynamic_embedding.restrict import FrequencyRestrictPolicy, TimestampRestrictPolicy
 from tfra_redis.dynamic_embedding.variable import Variable, lookup_rows
 

@@ -6,12 +6,18 @@ these aliases still say, in signatures and in the API reference, what a paramete
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
-import numpy as np
-import numpy.typing as npt
-import tensorflow as tf
+# Only the type checker reads these imports: the aliases are strings, so importing this module
+# imports nothing (the modules that use it may be imported before TensorFlow, or while
+# tfra_redis.dynamic_embedding is still initializing).
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    import numpy as np
+    import numpy.typing as npt
+    import tensorflow as tf
 
 #: Ids or rows: a tensor (dense, ragged or sparse where the function says so), a numpy array,
 #: or a nested list.
