@@ -580,11 +580,29 @@ class RedisProcess:
 
 
 class RedisServer(RedisProcess):
-    """One redis-server: standalone, a replica (``replica_of``) or a cluster node (``cluster``).
+    """One data server: standalone, a replica (``replica_of``) or a cluster node (``cluster``).
 
     Persistence is off unless asked for (``save="900 1"``, ``appendonly=True``) so that tests do
     not spend time writing RDB files. To start on a copy of an RDB fixture pass ``rdb_file``
     (copied into the server's directory), or ``dir`` and ``dbfilename`` to use one in place.
+    ``with RedisServer() as server:`` starts it and stops it by PID at the end.
+
+    Args:
+        port: the port to listen on; by default a free one (and retried on a clash).
+        password: ``requirepass`` (also the ``masterauth`` of a replica unless given).
+        acl_users: ACL rules, one ``user ...`` line each, e.g. ``"alice on >pw ~* +@all"``.
+        extra_args: more command-line options, e.g. ``["--maxmemory", "100mb"]``.
+        cluster: start as a cluster node (``cluster-enabled yes``).
+        cluster_node_timeout: ``cluster-node-timeout`` in milliseconds.
+        replica_of: a `RedisServer` or ``(host, port)`` to replicate.
+        masterauth: the master's password, when it differs from ``password``.
+        dir: the working directory to use (kept); by default a temporary one (removed).
+        dbfilename: the RDB file name in ``dir``.
+        rdb_file: an RDB file to start from (copied in).
+        save: the ``save`` rule, e.g. ``"3600 1"``; None turns snapshots off.
+        appendonly: turn the AOF on.
+        startup_timeout: seconds to wait for PING to answer.
+        engine: ``"redis"`` or ``"valkey"`` (see `server_binary`).
     """
 
     def __init__(

@@ -104,7 +104,8 @@ def _split_slots(masters: int) -> list[tuple[int, int]]:
 
 
 class ClusterTopology:
-    """A Redis Cluster on 127.0.0.1: 3 masters with 1 replica each by default.
+    """A Redis (or Valkey, ``engine="valkey"``) Cluster on 127.0.0.1: 3 masters with 1 replica
+    each by default.
 
     Built with CLUSTER ADDSLOTSRANGE / SET-CONFIG-EPOCH / MEET / REPLICATE directly, which gives
     the same slot ranges as ``redis-cli --cluster create`` (0-5460, 5461-10922, 10923-16383)
@@ -361,7 +362,8 @@ def _slots_view(node: RedisServer) -> list[list[Any]]:
 
 
 class SentinelTopology:
-    """A master, a replica and 3 sentinels watching the master as ``mymaster`` (quorum 2).
+    """A master, a replica and 3 sentinels watching the master as ``mymaster`` (quorum 2);
+    ``engine="valkey"`` runs Valkey's.
 
     ``password`` protects master and replica (requirepass + masterauth; sentinels get
     ``auth-pass``); ``sentinel_password`` protects the sentinels themselves (requirepass).
@@ -565,21 +567,32 @@ class SentinelTopology:
 
 @contextlib.contextmanager
 def standalone(**server_options: Any) -> Iterator[RedisServer]:
-    """``with standalone(password=..., acl_users=[...]) as server:`` -- a started `RedisServer`."""
+    """``with standalone(password=..., engine="valkey") as server:`` -- a started `RedisServer`.
+
+    Keyword arguments go to `RedisServer`. The server stops (by PID) when the block ends.
+    """
     with StandaloneTopology(**server_options) as topology:
         yield topology.server
 
 
 @contextlib.contextmanager
 def cluster(**options: Any) -> Iterator[ClusterTopology]:
-    """``with cluster() as topo:`` -- a settled 3-master, 3-replica `ClusterTopology`."""
+    """``with cluster() as topo:`` -- a settled 3-master, 3-replica `ClusterTopology`.
+
+    Keyword arguments go to `ClusterTopology` (``masters``, ``replicas_per_master``,
+    ``password``, ``acl_users``, ``engine``...). Every node stops when the block ends.
+    """
     with ClusterTopology(**options) as topology:
         yield topology
 
 
 @contextlib.contextmanager
 def sentinel(**options: Any) -> Iterator[SentinelTopology]:
-    """``with sentinel() as topo:`` -- a monitored `SentinelTopology`."""
+    """``with sentinel() as topo:`` -- a monitored `SentinelTopology`.
+
+    Keyword arguments go to `SentinelTopology` (``password``, ``sentinel_password``,
+    ``sentinels``, ``engine``...). Sentinels, master and replica stop when the block ends.
+    """
     with SentinelTopology(**options) as topology:
         yield topology
 
