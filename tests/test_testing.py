@@ -225,7 +225,8 @@ def test_sentinel_failover_promotes_the_replica():
         assert topology.master() is replica
 
 
-def test_cli_up_writes_json_and_stops_on_sigterm(tmp_path):
+@pytest.mark.parametrize("engine", testing.ENGINES)
+def test_cli_up_writes_json_and_stops_on_sigterm(tmp_path, engine):
     description_path = tmp_path / "topology.json"
     env = dict(os.environ)
     # The child must import the same tfra_redis as this process, installed or not.
@@ -240,6 +241,8 @@ def test_cli_up_writes_json_and_stops_on_sigterm(tmp_path):
             "standalone",
             "--json",
             str(description_path),
+            "--engine",
+            engine,
         ],
         env=env,
         stdin=subprocess.DEVNULL,
@@ -257,6 +260,8 @@ def test_cli_up_writes_json_and_stops_on_sigterm(tmp_path):
         assert description["kind"] == "standalone"
         with testing.RespConnection(port=port) as conn:
             assert conn.execute("PING") == "PONG"
+            info = testing.parse_info(conn.execute("INFO", "server"))
+            assert ("valkey_version" in info) == (engine == "valkey")
         server_pid = description["servers"][0]["pid"]
     finally:
         process.send_signal(signal.SIGTERM)

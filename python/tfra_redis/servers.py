@@ -17,3 +17,11 @@ warnings.warn(
     DeprecationWarning,
     stacklevel=2,
 )
+
+if __name__ == "__main__":
+    # ``python -m tfra_redis.servers up ...`` keeps working too.
+    import sys
+
+    from tfra_redis.testing.__main__ import main
+
+    sys.exit(main())
