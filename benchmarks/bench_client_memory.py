@@ -48,14 +48,15 @@ import json, sys, threading, time
 import numpy as np
 sys.path.insert(0, {bench_dir!r})
 import bench_store as b
-from tfra_redis import RedisStore, servers
+from tfra_redis import RedisStore
+from tfra_redis import testing
 config, plan = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 
 def clients():
     # Connections the masters count, less the one asking.
     total = 0
     for port in plan["master_ports"]:
-        with servers.RespConnection(port=port) as conn:
+        with testing.RespConnection(port=port) as conn:
             total += len(conn.execute("CLIENT", "LIST").splitlines()) - 1
     return total
 
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"{time.perf_counter() - started:7.1f}s  {message}", flush=True)
 
-    from tfra_redis import RedisStore, servers
+    from tfra_redis import RedisStore, testing
 
     plan: dict[str, Any] = {
         "keys": args.keys,
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "settle_seconds": 1.0,
         "idle_seconds": args.idle_timeout_ms / 1000 + 0.5,
     }
-    topo = servers.ClusterTopology(
+    topo = testing.ClusterTopology(
         masters=3, replicas_per_master=0, extra_args=bench_store.LAZY_FREE
     )
     topo.start()

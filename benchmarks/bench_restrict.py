@@ -61,13 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = args.rows or (1_000_000 if args.quick else 10_000_000)
     keep = args.keep or rows // 10
 
-    from tfra_redis import RedisStore, servers
+    from tfra_redis import RedisStore, testing
     from tfra_redis.dynamic_embedding import restrict
 
     with tempfile.TemporaryDirectory(prefix="tfra-bench-restrict-") as tmp:
-        with servers.standalone() as server:
+        with testing.standalone() as server:
             config = Path(tmp) / "redis_config.json"
-            servers.write_config_file(config, server, expire_model_tag_in_seconds=-1)
+            testing.write_config_file(config, server, expire_model_tag_in_seconds=-1)
             params = RedisStore(str(config), "bench_emb", args.dim, manage_ttl=False)
             status = RedisStore(
                 str(config), "bench_emb_frequency", 1, value_dtype="int32", manage_ttl=False

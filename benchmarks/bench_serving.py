@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT / "python"))
     import tfra_redis
-    from tfra_redis import servers
+    from tfra_redis import testing
 
     tfra_python = Path(args.tfra_venv) / "bin" / "python"
     tfra_note = None
@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in args.clients}
     with tempfile.TemporaryDirectory(prefix="tfra-bench-serving-") as tmp:
-        with servers.standalone() as server:
-            config = servers.write_config_file(
+        with testing.standalone() as server:
+            config = testing.write_config_file(
                 Path(tmp) / "redis_config.json",
                 server,
                 model_tag_runtime="serving",
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                 for client in clients:
                     client.close()
             infos = {c.name: c.info for c in clients}
-            server_cpu = servers.parse_info(server.execute("INFO", "cpu"))
+            server_cpu = testing.parse_info(server.execute("INFO", "cpu"))
     checks = {name: info["checksums"] for name, info in infos.items()}
     if len({json.dumps(c, sort_keys=True) for c in checks.values()}) > 1:
         print(f"WARNING: the clients read different rows: {checks}", file=sys.stderr)

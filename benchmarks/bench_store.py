@@ -129,10 +129,10 @@ class Topology:
 
 @contextlib.contextmanager
 def start_topology(kind: str, replicas: int) -> Iterator[Topology]:
-    from tfra_redis import servers
+    from tfra_redis import testing
 
     if kind == "standalone":
-        server = servers.RedisServer(extra_args=LAZY_FREE)  # persistence is off by default
+        server = testing.RedisServer(extra_args=LAZY_FREE)  # persistence is off by default
         server.start()
         try:
             yield Topology(
@@ -141,7 +141,7 @@ def start_topology(kind: str, replicas: int) -> Iterator[Topology]:
         finally:
             server.stop()
         return
-    topo = servers.ClusterTopology(masters=3, replicas_per_master=replicas, extra_args=LAZY_FREE)
+    topo = testing.ClusterTopology(masters=3, replicas_per_master=replicas, extra_args=LAZY_FREE)
     topo.start()
     try:
         config = {**topo.config_dict(), "storage_slice": 3}
@@ -885,7 +885,7 @@ def rss_check(topo: Topology, n: int, dim: int, log: Callable) -> dict[str, Any]
 
 @contextlib.contextmanager
 def delay_proxy(target_port: int, delay_ms: float) -> Iterator[int]:
-    from tfra_redis.servers import find_free_port
+    from tfra_redis.testing import find_free_port
 
     port = find_free_port()
     proc = subprocess.Popen(
@@ -918,7 +918,7 @@ def delay_proxy(target_port: int, delay_ms: float) -> Iterator[int]:
 
 def ping_rtt(port: int) -> float:
     """Median PING round trip through a port, in seconds."""
-    from tfra_redis.servers import RespConnection
+    from tfra_redis.testing import RespConnection
 
     with RespConnection(port=port) as conn:
         times = []
@@ -1168,7 +1168,7 @@ def targets(
 def environment() -> dict[str, Any]:
     import redis
 
-    from tfra_redis.servers import require_binary
+    from tfra_redis.testing import require_binary
 
     version = subprocess.run(
         [require_binary("redis-server"), "--version"], capture_output=True, text=True

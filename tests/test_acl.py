@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import tfra_redis
-from tfra_redis import RedisStore, servers
+from tfra_redis import RedisStore, testing
 
 PASSWORD = "lp-secret"
 RIGHTS = "~* resetchannels -@all +@read +@write +@hash +@scripting +@connection"
@@ -27,21 +27,21 @@ NO_DISCOVERY_USER = f"nodiscovery on >{PASSWORD} {RIGHTS}"
 
 
 @pytest.fixture(scope="module")
-def lp_standalone() -> Iterator[servers.RedisServer]:
+def lp_standalone() -> Iterator[testing.RedisServer]:
     # The default user has a password, so nothing can pass as it.
-    with servers.standalone(password="adm1n", acl_users=[USER]) as server:
+    with testing.standalone(password="adm1n", acl_users=[USER]) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def lp_sentinel() -> Iterator[servers.SentinelTopology]:
-    with servers.sentinel(acl_users=[USER]) as topology:
+def lp_sentinel() -> Iterator[testing.SentinelTopology]:
+    with testing.sentinel(acl_users=[USER]) as topology:
         yield topology
 
 
 @pytest.fixture(scope="module")
-def lp_cluster() -> Iterator[servers.ClusterTopology]:
-    with servers.cluster(acl_users=[CLUSTER_USER, NO_DISCOVERY_USER]) as topology:
+def lp_cluster() -> Iterator[testing.ClusterTopology]:
+    with testing.cluster(acl_users=[CLUSTER_USER, NO_DISCOVERY_USER]) as topology:
         yield topology
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tfra_redis import RedisStore, servers
+from tfra_redis import RedisStore, testing
 from tfra_redis.cli import MAGIC
 
 KINDS = ["standalone", "cluster"]
@@ -82,8 +82,8 @@ def sorted_export(store: RedisStore) -> tuple[np.ndarray, np.ndarray]:
     return keys[order], values[order]
 
 
-def node_of(topology, key: bytes) -> servers.RedisServer:
-    if isinstance(topology, servers.ClusterTopology):
+def node_of(topology, key: bytes) -> testing.RedisServer:
+    if isinstance(topology, testing.ClusterTopology):
         return topology.node_for_slot(topology.masters()[0].execute("CLUSTER", "KEYSLOT", key))
     return topology
 
@@ -683,7 +683,7 @@ def test_unreachable_server_exits_1_quickly(tmp_path, mode):
             {
                 "redis_connection_mode": mode,
                 "redis_host_ip": ["127.0.0.1"],
-                "redis_host_port": [servers.find_free_port()],
+                "redis_host_port": [testing.find_free_port()],
                 "redis_retry_deadline_ms": 0,
                 "redis_connect_timeout": 200,
             }

@@ -18,7 +18,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.python.ops import script_ops  # noqa: E402
 
 import tfra_redis as tfra  # noqa: E402
-from tfra_redis import servers  # noqa: E402
+from tfra_redis import testing  # noqa: E402
 
 de = tfra.dynamic_embedding
 pytestmark = pytest.mark.usefixtures("collect_tables_at_module_end")
@@ -149,8 +149,8 @@ def test_concurrent_finds_are_in_flight_at_once_on_their_own_connections(tmp_pat
     """Two threads' lookups reach the server at the same time, each on a connection of its own:
     no lock of the table or pool is held across a round trip. The server is paused (SIGSTOP),
     so a request that reached it stays unread in its socket, where the kernel shows it."""
-    with servers.standalone() as server:
-        config = servers.write_config_file(
+    with testing.standalone() as server:
+        config = testing.write_config_file(
             tmp_path / "config.json",
             server,
             expire_model_tag_in_seconds=-1,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tfra_redis import servers
+from tfra_redis import testing
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_ctr.py"
 
@@ -22,7 +22,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_ctr.py"
 def test_redirected_log_is_plain_lines_and_the_report_judges_generalization(
     tmp_path, standalone_server
 ):
-    config = servers.write_config_file(
+    config = testing.write_config_file(
         tmp_path / "redis.json", standalone_server, expire_model_tag_in_seconds=-1
     )
     report = tmp_path / "report.json"

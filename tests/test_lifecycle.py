@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tfra_redis import RedisStore, servers
+from tfra_redis import RedisStore, testing
 
 TOPOLOGIES = ["standalone", "cluster"]
 
@@ -30,9 +30,9 @@ def topology_of(request: pytest.FixtureRequest, kind: str):
     return request.getfixturevalue({"standalone": "standalone_server", "cluster": "cluster"}[kind])
 
 
-def node_of(topology, key: bytes) -> servers.RedisServer:
+def node_of(topology, key: bytes) -> testing.RedisServer:
     """The server that holds ``key``: the cluster master of its slot, or the server itself."""
-    if isinstance(topology, servers.ClusterTopology):
+    if isinstance(topology, testing.ClusterTopology):
         slot = topology.masters()[0].execute("CLUSTER", "KEYSLOT", key)
         return topology.node_for_slot(slot)
     return topology
@@ -50,7 +50,7 @@ def exists(topology, key: bytes) -> bool:
 
 def keys_like(topology, pattern: str) -> list[bytes]:
     """Every key matching ``pattern`` on every master."""
-    masters = topology.masters() if isinstance(topology, servers.ClusterTopology) else [topology]
+    masters = topology.masters() if isinstance(topology, testing.ClusterTopology) else [topology]
     return sorted(key for master in masters for key in master.scan_keys(pattern))
 
 

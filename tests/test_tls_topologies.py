@@ -1,7 +1,7 @@
 """TLS beyond one server: a Sentinel group and a Redis Cluster whose every link is TLS.
 
 The standalone TLS test (with client certificates) is in test_reliability.py. Here the
-servers come from `servers.TlsSentinelTopology` and `servers.TlsClusterTopology`: clients,
+servers come from `testing.TlsSentinelTopology` and `testing.TlsClusterTopology`: clients,
 replication, the sentinels' own links and the cluster bus all use TLS, and the config names
 only TLS ports, so a round trip that works went over TLS end to end.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tfra_redis import RedisStore, servers
+from tfra_redis import RedisStore, testing
 
 DIM = 16
 
@@ -43,7 +43,7 @@ def round_trip(config: dict[str, Any], name: str) -> RedisStore:
 
 
 def test_a_tls_sentinel_group_serves_a_table(tmp_path, unique_name):
-    with servers.TlsSentinelTopology(tmp_path / "tls") as topo:
+    with testing.TlsSentinelTopology(tmp_path / "tls") as topo:
         config = topo.config_dict()
         # Only TLS ports: a sentinel's plain port is not in the config.
         assert set(config["redis_host_port"]).isdisjoint(s.port for s in topo.sentinels())
@@ -60,7 +60,7 @@ def test_a_tls_sentinel_group_serves_a_table(tmp_path, unique_name):
 
 
 def test_a_tls_cluster_serves_a_table(tmp_path, unique_name):
-    topo = servers.TlsClusterTopology(tmp_path / "tls", masters=3, replicas_per_master=1)
+    topo = testing.TlsClusterTopology(tmp_path / "tls", masters=3, replicas_per_master=1)
     with topo:
         config = {**topo.config_dict(), "storage_slice": 6}
         assert set(config["redis_host_port"]).isdisjoint(topo.seed_ports())

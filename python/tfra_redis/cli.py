@@ -318,7 +318,7 @@ def _table_summary(store: Any, config: Any) -> dict[str, Any]:
 
 
 def _connect(fields: dict[str, Any], host: str, port: int):
-    from tfra_redis.servers import RedisReplyError, RespConnection
+    from tfra_redis._resp import RedisReplyError, RespConnection
 
     user = fields.get("redis_user") or "default"
     password = fields.get("redis_password") or None
@@ -344,7 +344,7 @@ def _connect(fields: dict[str, Any], host: str, port: int):
 
 def _masters(fields: dict[str, Any]) -> list[tuple[str, int]]:
     """Every master holding data: the server, the sentinels' master, or CLUSTER SLOTS'."""
-    from tfra_redis.servers import RedisReplyError, RespConnection
+    from tfra_redis._resp import RedisReplyError, RespConnection
 
     if fields.get("redis_tls"):
         raise UsageError("inspect does not support redis_tls configs yet")

