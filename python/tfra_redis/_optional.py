@@ -1,7 +1,7 @@
 """The error raised when a module needing TensorFlow is imported without it.
 
 TensorFlow and Keras are optional: ``import tfra_redis`` (``RedisStore``, ``RedisTableConfig``),
-``tfra_redis.servers`` and the ``tfra-redis`` command work without them. The modules that need
+``tfra_redis.testing`` and the ``tfra-redis`` command work without them. The modules that need
 them (``tfra_redis.dynamic_embedding``, ``tfra_redis.table``, ``tfra_redis.creator``,
 ``tfra_redis.serving``) import them inside ``try`` and raise this instead of a bare "No module
 named 'tensorflow'", so the message says which install provides them.

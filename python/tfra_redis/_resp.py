@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 __all__ = ["RedisReplyError", "RespConnection", "parse_info"]
 
@@ -60,7 +60,7 @@ class RespConnection:
         self._sock = socket.create_connection((host, port), timeout=timeout)
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._reader = self._sock.makefile("rb")
+            self._reader: BinaryIO | None = self._sock.makefile("rb")
             if password is not None:
                 self.execute("AUTH", *([username] if username else []), password)
         except BaseException:
@@ -95,6 +95,7 @@ class RespConnection:
         return [self._read_reply(decode) for _ in commands]
 
     def _read_line(self) -> bytes:
+        assert self._reader is not None, "the connection is closed"
         line = self._reader.readline()
         if not line.endswith(b"\r\n"):
             raise ConnectionError(f"connection to {self.host}:{self.port} closed by the server")
@@ -113,6 +114,7 @@ class RespConnection:
             length = int(rest)
             if length < 0:
                 return None
+            assert self._reader is not None, "the connection is closed"
             data = self._reader.read(length + 2)
             if len(data) != length + 2:
                 raise ConnectionError(f"connection to {self.host}:{self.port} closed mid-reply")

@@ -81,7 +81,11 @@ import uuid
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    from tfra_redis._resp import RespConnection
+    from tfra_redis.store import RedisStore
 
 EXIT_OK = 0
 EXIT_REDIS = 1
@@ -248,7 +252,8 @@ def _strip_prefix(text: str) -> str:
 
 
 def _config_fields(config: Any) -> dict[str, Any]:
-    return json.loads(config.to_json())
+    fields: dict[str, Any] = json.loads(config.to_json())
+    return fields
 
 
 def _remember_secrets(config: Any, out: Output) -> None:
@@ -276,7 +281,9 @@ def _with_model_tag(config: Any, tag: str | None) -> Any:
 # Tables
 
 
-def _open_store(config: Any, args: argparse.Namespace, out: Output, name: str | None = None):
+def _open_store(
+    config: Any, args: argparse.Namespace, out: Output, name: str | None = None
+) -> tuple[RedisStore, list[str]]:
     """Opens ``--table`` without TTL management; notes from opening go to stderr."""
     from tfra_redis.store import RedisStore
 
@@ -317,7 +324,7 @@ def _table_summary(store: Any, config: Any) -> dict[str, Any]:
 # Talking to Redis directly (inspect): masters, scan, per-bucket facts
 
 
-def _connect(fields: dict[str, Any], host: str, port: int):
+def _connect(fields: dict[str, Any], host: str, port: int) -> RespConnection:
     from tfra_redis._resp import RedisReplyError, RespConnection
 
     user = fields.get("redis_user") or "default"
@@ -678,7 +685,8 @@ def read_export_header(stream: BinaryIO) -> dict[str, Any]:
         )
     if "rows_expected" in meta:
         _meta_int(meta, "rows_expected", 0)
-    return meta
+    checked: dict[str, Any] = meta
+    return checked
 
 
 def _meta_int(meta: dict[str, Any], field: str, minimum: int) -> int:
@@ -822,7 +830,7 @@ def cmd_inspect(args: argparse.Namespace, config: Any, out: Output) -> int:
 def _require_rows(store: Any, config: Any) -> int:
     """The table's size; raises :class:`NoSuchTable` naming the tables that exist under its
     model tag when it has no rows (Redis deletes an empty hash: an empty table does not exist)."""
-    size = store.size()
+    size = int(store.size())
     if size:
         return size
     fields = _config_fields(config)
@@ -1302,7 +1310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_REDIS
     try:
         config = _load_config(args.config, out)
-        return args.run(args, config, out)
+        code: int = args.run(args, config, out)
+        return code
     except (UsageError, ConfigError) as err:
         out.error(type(err).__name__, str(err))
         return EXIT_USAGE

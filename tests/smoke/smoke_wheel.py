@@ -9,7 +9,7 @@ toolchain on PATH::
 Checks: the package is the installed one (not the checkout), its version is the expected one
 (the wheel's file name) in ``__version__`` and the distribution metadata, every public module
 imports (or, without TensorFlow, fails with the ImportError naming the extra), a find/insert
-round trip against a private redis-server started by ``tfra_redis.servers``, bfloat16 rows
+round trip against a private redis-server started by ``tfra_redis.testing``, bfloat16 rows
 (``ml_dtypes``), ``tfra-redis --help``; with ``tf``, a two-epoch ``fit`` of a Keras model with
 a Redis embedding layer that must lower its loss.
 """
@@ -164,14 +164,14 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.pop("TFRA_REDIS_CONFIG_PATH", None)
     check_install(args.version, with_tf=args.mode == "tf")
-    from tfra_redis import servers
+    from tfra_redis import testing
 
     # One private server for every check; tables still open when it stops are closed at exit.
     with (
         tempfile.TemporaryDirectory(prefix="tfra-redis-smoke-") as tmp,
-        servers.standalone() as server,
+        testing.standalone() as server,
     ):
-        config = servers.write_config_file(Path(tmp) / "redis.json", server)
+        config = testing.write_config_file(Path(tmp) / "redis.json", server)
         check_store(config)
         check_cli()
         if args.mode == "tf":

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +182,7 @@ def find_free_port(*, cluster_bus: bool = False) -> int:
                     continue
                 _handed_out_ports.add(bus)
             _handed_out_ports.add(port)
-            return port
+            return int(port)
     raise ServerError("could not find a free port on 127.0.0.1")
 
 
@@ -196,7 +196,9 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _wait_until(condition, timeout: float, what: str, interval: float = 0.05) -> Any:
+def _wait_until(
+    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
     """Poll ``condition()`` until it returns a truthy value; raise `ServerStartError` on timeout.
 
     Exceptions from the condition count as "not yet" (a node may still be loading), and the last
@@ -543,12 +545,13 @@ class RedisProcess:
         """SIGSTOP: the process keeps its sockets open but answers nothing until `resume`."""
         if not self.running:
             raise ServerError(f"cannot pause {self!r}: not running")
+        assert self._process is not None
         os.kill(self._process.pid, signal.SIGSTOP)
         self._paused = True
 
     def resume(self) -> None:
         """SIGCONT after `pause`."""
-        if self.running:
+        if self.running and self._process is not None:
             os.kill(self._process.pid, signal.SIGCONT)
         self._paused = False
 
@@ -711,7 +714,7 @@ class RedisServer(RedisProcess):
 
     def role(self, timeout: float = 2.0) -> str:
         """``master`` or ``slave``, as ROLE reports it now."""
-        return self.execute("ROLE", timeout=timeout)[0]
+        return str(self.execute("ROLE", timeout=timeout)[0])
 
     def describe(self, role: str | None = None) -> dict[str, Any]:
         """Host, port, pid and dir as plain JSON-able data."""

@@ -526,9 +526,10 @@ class SentinelTopology:
                 return None
             return address
 
-        return _wait_until(
+        address: tuple[str, int] = _wait_until(
             new_master, timeout, f"the sentinels fail over from {old_addr[0]}:{old_addr[1]}"
         )
+        return address
 
     def config_dict(self) -> dict[str, Any]:
         """``{"redis_connection_mode": 1, "redis_master_name": ..., sentinel ips and ports}``."""
