@@ -539,8 +539,8 @@ impl fmt::Display for ValueDtype {
     }
 }
 
-/// A Rust type that is the element type of a table's rows: `f32`, `f64`, [`f16`](crate::f16),
-/// [`bf16`](crate::bf16), `i8`, `i32` or `i64`, one per [`ValueDtype`].
+/// A Rust type that is the element type of a table's rows: `f32`, `f64`, [`f16`](struct@f16),
+/// [`bf16`], `i8`, `i32` or `i64`, one per [`ValueDtype`].
 ///
 /// The typed row methods ([`Table::find_rows`](crate::Table::find_rows),
 /// [`Table::insert_rows`](crate::Table::insert_rows),
@@ -556,7 +556,7 @@ impl fmt::Display for ValueDtype {
 /// assert_eq!(<f32 as Element>::DTYPE, ValueDtype::F32);
 /// assert_eq!(f16::DTYPE, ValueDtype::F16);
 /// ```
-pub trait Element: sealed::Pod + Copy + Send + Sync + fmt::Debug + 'static {
+pub trait Element: sealed::Sealed + Copy + Send + Sync + fmt::Debug + 'static {
     /// The value dtype of tables whose rows hold this type.
     const DTYPE: ValueDtype;
 }
@@ -564,12 +564,12 @@ pub trait Element: sealed::Pod + Copy + Send + Sync + fmt::Debug + 'static {
 /// Seals [`Element`] and carries the `bytemuck::Pod` bound inside the crate without making
 /// `bytemuck` part of the public API.
 mod sealed {
-    pub trait Pod: bytemuck::Pod {}
+    pub trait Sealed: bytemuck::Pod {}
 }
 
 macro_rules! element {
     ($($t:ty => $d:ident),* $(,)?) => {$(
-        impl sealed::Pod for $t {}
+        impl sealed::Sealed for $t {}
         impl Element for $t {
             const DTYPE: ValueDtype = ValueDtype::$d;
         }

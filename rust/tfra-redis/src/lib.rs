@@ -9,7 +9,7 @@
 //! Build a [`RedisConfig`] for your deployment ([`RedisConfig::standalone`],
 //! [`RedisConfig::sentinel`], [`RedisConfig::cluster`], or TFRA's JSON file with
 //! [`RedisConfig::from_path`]), open a [`Table`] with a [`TableBuilder`], and read and write
-//! rows as slices of the table's element type ([`Element`]: `f32`, `f64`, [`f16`], [`bf16`],
+//! rows as slices of the table's element type ([`Element`]: `f32`, `f64`, [`f16`](struct@f16), [`bf16`],
 //! `i8`, `i32`, `i64`) with int64 or int32 ids ([`Keys`]):
 //!
 //! ```
@@ -133,5 +133,6 @@ pub use error::{ArgumentKind, Error, Result};
 /// The 16-bit float element types of float16 and bfloat16 tables, from the
 /// [`half`](https://docs.rs/half/2) crate (version 2), re-exported so that typed rows of those
 /// tables need no direct dependency on it.
+#[doc(no_inline)]
 pub use half::{bf16, f16};
 pub use table::{Defaults, Lookup, Table, TableSpec};

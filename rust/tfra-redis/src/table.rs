@@ -1150,8 +1150,8 @@ impl Table {
     }
 
     /// [`Table::find`] with typed rows: `out` receives `keys.len() × dim` elements of `T`,
-    /// the table's element type (`f32` for a float32 table, [`f16`](crate::f16) for a float16
-    /// one, ...).
+    /// the table's element type (`f32` for a float32 table, [`f16`](struct@crate::f16) for a
+    /// float16 one, ...). Defaults are typed too.
     ///
     /// ```no_run
     /// # fn demo(table: &tfra_redis::Table) -> tfra_redis::Result<()> {
@@ -1186,12 +1186,12 @@ impl Table {
             Defaults::Row(r) => {
                 self.check_elements("the default row", r.len(), 1)?;
                 defaults_le = elements_to_le(r);
-                Defaults::Row(&*defaults_le)
+                Defaults::Row(&defaults_le)
             }
             Defaults::PerKey(r) => {
                 self.check_elements("the per-key defaults", r.len(), keys.len())?;
                 defaults_le = elements_to_le(r);
-                Defaults::PerKey(&*defaults_le)
+                Defaults::PerKey(&defaults_le)
             }
         };
         let result = self.find(keys, defaults, elements_as_bytes_mut(out), exists);
