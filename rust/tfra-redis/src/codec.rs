@@ -10,7 +10,7 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 
-/// The dtype of a table's keys.
+/// The dtype of a table's keys. Displays as its TF/numpy name (`int32`, `int64`, `string`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum KeyDtype {
@@ -451,7 +451,8 @@ impl KeyBuf {
     }
 }
 
-/// The dtype of a table's row elements.
+/// The dtype of a table's row elements. Displays as its numpy name (`float32`, `bfloat16`, ...);
+/// [`Element`] maps Rust types to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ValueDtype {

@@ -1121,11 +1121,10 @@ impl Table {
             return Err(Error::invalid(
                 crate::error::ArgumentKind::Dtype,
                 format!(
-                    "table {:?} holds {} values, but {} rows were given (a {} type)",
+                    "table {:?} holds {} values, but {} rows were given",
                     self.spec.name,
                     self.spec.value_dtype.numpy_name(),
-                    T::DTYPE.numpy_name(),
-                    std::any::type_name::<T>()
+                    T::DTYPE.numpy_name()
                 ),
             ));
         }
