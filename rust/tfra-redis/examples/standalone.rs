@@ -1,5 +1,5 @@
-//! A table on one Redis server: insert rows, read them back with defaults for missing ids,
-//! remove one, count.
+//! A table on one Redis server: insert typed rows, read them back with defaults for missing
+//! ids, export them, train one with an Adam step, remove one, count.
 //!
 //! ```text
 //! TFRA_REDIS_ADDR=127.0.0.1:6379 cargo run --example standalone -p tfra-redis
@@ -7,11 +7,14 @@
 //! ```
 //!
 //! The address comes from the first argument, else `TFRA_REDIS_ADDR`, else `127.0.0.1:6379`.
-//! The table (`example_standalone` under model tag `example`) is cleared at the end.
+//! The tables (`example_standalone` and its Adam slot tables under model tag `example`) are
+//! cleared at the end.
 
 use std::process::ExitCode;
 
-use tfra_redis::{Defaults, KeyDtype, RedisConfig, TableBuilder, ValueDtype};
+use tfra_redis::naming::slot_table_name;
+use tfra_redis::optim::{Optimizer, apply_gradients};
+use tfra_redis::{Defaults, KeyDtype, RedisConfig, Table, TableBuilder, ValueDtype};
 
 /// What [`run`] found, so the integration test can check it.
 #[derive(Debug, PartialEq)]
@@ -20,53 +23,79 @@ pub struct Outcome {
     pub rows: Vec<[f32; 4]>,
     /// Which of them were stored.
     pub found: Vec<bool>,
+    /// Every (id, row) pair the table held after the inserts, by id.
+    pub exported: Vec<(i64, Vec<f32>)>,
+    /// Row 2 after one Adam step with learning rate 0.1 and gradient 1 everywhere.
+    pub trained: [f32; 4],
     /// Rows left after removing id 1.
     pub size_after_remove: u64,
+}
+
+/// Opens a float32 table of dim 4 with int64 ids named `name` on `config`'s servers.
+fn open(config: &RedisConfig, name: &str) -> tfra_redis::Result<Table> {
+    TableBuilder::new(config)
+        .name(name)
+        .dim(4)
+        .key_dtype(KeyDtype::I64)
+        .value_dtype(ValueDtype::F32)
+        .open()
 }
 
 /// Opens the example table on `config`'s servers and runs the example against it; also the
 /// body of the Sentinel and Cluster examples, which differ only in their config.
 pub fn run(config: &RedisConfig, name: &str) -> tfra_redis::Result<Outcome> {
-    let table = TableBuilder::new(config)
-        .name(name)
-        .dim(4)
-        .key_dtype(KeyDtype::I64)
-        .value_dtype(ValueDtype::F32)
-        .open()?;
+    let table = open(config, name)?;
     table.clear()?;
 
-    // Rows are raw little-endian bytes, `dim` elements per id.
-    let rows: Vec<u8> = [[0.1f32, 0.2, 0.3, 0.4], [1.0, 2.0, 3.0, 4.0]]
-        .iter()
-        .flatten()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
-    table.insert(&[1, 2], &rows)?;
+    // Rows are `dim` elements of the table's element type per id, row-major.
+    table.insert_rows(&[1, 2], &[0.1f32, 0.2, 0.3, 0.4, 1.0, 2.0, 3.0, 4.0])?;
 
-    let default_row: Vec<u8> = [0.0f32; 4].iter().flat_map(|x| x.to_le_bytes()).collect();
     let keys = [1, 2, 3];
-    let mut out = vec![0u8; keys.len() * table.row_bytes()];
+    let mut out = vec![0f32; keys.len() * 4];
     let mut found = vec![false; keys.len()];
-    table.find(
-        &keys,
-        Defaults::Row(&default_row),
-        &mut out,
-        Some(&mut found),
-    )?;
+    table.find_rows(&keys, Defaults::Row(&[0.0; 4]), &mut out, Some(&mut found))?;
+
+    let (ids, values) = table.export_rows::<f32>()?;
+    let mut exported: Vec<(i64, Vec<f32>)> = ids
+        .into_ints()
+        .unwrap_or_default()
+        .into_iter()
+        .zip(values.chunks_exact(4).map(<[f32]>::to_vec))
+        .collect();
+    exported.sort_by_key(|(id, _)| *id);
+
+    // One Adam step on id 2. Adam keeps its moments in slot tables named as TFRA names them.
+    let adam = Optimizer::Adam {
+        lr: 0.1,
+        beta1: 0.9,
+        beta2: 0.999,
+        epsilon: 1e-7,
+    };
+    let slots = adam
+        .slot_names()
+        .iter()
+        .map(|slot| open(config, &slot_table_name(name, "shadow", slot)))
+        .collect::<tfra_redis::Result<Vec<Table>>>()?;
+    let slot_refs: Vec<&Table> = slots.iter().collect();
+    // The initial rows are what a missing id starts from (id 2 is stored, so unused).
+    apply_gradients(&adam, &table, &slot_refs, &[2], &[1.0; 4], &[0.0; 4], 1)?;
+    let mut trained = [0f32; 4];
+    table.find_rows(&[2], Defaults::Row(&[0.0; 4]), &mut trained, None)?;
 
     table.remove(&[1])?;
     let size_after_remove = table.size()?;
     table.clear()?;
+    for slot in &slots {
+        slot.clear()?;
+    }
     Ok(Outcome {
         rows: out
-            .chunks_exact(16)
-            .map(|row| {
-                std::array::from_fn(|i| {
-                    f32::from_le_bytes(row[4 * i..4 * i + 4].try_into().unwrap())
-                })
-            })
+            .chunks_exact(4)
+            .map(|row| row.try_into().expect("rows of 4"))
             .collect(),
         found,
+        exported,
+        trained,
         size_after_remove,
     })
 }

@@ -86,7 +86,9 @@ impl<'c> TableBuilder<'c> {
         self
     }
 
-    /// The id type (default int64). An int32 table refuses ids outside the int32 range.
+    /// The id type (default int64). Integer ids may be passed as `&[i64]` or `&[i32]` to
+    /// either integer type (see [`crate::Keys`]); an int32 table refuses ids outside the int32
+    /// range.
     pub fn key_dtype(mut self, key_dtype: KeyDtype) -> Self {
         self.key_dtype = key_dtype;
         self

@@ -10,7 +10,7 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 
-/// The dtype of a table's keys.
+/// The dtype of a table's keys. Displays as its TF/numpy name (`int32`, `int64`, `string`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum KeyDtype {
@@ -197,12 +197,26 @@ impl<'a> ByteKeys<'a> {
     }
 }
 
-/// The ids of one call: integers (for int32 and int64 tables; int32 tables check the range)
-/// or byte strings (for string tables).
+/// The ids of one call: integers (for int32 and int64 tables) or byte strings (for string
+/// tables).
+///
+/// Integer ids are values, whatever their Rust type: `i64` ids in an int32 table are checked
+/// to fit ([`ArgumentKind::KeyOutOfRange`](crate::ArgumentKind::KeyOutOfRange) otherwise), and
+/// `i32` ids in an int64 table are widened, which loses nothing. Integer ids for a string
+/// table, or string ids for an integer table, are refused
+/// ([`ArgumentKind::Dtype`](crate::ArgumentKind::Dtype)).
+///
+/// Every method taking ids takes `impl Into<Keys>`, so pass `&[i64]`, `&Vec<i64>`,
+/// `&[i64; N]`, `&[i32]`, `&Vec<i32>`, a [`ByteKeys`] or a `&`[`KeyBuf`]. There is no
+/// conversion from `&[i32; N]`: an array of unsuffixed literals (`&[7, 9]`) would then not
+/// know its type and fall back to `i32`; write `&ids[..]` for an `i32` array.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Keys<'a> {
-    /// Integer ids.
+    /// int64 ids.
     Ints(&'a [i64]),
+    /// int32 ids.
+    Ints32(&'a [i32]),
     /// String ids.
     Bytes(ByteKeys<'a>),
 }
@@ -212,6 +226,7 @@ impl<'a> Keys<'a> {
     pub fn len(&self) -> usize {
         match self {
             Keys::Ints(k) => k.len(),
+            Keys::Ints32(k) => k.len(),
             Keys::Bytes(k) => k.len(),
         }
     }
@@ -229,6 +244,7 @@ impl<'a> Keys<'a> {
     pub(crate) fn field(&self, i: usize, dtype: KeyDtype) -> FieldBytes<'a> {
         match self {
             Keys::Ints(k) => FieldBytes::Int(dtype.field(k[i])),
+            Keys::Ints32(k) => FieldBytes::Int(dtype.field(i64::from(k[i]))),
             Keys::Bytes(k) => FieldBytes::Bytes(k.get(i)),
         }
     }
@@ -240,6 +256,7 @@ impl<'a> Keys<'a> {
     pub fn slice(&self, start: usize, end: usize) -> Keys<'a> {
         match self {
             Keys::Ints(k) => Keys::Ints(&k[start..end]),
+            Keys::Ints32(k) => Keys::Ints32(&k[start..end]),
             Keys::Bytes(k) => Keys::Bytes(k.slice(start, end)),
         }
     }
@@ -249,6 +266,7 @@ impl<'a> Keys<'a> {
     pub fn label(&self, i: usize) -> String {
         match self {
             Keys::Ints(k) => k[i].to_string(),
+            Keys::Ints32(k) => k[i].to_string(),
             Keys::Bytes(k) => format!("\"{}\"", crate::layout::printable(k.get(i))),
         }
     }
@@ -256,7 +274,7 @@ impl<'a> Keys<'a> {
     /// What kind of ids these are, for messages: `integer` or `string`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Keys::Ints(_) => "integer",
+            Keys::Ints(_) | Keys::Ints32(_) => "integer",
             Keys::Bytes(_) => "string",
         }
     }
@@ -277,6 +295,18 @@ impl<'a> From<&'a Vec<i64>> for Keys<'a> {
 impl<'a, const N: usize> From<&'a [i64; N]> for Keys<'a> {
     fn from(keys: &'a [i64; N]) -> Keys<'a> {
         Keys::Ints(keys)
+    }
+}
+
+impl<'a> From<&'a [i32]> for Keys<'a> {
+    fn from(keys: &'a [i32]) -> Keys<'a> {
+        Keys::Ints32(keys)
+    }
+}
+
+impl<'a> From<&'a Vec<i32>> for Keys<'a> {
+    fn from(keys: &'a Vec<i32>) -> Keys<'a> {
+        Keys::Ints32(keys)
     }
 }
 
@@ -389,6 +419,7 @@ impl KeyBuf {
     pub fn push_key(&mut self, keys: Keys<'_>, i: usize) {
         match (self, keys) {
             (KeyBuf::Ints(k), Keys::Ints(from)) => k.push(from[i]),
+            (KeyBuf::Ints(k), Keys::Ints32(from)) => k.push(i64::from(from[i])),
             (buf @ KeyBuf::Bytes { .. }, Keys::Bytes(from)) => buf.push_bytes(from.get(i)),
             _ => panic!("KeyBuf::push_key across key representations"),
         }
@@ -420,7 +451,8 @@ impl KeyBuf {
     }
 }
 
-/// The dtype of a table's row elements.
+/// The dtype of a table's row elements. Displays as its numpy name (`float32`, `bfloat16`, ...);
+/// [`Element`] maps Rust types to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ValueDtype {
@@ -505,6 +537,87 @@ impl ValueDtype {
 impl fmt::Display for ValueDtype {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.numpy_name())
+    }
+}
+
+/// A Rust type that is the element type of a table's rows: `f32`, `f64`, [`f16`](struct@f16),
+/// [`bf16`], `i8`, `i32` or `i64`, one per [`ValueDtype`].
+///
+/// The typed row methods ([`Table::find_rows`](crate::Table::find_rows),
+/// [`Table::insert_rows`](crate::Table::insert_rows),
+/// [`Table::accum_rows`](crate::Table::accum_rows),
+/// [`Table::export_rows`](crate::Table::export_rows)) take and give `&[T]` instead of raw
+/// little-endian bytes, and refuse a `T` whose [`Element::DTYPE`] is not the table's value
+/// dtype ([`ArgumentKind::Dtype`](crate::ArgumentKind::Dtype)): an `f32` read of a float16
+/// table would otherwise reinterpret its bytes. The set is closed (sealed): every implementor
+/// is plain old data with the exact layout Redis stores on a little-endian machine.
+///
+/// ```
+/// use tfra_redis::{Element, ValueDtype, f16};
+/// assert_eq!(<f32 as Element>::DTYPE, ValueDtype::F32);
+/// assert_eq!(f16::DTYPE, ValueDtype::F16);
+/// ```
+pub trait Element: sealed::Sealed + Copy + Send + Sync + fmt::Debug + 'static {
+    /// The value dtype of tables whose rows hold this type.
+    const DTYPE: ValueDtype;
+}
+
+/// Seals [`Element`] and carries the `bytemuck::Pod` bound inside the crate without making
+/// `bytemuck` part of the public API.
+mod sealed {
+    pub trait Sealed: bytemuck::Pod {}
+}
+
+macro_rules! element {
+    ($($t:ty => $d:ident),* $(,)?) => {$(
+        impl sealed::Sealed for $t {}
+        impl Element for $t {
+            const DTYPE: ValueDtype = ValueDtype::$d;
+        }
+    )*};
+}
+
+element!(
+    f32 => F32,
+    f64 => F64,
+    f16 => F16,
+    bf16 => BF16,
+    i8 => I8,
+    i32 => I32,
+    i64 => I64,
+);
+
+/// `rows` as the little-endian bytes Redis stores: a view on little-endian machines, a
+/// byte-swapped copy elsewhere.
+pub(crate) fn elements_to_le<T: Element>(rows: &[T]) -> std::borrow::Cow<'_, [u8]> {
+    let bytes: &[u8] = bytemuck::cast_slice(rows);
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytes)
+    } else {
+        let mut owned = bytes.to_vec();
+        swap_elements::<T>(&mut owned);
+        std::borrow::Cow::Owned(owned)
+    }
+}
+
+/// `T`'s bytes viewed as `&mut [u8]`, to be filled with little-endian elements and then
+/// fixed up by [`le_to_native_in_place`].
+pub(crate) fn elements_as_bytes_mut<T: Element>(rows: &mut [T]) -> &mut [u8] {
+    bytemuck::cast_slice_mut(rows)
+}
+
+/// Turns elements filled with little-endian bytes into native ones (nothing on little-endian
+/// machines).
+pub(crate) fn le_to_native_in_place<T: Element>(rows: &mut [T]) {
+    if cfg!(target_endian = "big") {
+        swap_elements::<T>(bytemuck::cast_slice_mut(rows));
+    }
+}
+
+/// Reverses the bytes of each `size_of::<T>()`-byte element.
+fn swap_elements<T: Element>(bytes: &mut [u8]) {
+    for e in bytes.chunks_exact_mut(std::mem::size_of::<T>()) {
+        e.reverse();
     }
 }
 

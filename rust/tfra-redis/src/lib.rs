@@ -9,10 +9,11 @@
 //! Build a [`RedisConfig`] for your deployment ([`RedisConfig::standalone`],
 //! [`RedisConfig::sentinel`], [`RedisConfig::cluster`], or TFRA's JSON file with
 //! [`RedisConfig::from_path`]), open a [`Table`] with a [`TableBuilder`], and read and write
-//! rows as raw little-endian bytes:
+//! rows as slices of the table's element type ([`Element`]: `f32`, `f64`, [`f16`](struct@f16), [`bf16`],
+//! `i8`, `i32`, `i64`) with int64 or int32 ids ([`Keys`]):
 //!
 //! ```
-//! use tfra_redis::{Defaults, KeyDtype, RedisConfig, TableBuilder, ValueDtype};
+//! use tfra_redis::{ArgumentKind, Defaults, KeyDtype, RedisConfig, TableBuilder, ValueDtype};
 //! # let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
 //! # let mut server = std::process::Command::new("redis-server")
 //! #     .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
@@ -33,16 +34,18 @@
 //!     .open()?;
 //!
 //! // Two float32 rows for ids 7 and 9.
-//! let rows: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-//! table.insert(&[7, 9], &rows)?;
+//! table.insert_rows(&[7, 9], &[1.0f32, 2.0, 3.0, 4.0])?;
 //!
-//! let mut out = vec![0u8; 3 * table.row_bytes()];
+//! let mut out = vec![0f32; 3 * 2];
 //! let mut found = vec![false; 3];
-//! let missing: Vec<u8> = [0.0f32, 0.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-//! table.find(&[9, 7, 8], Defaults::Row(&missing), &mut out, Some(&mut found))?;
+//! table.find_rows(&[9, 7, 8], Defaults::Row(&[0.0, 0.0]), &mut out, Some(&mut found))?;
 //! assert_eq!(found, [true, true, false]);
-//! assert_eq!(&out[..8], &rows[8..]);
+//! assert_eq!(out, [3.0, 4.0, 1.0, 2.0, 0.0, 0.0]);
 //! assert_eq!(table.size()?, 2);
+//!
+//! // Rows of another element type are refused before anything is sent.
+//! let err = table.insert_rows(&[7], &[1.0f64, 2.0]).unwrap_err();
+//! assert_eq!(err.argument_kind(), Some(ArgumentKind::Dtype));
 //! # table.clear()?;
 //! # server.kill().ok();
 //! # server.wait().ok();
@@ -54,9 +57,11 @@
 //! [`TableBuilder::open`] connects (pools are shared by tables with the same connection
 //! settings), works out the bucket keys ([`layout`]) and returns a [`Table`]; its batch
 //! operations group ids by bucket, cut them into commands of `keys_sending_size` fields and run
-//! one pipeline per node. Rows cross as raw little-endian bytes ([`codec`]). TFRA's names for
-//! shard and optimizer slot tables are in [`naming`]; saving and restoring files and moving
-//! rows between layouts in [`store`]; optimizers that update rows in Redis in [`optim`].
+//! one pipeline per node. Rows are stored as raw little-endian elements ([`codec`]); the byte
+//! methods ([`Table::find`], [`Table::insert`], [`Table::export`]) take and give those bytes
+//! as they are, the typed ones (`*_rows`) convert. TFRA's names for shard and optimizer slot
+//! tables are in [`naming`]; saving and restoring files and moving rows between layouts in
+//! [`store`]; optimizers that update rows in Redis in [`optim`].
 //!
 //! # Errors
 //!
@@ -122,7 +127,12 @@ pub use builder::TableBuilder;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub use codec::{ByteKeys, Dim, KeyBuf, KeyDtype, Keys, ValueDtype};
+pub use codec::{ByteKeys, Dim, Element, KeyBuf, KeyDtype, Keys, ValueDtype};
 pub use config::{ConnectionMode, RedisConfig, StoreMode};
 pub use error::{ArgumentKind, Error, Result};
+/// The 16-bit float element types of float16 and bfloat16 tables, from the
+/// [`half`](https://docs.rs/half/2) crate (version 2), re-exported so that typed rows of those
+/// tables need no direct dependency on it.
+#[doc(no_inline)]
+pub use half::{bf16, f16};
 pub use table::{Defaults, Lookup, Table, TableSpec};

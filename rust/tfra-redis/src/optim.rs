@@ -404,11 +404,37 @@ impl Optimizer {
 
 /// Applies one optimizer step to the rows of `keys` in Redis.
 ///
-/// `grads` and `init_rows` hold `keys.len()` rows of the tables' dim, row-major. Rows missing in
-/// `params` start from their `init_rows` row (the initializer values the forward pass used), and
-/// missing slot rows from [`Optimizer::initial_slot_value`]. `slots` are the slot tables in
-/// [`Optimizer::slot_names`] order. `step` is the 1-based update count (Keras'
+/// `params` and every slot table hold float32 rows of the same dim; `grads` and `init_rows`
+/// hold `keys.len()` rows of that dim, row-major. Rows missing in `params` start from their
+/// `init_rows` row (the initializer values the forward pass used), and missing slot rows from
+/// [`Optimizer::initial_slot_value`]. `step` is the 1-based update count (Keras'
 /// `iterations + 1`), shared by all rows.
+///
+/// `slots` are the slot tables in [`Optimizer::slot_names`] order (none for SGD, Adam's `m`
+/// then `v`): ordinary tables, opened like `params` with [`crate::TableBuilder`]. Name them
+/// with [`crate::naming::slot_table_name`] to share them with TFRA or the Python package;
+/// any names work otherwise, as long as each slot has its own table.
+///
+/// ```no_run
+/// use tfra_redis::naming::slot_table_name;
+/// use tfra_redis::optim::{Optimizer, apply_gradients};
+/// use tfra_redis::{RedisConfig, Table, TableBuilder};
+///
+/// let config = RedisConfig::standalone("127.0.0.1", 6379).with_model_tag("ctr_v1");
+/// let open = |name: &str| TableBuilder::new(&config).name(name).dim(2).open(); // float32
+/// let params = open("user_emb")?;
+/// let adam = Optimizer::from_keras_name("adam", &[("learning_rate", 0.01)])?;
+/// let slots = adam
+///     .slot_names()
+///     .iter()
+///     .map(|slot| open(&slot_table_name("user_emb", "shadow", slot)))
+///     .collect::<tfra_redis::Result<Vec<Table>>>()?;
+/// let slots: Vec<&Table> = slots.iter().collect();
+/// // Ids 7 and 9 with one gradient row each; a new id starts from its `init_rows` row.
+/// let grads = [0.5f32, -0.5, 1.0, 0.0];
+/// apply_gradients(&adam, &params, &slots, &[7, 9], &grads, &[0.0; 4], 1)?;
+/// # Ok::<(), tfra_redis::Error>(())
+/// ```
 ///
 /// Keys must be unique: the gradients of an id looked up several times in a batch must be summed
 /// by the caller first (an `IndexedSlices` gradient usually repeats ids). A repeated key is an
