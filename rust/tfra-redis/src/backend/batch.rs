@@ -336,6 +336,32 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_encodes_its_commands_as_they_are() {
+        let mut batch = Batch::new();
+        batch.command("HSET", 3);
+        batch.key(b"b{1}");
+        batch.arg(b"f");
+        batch.arg(b"b{1}");
+        batch.command("PING", 0);
+        batch.command("hmget", 2);
+        batch.key(b"b{2}");
+        batch.arg(b"f");
+        let mut out = Batch::new();
+        out.command("ASKING", 0);
+        for i in [2, 1, 0] {
+            assert_eq!(Commands::encoded(&batch, i), Some(batch.command_bytes(i)));
+            Commands::encode(&batch, i, &mut out);
+        }
+        assert_eq!(out.command_bytes(0), b"*1\r\n$6\r\nASKING\r\n");
+        for (j, i) in [(1, 2), (2, 1), (3, 0)] {
+            assert_eq!(out.command_bytes(j), batch.command_bytes(i));
+            assert_eq!(out.key_of(j), batch.key_of(i));
+            assert_eq!(out.name_of(j), batch.name_of(i));
+        }
+        assert_eq!(out.key_of(2), b"", "PING has no key");
+    }
+
+    #[test]
     #[should_panic(expected = "more arguments")]
     fn too_many_arguments_are_a_bug() {
         let mut batch = Batch::new();
