@@ -138,6 +138,41 @@ fn shared_backend<'t>(
     Ok(Some(backend))
 }
 
+/// One window of a write, encoded where the backend sends it: command `i` writes the keys at
+/// `window[i].1` to bucket `window[i].0`, as `make` encodes it.
+struct WindowWrites<'w, F> {
+    table: &'w Table,
+    /// Every command's name (upper case), as `make` writes it.
+    name: &'static str,
+    window: &'w [(usize, Vec<u32>)],
+    make: &'w F,
+}
+
+impl<F: Fn(&mut Batch, usize, &[u32]) + Sync> backend::Commands for WindowWrites<'_, F> {
+    fn len(&self) -> usize {
+        self.window.len()
+    }
+
+    fn name_of(&self, _: usize) -> &str {
+        self.name
+    }
+
+    fn key_of(&self, i: usize) -> &[u8] {
+        self.table.buckets[self.window[i].0].as_bytes()
+    }
+
+    fn encoded(&self, _: usize) -> Option<&[u8]> {
+        None
+    }
+
+    fn encode(&self, i: usize, out: &mut Batch) {
+        let (b, pos) = &self.window[i];
+        (self.make)(out, *b, pos);
+        debug_assert_eq!(out.name_of(out.len() - 1), self.name);
+        debug_assert_eq!(out.key_of(out.len() - 1), self.key_of(i));
+    }
+}
+
 /// An open table. Open one with [`crate::TableBuilder`].
 ///
 /// # Threads and blocking
@@ -690,7 +725,8 @@ impl Table {
         if keys.is_empty() {
             return Ok(());
         }
-        self.write_windows(keys, Retry::Idempotent, |batch, b, pos| {
+        let name = if only_missing { "EVAL" } else { "HSET" };
+        self.write_windows(keys, Retry::Idempotent, name, |batch, b, pos| {
             self.rows_cmd(batch, only_missing, b, keys, values, pos)
         })
     }
@@ -719,16 +755,29 @@ impl Table {
         self.push_pairs(batch, keys, rows, pos);
     }
 
-    /// Runs one write command per (bucket, chunk of keys) built by `make`, window by window.
+    /// Runs one write command per (bucket, chunk of keys) built by `make`, window by window;
+    /// every command is called `name`. The backend encodes the commands where it sends them
+    /// (a cluster: each node's in that node's thread; see [`backend::Commands`]).
     fn write_windows(
         &self,
         keys: Keys<'_>,
         retry: Retry,
-        make: impl Fn(&mut Batch, usize, &[u32]),
+        name: &'static str,
+        make: impl Fn(&mut Batch, usize, &[u32]) + Sync,
     ) -> Result<()> {
         let backend = self.backend()?;
-        self.by_window(keys, make, |batch, _| {
-            backend.run_batch(batch, Role::Write, retry).map(|_| ())
+        let plan = self.plan(keys);
+        with_batch(self.config.redis_client_buffer_keep_bytes, |scratch| {
+            for window in Self::windows(&plan) {
+                let cmds = WindowWrites {
+                    table: self,
+                    name,
+                    window,
+                    make: &make,
+                };
+                backend.run_deferred(&cmds, scratch, Role::Write, retry)?;
+            }
+            Ok(())
         })
     }
 
@@ -804,7 +853,7 @@ impl Table {
         if keys.is_empty() {
             return Ok(());
         }
-        self.write_windows(keys, Retry::Idempotent, |batch, b, pos| {
+        self.write_windows(keys, Retry::Idempotent, "HDEL", |batch, b, pos| {
             self.fields_cmd(batch, "HDEL", b, keys, pos)
         })
     }
@@ -854,7 +903,7 @@ impl Table {
         if keys.is_empty() {
             return Ok(());
         }
-        self.write_windows(keys, Retry::AtMostOnce, |batch, b, pos| {
+        self.write_windows(keys, Retry::AtMostOnce, "EVAL", |batch, b, pos| {
             let flags: Vec<u8> = pos.iter().map(|&i| exists[i as usize] as u8).collect();
             batch.command("EVAL", 5 + 2 * pos.len());
             batch.arg(ACCUM_LUA.as_bytes());

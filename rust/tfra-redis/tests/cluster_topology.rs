@@ -299,3 +299,95 @@ fn one_node_with_an_outdated_view_does_not_decide_the_slot_map() {
         "rows went to the master of the outdated view"
     );
 }
+
+/// A distinct row per key, so that a row landing on the wrong key shows.
+fn key_rows(keys: &[i64], salt: f32) -> Vec<u8> {
+    keys.iter()
+        .flat_map(|&k| (0..DIM).map(move |j| k as f32 * 8.0 + j as f32 + salt))
+        .flat_map(f32::to_le_bytes)
+        .collect()
+}
+
+#[test]
+fn inserts_encoded_per_node_read_back_exactly_from_every_master() {
+    // Each node's commands are encoded in that node's thread: many commands per node
+    // (`keys_sending_size` 64, 6 buckets) and more than one window (65,536 keys each).
+    let c = Cluster::start();
+    let t = open(
+        &c.config_json(json!({"storage_slice": 6, "keys_sending_size": 64})),
+        "spread",
+    );
+    let keys: Vec<i64> = (0..70_000).map(|k| k * 7919 - 300_000).collect();
+    t.insert(&keys, &key_rows(&keys, 0.5)).unwrap();
+    for m in c.masters() {
+        let held: u64 = m.cli(&["DBSIZE"]).parse().unwrap();
+        assert!(held > 0, "master {} got no bucket", m.port());
+    }
+    assert_eq!(find(&t, &keys).unwrap(), key_rows(&keys, 0.5));
+    assert_eq!(t.size().unwrap(), keys.len() as u64);
+    // Overwrites and removals go the same way.
+    t.insert(&keys[..5000], &key_rows(&keys[..5000], 1.25))
+        .unwrap();
+    t.remove(&keys[5000..6000]).unwrap();
+    let mut expected = key_rows(&keys[..5000], 1.25);
+    expected.extend(rows(&keys[5000..6000], -1.0));
+    expected.extend(key_rows(&keys[6000..], 0.5));
+    assert_eq!(find(&t, &keys).unwrap(), expected);
+}
+
+#[test]
+fn an_insert_that_meets_moved_ends_exact() {
+    let c = Cluster::start();
+    let t = open(&c.config_json(json!({"storage_slice": 3})), "moved_insert");
+    let keys: Vec<i64> = (0..3000).collect();
+    t.insert(&keys, &key_rows(&keys, 0.0)).unwrap();
+    let slot = t.buckets()[0].slot();
+    let moved_to = c.move_slot(slot);
+    let moved = moved_replies(&c);
+    // The client's map still names the old master for one bucket: its HSET, encoded in that
+    // node's thread, meets MOVED and is encoded again for the new master.
+    t.insert(&keys, &key_rows(&keys, 3.0)).unwrap();
+    assert!(moved_replies(&c) > moved, "the insert never met the MOVED");
+    assert_eq!(c.node_for_slot(slot).port(), moved_to);
+    assert_eq!(find(&t, &keys).unwrap(), key_rows(&keys, 3.0));
+}
+
+#[test]
+fn an_insert_that_meets_ask_mid_migration_ends_exact() {
+    let c = Cluster::start();
+    let t = open(&c.config_json(json!({"storage_slice": 3})), "ask_insert");
+    let keys: Vec<i64> = (0..3000).collect();
+    t.insert(&keys, &key_rows(&keys, 0.0)).unwrap();
+    // Half a reshard, as `redis-cli --cluster reshard` leaves it between steps: the bucket
+    // is already on the target, the slot still belongs to the source, which answers ASK.
+    let bucket = String::from_utf8(t.buckets()[0].as_bytes().to_vec()).unwrap();
+    let slot = t.buckets()[0].slot();
+    let source = c.node_for_slot(slot);
+    let target = c
+        .masters()
+        .into_iter()
+        .find(|m| m.port() != source.port())
+        .unwrap();
+    let (source_id, target_id) = (
+        source.cli(&["CLUSTER", "MYID"]),
+        target.cli(&["CLUSTER", "MYID"]),
+    );
+    let slot_s = slot.to_string();
+    target.cli(&["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &source_id]);
+    source.cli(&["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &target_id]);
+    let port = target.port().to_string();
+    assert_eq!(
+        source.cli(&["MIGRATE", "127.0.0.1", &port, &bucket, "0", "5000"]),
+        "OK"
+    );
+    let asked = error_replies(source, "ASK");
+    t.insert(&keys, &key_rows(&keys, 2.0)).unwrap();
+    assert!(
+        error_replies(source, "ASK") > asked,
+        "the insert never met the ASK"
+    );
+    for m in c.masters() {
+        m.cli(&["CLUSTER", "SETSLOT", &slot_s, "NODE", &target_id]);
+    }
+    assert_eq!(find(&t, &keys).unwrap(), key_rows(&keys, 2.0));
+}

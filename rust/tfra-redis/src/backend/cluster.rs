@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use super::batch::Batch;
+use super::batch::{Batch, Commands};
 use super::options::{ConnectOptions, connect_node};
 use super::pool::Pool;
 use super::reply::Reply;
@@ -57,7 +57,7 @@ type Sink<'s, 'f> = Mutex<(&'s mut super::OnReply<'f>, Option<Error>)>;
 /// What the nodes of one round of an attempt share.
 #[derive(Clone, Copy)]
 struct Share<'r, 's, 'f> {
-    batch: &'r Batch,
+    batch: &'r dyn Commands,
     /// Commands to send with `ASKING` (to the node of an `ASK` redirect).
     asking: &'r HashSet<usize>,
     /// Whether a `WAIT` follows the writes.
@@ -103,7 +103,14 @@ pub(crate) struct Cluster {
     suspects: Mutex<HashMap<Addr, Instant>>,
     /// Full slot map refreshes done (for logs and tests).
     refreshes: AtomicU64,
+    /// Command buffers of node threads, kept between calls (see [`Cluster::spare_batch`]).
+    spare_batches: Mutex<Vec<Batch>>,
 }
+
+/// How many node threads' command buffers are kept between calls: one per master of a
+/// typical cluster, plus a few for concurrent calls. Each is at most
+/// `redis_client_buffer_keep_bytes`.
+const SPARE_BATCHES: usize = 8;
 
 /// How long reads leave a replica alone after it failed, going to its master instead. Long
 /// enough that a dead or paused replica does not cost every read a connect or socket timeout,
@@ -164,6 +171,7 @@ impl Cluster {
             next_replica: AtomicUsize::new(0),
             suspects: Mutex::new(HashMap::new()),
             refreshes: AtomicU64::new(0),
+            spare_batches: Mutex::new(Vec::new()),
         };
         // Fail at open, not at the first lookup, when the cluster cannot be used.
         with_retry(cluster.opts.retry_deadline, Retry::Idempotent, || {
@@ -323,12 +331,50 @@ impl Cluster {
         drop(gone);
     }
 
-    /// Sends the given commands of a batch to one node as one pipeline.
+    /// A command buffer for a node thread: node threads live for one call, so a thread-local
+    /// buffer would be new (and page-faulted in) every call.
+    fn spare_batch(&self) -> Batch {
+        let mut spares = self.spare_batches.lock().unwrap_or_else(|e| e.into_inner());
+        spares.pop().unwrap_or_default()
+    }
+
+    /// Keeps a node thread's command buffer for the next call, unless it grew past
+    /// `redis_client_buffer_keep_bytes`.
+    fn keep_batch(&self, mut batch: Batch) {
+        batch.clear();
+        if batch.capacity() == 0 || batch.capacity() > self.opts.buffer_keep {
+            return;
+        }
+        let mut spares = self.spare_batches.lock().unwrap_or_else(|e| e.into_inner());
+        if spares.len() < SPARE_BATCHES {
+            spares.push(batch);
+        }
+    }
+
+    /// [`Cluster::run_node`] from a node thread, with a kept buffer when it has to encode.
+    fn run_node_spare(
+        &self,
+        node: &(Addr, bool),
+        idxs: &[usize],
+        share: &Share<'_, '_, '_>,
+    ) -> NodeOutcome {
+        if idxs.iter().all(|&i| share.batch.encoded(i).is_some()) {
+            return self.run_node(node, idxs, share, &mut Batch::new());
+        }
+        let mut buf = self.spare_batch();
+        let outcome = self.run_node(node, idxs, share, &mut buf);
+        self.keep_batch(buf);
+        outcome
+    }
+
+    /// Sends the given commands of a batch to one node as one pipeline. Commands not
+    /// encoded yet are encoded into `buf` here, in the node's own thread.
     fn run_node(
         &self,
         node: &(Addr, bool),
         idxs: &[usize],
         share: &Share<'_, '_, '_>,
+        buf: &mut Batch,
     ) -> NodeOutcome {
         let Share {
             batch,
@@ -347,16 +393,32 @@ impl Cluster {
         {
             return NodeOutcome::Failed { err, sent: false };
         }
-        // The node's commands are sent from where they are in the batch, not copied together.
         let mut parts: Vec<&[u8]> = Vec::with_capacity(idxs.len() + 1);
         let mut expected = idxs.len();
-        for &i in idxs {
-            if asking.contains(&i) {
-                // ASK: the target node serves the key only for a command flagged by ASKING.
-                parts.push(b"*1\r\n$6\r\nASKING\r\n");
-                expected += 1;
+        if idxs.iter().all(|&i| batch.encoded(i).is_some()) {
+            // The node's commands are sent from where they are in the batch, not copied
+            // together.
+            for &i in idxs {
+                if asking.contains(&i) {
+                    // ASK: the target node serves the key only for a command flagged by
+                    // ASKING.
+                    parts.push(ASKING);
+                    expected += 1;
+                }
+                parts.extend(batch.encoded(i));
             }
-            parts.push(batch.command_bytes(i));
+        } else {
+            // Encoded here, while the other nodes encode theirs or already run them; the
+            // same commands, in the same order, as from an encoded batch.
+            buf.clear();
+            for &i in idxs {
+                if asking.contains(&i) {
+                    buf.command("ASKING", 0);
+                    expected += 1;
+                }
+                batch.encode(i, buf);
+            }
+            parts.push(buf.bytes());
         }
         // WAIT rides on the connection that carried the writes, so it covers exactly them.
         let wait = if durable {
@@ -423,7 +485,13 @@ impl Cluster {
 
     /// Names the node and the buckets in a transport error, so that the caller sees which
     /// part of a multi-node batch failed.
-    fn node_error(&self, err: Error, node: &(Addr, bool), batch: &Batch, idxs: &[usize]) -> Error {
+    fn node_error(
+        &self,
+        err: Error,
+        node: &(Addr, bool),
+        batch: &dyn Commands,
+        idxs: &[usize],
+    ) -> Error {
         let mut buckets: Vec<String> = idxs
             .iter()
             .map(|&i| crate::layout::printable(batch.key_of(i)))
@@ -513,14 +581,16 @@ impl Cluster {
     /// falling back from failed replicas to masters) for a few rounds. Returns the error to
     /// report and whether it proves the failed commands did not run; commands that succeeded
     /// keep their results for the next attempt.
+    #[allow(clippy::too_many_arguments)]
     fn attempt(
         &self,
-        batch: &Batch,
+        batch: &dyn Commands,
         slots: &[u16],
         role: Role,
         retry: Retry,
         results: &mut [Option<Reply>],
         sink: Option<&Sink<'_, '_>>,
+        scratch: &mut Batch,
     ) -> std::result::Result<(), (Error, bool)> {
         let durable = super::needs_wait(batch, role, &self.opts);
         // MOVED and ASK targets of the commands they answered, used at once: a MOVED used to
@@ -568,7 +638,7 @@ impl Cluster {
             };
             let outcomes: Vec<NodeOutcome> = if groups.len() == 1 {
                 let (node, idxs) = &groups[0];
-                vec![self.run_node(node, idxs, &share)]
+                vec![self.run_node(node, idxs, &share, scratch)]
             } else {
                 // All nodes at once: the batch takes as long as the slowest node, not the sum.
                 // The calling thread serves the first node itself: one thread fewer to start.
@@ -576,10 +646,10 @@ impl Cluster {
                     let share = &share;
                     let handles: Vec<_> = groups[1..]
                         .iter()
-                        .map(|(node, idxs)| s.spawn(move || self.run_node(node, idxs, share)))
+                        .map(|(node, idxs)| s.spawn(move || self.run_node_spare(node, idxs, share)))
                         .collect();
                     let (node, idxs) = &groups[0];
-                    let first = self.run_node(node, idxs, share);
+                    let first = self.run_node(node, idxs, share, scratch);
                     std::iter::once(first)
                         .chain(
                             handles
@@ -712,6 +782,10 @@ impl Cluster {
     }
 }
 
+/// `ASKING`: after an `ASK` redirect the target node serves the key only for a command
+/// flagged by it.
+const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+
 /// Adds the node to an error reply's message.
 fn with_node(err: Error, node: &(Addr, bool)) -> Error {
     match err {
@@ -736,10 +810,11 @@ impl Cluster {
     /// in an earlier attempt are not sent again, so the sink sees each command once.
     fn run_all(
         &self,
-        batch: &Batch,
+        batch: &dyn Commands,
         role: Role,
         retry: Retry,
         sink: Option<&Sink<'_, '_>>,
+        scratch: &mut Batch,
     ) -> Result<Vec<Reply>> {
         let slots: Vec<u16> = (0..batch.len())
             .map(|i| crate::layout::key_slot(batch.key_of(i)))
@@ -768,7 +843,7 @@ impl Cluster {
                 });
             }
             with_retry(self.opts.retry_deadline, retry, || {
-                self.attempt(batch, &slots, role, retry, &mut results, sink)
+                self.attempt(batch, &slots, role, retry, &mut results, sink, scratch)
             })
         })?;
         Ok(results
@@ -783,7 +858,22 @@ impl Backend for Cluster {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.run_all(batch, role, retry, None)
+        self.run_all(batch, role, retry, None, &mut Batch::new())
+    }
+
+    fn run_deferred(
+        &self,
+        cmds: &dyn Commands,
+        scratch: &mut Batch,
+        role: Role,
+        retry: Retry,
+    ) -> Result<Vec<Reply>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The calling thread encodes the first node's share into `scratch`; node threads use
+        // kept buffers.
+        self.run_all(cmds, role, retry, None, scratch)
     }
 
     fn run_each(&self, batch: &Batch, role: Role, on_reply: &mut super::OnReply<'_>) -> Result<()> {
@@ -791,7 +881,13 @@ impl Backend for Cluster {
             return Ok(());
         }
         let sink: Sink<'_, '_> = Mutex::new((on_reply, None));
-        self.run_all(batch, role, Retry::Idempotent, Some(&sink))?;
+        self.run_all(
+            batch,
+            role,
+            Retry::Idempotent,
+            Some(&sink),
+            &mut Batch::new(),
+        )?;
         match sink.into_inner().unwrap_or_else(|e| e.into_inner()).1 {
             Some(err) => Err(err),
             None => Ok(()),

@@ -47,7 +47,7 @@ use redis::{Cmd, Value};
 use crate::config::{ConnectionMode, RedisConfig};
 use crate::error::{Error, Result};
 
-pub use batch::Batch;
+pub use batch::{Batch, Commands};
 pub use options::ConnectOptions;
 pub use reply::{Reply, ReplyView, Unexpected};
 
@@ -99,6 +99,24 @@ pub trait Backend: Send + Sync {
             on_reply(i, reply.view())?;
         }
         Ok(())
+    }
+
+    /// [`Backend::run_batch`] for commands encoded on demand: `scratch` is a buffer the
+    /// caller keeps between calls. A backend that sends to several nodes at once encodes each
+    /// node's commands in that node's thread (see [`Commands`]); the others encode them all
+    /// into `scratch` and run that. The bytes on the wire are the same either way.
+    fn run_deferred(
+        &self,
+        cmds: &dyn Commands,
+        scratch: &mut Batch,
+        role: Role,
+        retry: Retry,
+    ) -> Result<Vec<Reply>> {
+        scratch.clear();
+        for i in 0..cmds.len() {
+            cmds.encode(i, scratch);
+        }
+        self.run_batch(scratch, role, retry)
     }
 
     /// [`Backend::run_batch`] for commands built as `redis::Cmd`s.
@@ -475,7 +493,11 @@ pub(crate) fn is_read_only(name: &str) -> bool {
 }
 
 /// True when a batch needs the durable-write `WAIT`: a write batch that changes data.
-pub(crate) fn needs_wait(batch: &Batch, role: Role, opts: &ConnectOptions) -> bool {
+pub(crate) fn needs_wait(
+    batch: &(impl Commands + ?Sized),
+    role: Role,
+    opts: &ConnectOptions,
+) -> bool {
     role == Role::Write
         && opts.durable_replicas > 0
         && !(0..batch.len()).all(|i| is_read_only(batch.name_of(i)))
@@ -577,7 +599,7 @@ pub(crate) fn scan_connection(
 
 /// Builds the error for a command that Redis answered with an error, naming the command and
 /// its key (the bucket).
-pub(crate) fn command_error(batch: &Batch, i: usize, message: String) -> Error {
+pub(crate) fn command_error(batch: &(impl Commands + ?Sized), i: usize, message: String) -> Error {
     Error::Command {
         source: None,
         command: batch.name_of(i).to_string(),
@@ -587,7 +609,11 @@ pub(crate) fn command_error(batch: &Batch, i: usize, message: String) -> Error {
 }
 
 /// Checks a pipeline's replies (run with `ignore_errors`) for error replies.
-pub(crate) fn check_replies(batch: &Batch, idxs: &[usize], replies: &[Reply]) -> Result<()> {
+pub(crate) fn check_replies(
+    batch: &(impl Commands + ?Sized),
+    idxs: &[usize],
+    replies: &[Reply],
+) -> Result<()> {
     for (&i, reply) in idxs.iter().zip(replies) {
         if let Some(e) = reply.server_error() {
             return Err(error_reply(batch, i, &e));
@@ -597,7 +623,11 @@ pub(crate) fn check_replies(batch: &Batch, idxs: &[usize], replies: &[Reply]) ->
 }
 
 /// The error for command `i` of `batch` answered with `e`.
-pub(crate) fn error_reply(batch: &Batch, i: usize, e: &redis::ServerError) -> Error {
+pub(crate) fn error_reply(
+    batch: &(impl Commands + ?Sized),
+    i: usize,
+    e: &redis::ServerError,
+) -> Error {
     let message = match e.details() {
         Some(d) => format!("{} {d}", e.code()),
         None => e.code().to_string(),
