@@ -48,7 +48,11 @@ impl Table {
                 // Once per call would flood the log (and the Python bridge) while a server
                 // is down: see `throttle.rs`.
                 if let Some(held_back) = self.lookup_failures.admit() {
+                    // The logger users configure is `tfra_redis.table` (the bridge names
+                    // Python loggers after the target), whichever file of the table module
+                    // this code lives in.
                     log::warn!(
+                        target: "tfra_redis::table",
                         "lookup in {} failed, returning default rows because \
                          redis_lookup_defaults_on_error is set: {e}{}",
                         self.spec.name,
