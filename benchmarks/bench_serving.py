@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from json_lines import JsonLineProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "benchmarks"
@@ -107,46 +107,19 @@ class Client:
             )
         env.update(extra_env)
         self.name = name
-        self._stderr = tempfile.TemporaryFile(mode="w+")
-        self._proc = subprocess.Popen(
+        self._process = JsonLineProcess(
             [python, str(BENCH_DIR / "serving_client.py"), json.dumps({**request, "client": kind})],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
+            env,
+            MARK,
+            f"{name}'s serving client",
         )
-        self.info = self._reply()
-
-    def _reply(self) -> dict[str, Any]:
-        assert self._proc.stdout is not None
-        while True:
-            line = self._proc.stdout.readline()
-            if not line:
-                self._proc.wait()
-                self._stderr.seek(0)
-                raise RuntimeError(
-                    f"{self.name}'s serving client failed:\n{self._stderr.read()[-3000:]}"
-                )
-            # TFRA and TensorFlow print to stdout too; the client marks its own lines.
-            if line.startswith(MARK):
-                return json.loads(line[len(MARK) :])
+        self.info = self._process.answer()
 
     def cell(self, **request: Any) -> dict[str, Any]:
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(json.dumps(request) + "\n")
-        self._proc.stdin.flush()
-        return self._reply()
+        return self._process.ask(request)
 
     def close(self) -> None:
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._stderr.close()
+        self._process.close()
 
 
 def best_cells(cells: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, Any]]:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from json_lines import JsonLineProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "benchmarks"
@@ -434,36 +435,18 @@ class TfraClient:
     MARK = "@tfra-store "
 
     def __init__(self, python: Path) -> None:
-        self._stderr = tempfile.TemporaryFile(mode="w+")
-        self._proc = subprocess.Popen(
+        self._process = JsonLineProcess(
             [str(python), str(BENCH_DIR / "tfra_store_client.py")],
-            env=dict(os.environ, TF_USE_LEGACY_KERAS="1"),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
+            dict(os.environ, TF_USE_LEGACY_KERAS="1"),
+            self.MARK,
+            "TFRA's client",
         )
-        self.versions = self._answer()
-
-    def _answer(self) -> dict[str, Any]:
-        assert self._proc.stdout is not None
-        while True:
-            line = self._proc.stdout.readline()
-            if not line:
-                self._proc.wait()
-                self._stderr.seek(0)
-                raise RuntimeError(f"TFRA's client failed:\n{self._stderr.read()[-3000:]}")
-            # TFRA and TensorFlow print to stdout too; the client marks its own lines.
-            if line.startswith(self.MARK):
-                return json.loads(line[len(self.MARK) :])
+        self.versions = self._process.answer()
 
     def measure(self, topo: Topology, request: dict[str, Any]) -> tuple[Sample, float]:
         """One measurement, and the checksum of the last batch's rows (find)."""
-        assert self._proc.stdin is not None
         server0 = topo.server_cpu()
-        self._proc.stdin.write(json.dumps(request) + "\n")
-        self._proc.stdin.flush()
-        answer = self._answer()
+        answer = self._process.ask(request)
         sample = Sample(
             answer["seconds"],
             answer["client_cpu"],
@@ -473,14 +456,7 @@ class TfraClient:
         return sample, answer["checksum_last_batch"]
 
     def close(self) -> None:
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._stderr.close()
+        self._process.close()
 
 
 def best(samples: list[Sample]) -> Sample:
