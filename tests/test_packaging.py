@@ -7,6 +7,7 @@ are in ``scripts/package_check``; these run in the development environment.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import subprocess
 import sys
@@ -20,6 +21,12 @@ import tfra_redis
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "python" / "tfra_redis"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+# The wheel's smoke test is a script run in fresh venvs, not a module of a package: load it.
+_spec = importlib.util.spec_from_file_location("smoke_wheel", ROOT / "tests/smoke/smoke_wheel.py")
+assert _spec is not None and _spec.loader is not None
+smoke_wheel = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(smoke_wheel)
 
 # Modules that need TensorFlow (and Keras), because they or the package they are in import it:
 # they need the [tf] extra (or a TensorFlow the user installed) and must say so when it is
@@ -42,16 +49,9 @@ TF_MODULES = {
 
 
 def public_modules() -> list[str]:
-    """Every module of the package whose name has no part starting with ``_``, found from the
-    files (``pkgutil`` would have to import a package to list its modules)."""
-    names = []
-    for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        if not any(part.startswith("_") for part in parts):
-            names.append(".".join(parts))
-    return sorted(names)
+    """The package's public modules, by the rule the wheel's smoke test applies to the installed
+    copy (``tests/smoke/smoke_wheel.py``, which runs on its own in fresh venvs)."""
+    return smoke_wheel.public_modules(PACKAGE)
 
 
 def _requirement_name(requirement: str) -> str:
