@@ -323,12 +323,10 @@ class RedisStore:
         Serving calls this from many threads at once, and everything here runs with the GIL
         held: it is the one new array and the Rust call, nothing more.
         """
-        if self._prefetcher.pending or self.key_dtype == "string":
+        if self._prefetcher.pending:
             rows: np.ndarray = self.find(keys, default_row.view(self.np_value_dtype))
             return rows
-        flat = keys.reshape(-1)
-        if flat.dtype != np.int64:
-            flat = flat.astype(np.int64)
+        flat = self._keys(keys)
         out = np.empty((*keys.shape, self.dim), self.np_value_dtype)
         self._table.find(flat, default_row, out.reshape(-1).view(np.uint8), None)
         return out
