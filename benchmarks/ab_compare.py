@@ -29,6 +29,7 @@ WORKER = r"""
 import json, sys, time
 import numpy as np
 from tfra_redis import RedisStore
+from tfra_redis.store import insert_together
 
 spec = json.loads(sys.stdin.readline())
 rng = np.random.default_rng(7)
@@ -38,6 +39,11 @@ keys = keys[: spec["keys"]]
 dim, batch = spec["dim"], spec["batch"]
 stores = {
     t: RedisStore(c, "ab_" + str(dim), dim, manage_ttl=False) for t, c in spec["configs"].items()
+}
+# Three tables written in one pipeline, as an Adam step writes params, m and v.
+together = {
+    t: [RedisStore(c, f"ab_{dim}_{n}", dim, manage_ttl=False) for n in ("p", "m", "v")]
+    for t, c in spec["configs"].items()
 }
 if spec["populate"]:
     for store in stores.values():
@@ -58,6 +64,9 @@ for line in sys.stdin:
     if op == "insert":
         for k, v in pairs:
             store.insert(k, v)
+    elif op == "insert_together":
+        for k, v in pairs:
+            insert_together(together[topo], k, [v, v, v])
     else:
         for k, _ in pairs:
             store.find(k)
@@ -94,7 +103,7 @@ def main() -> None:
     parser.add_argument("--b", required=True, help="PYTHONPATH of build B")
     parser.add_argument("--a-env", nargs="*", default=[], help="K=V for A's worker")
     parser.add_argument("--b-env", nargs="*", default=[], help="K=V for B's worker")
-    parser.add_argument("--op", choices=["insert", "find"], default="insert")
+    parser.add_argument("--op", choices=["insert", "insert_together", "find"], default="insert")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--keys", type=int, default=300_000)
@@ -103,7 +112,7 @@ def main() -> None:
     parser.add_argument("--topologies", nargs="+", default=["standalone", "cluster"])
     args = parser.parse_args()
 
-    from tfra_redis import servers
+    from tfra_redis import testing as servers
 
     running: list[Any] = []
     configs: dict[str, Any] = {}

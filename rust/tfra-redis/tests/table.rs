@@ -392,6 +392,34 @@ fn cluster_every_operation() {
     )
     .unwrap();
     assert_eq!(exists.iter().filter(|&&e| e).count(), 3, "{exists:?}");
+
+    // Writes to several tables at once: each node's commands are encoded in that node's
+    // thread; every row lands in its own table's bucket on its own node.
+    let cfg = config(&c.config_json(json!({"storage_slice": 3})));
+    let (a, _) = open_table(&cfg, spec("together_a", 2)).unwrap();
+    let (b, _) = open_table(&cfg, spec("together_b", 2)).unwrap();
+    let keys: Vec<i64> = (0..5_000).map(|i| i * 7_919 - 20_000).collect();
+    let rows_a: Vec<f32> = (0..keys.len() * 2).map(|i| i as f32).collect();
+    let rows_b: Vec<f32> = rows_a.iter().map(|v| -v).collect();
+    let (rows_a, rows_b) = (bytes(&rows_a), bytes(&rows_b));
+    Table::insert_together(&[
+        (&a, (&keys).into(), &rows_a[..]),
+        (&b, (&keys).into(), &rows_b[..]),
+    ])
+    .unwrap();
+    for (t, rows) in [(&a, &rows_a), (&b, &rows_b)] {
+        let mut out = vec![0u8; rows.len()];
+        let mut exists = vec![false; keys.len()];
+        t.find(
+            &keys,
+            Defaults::Row(&bytes(&[0.0, 0.0])),
+            &mut out,
+            Some(&mut exists),
+        )
+        .unwrap();
+        assert!(exists.iter().all(|&e| e));
+        assert_eq!(&out, rows);
+    }
 }
 
 #[test]

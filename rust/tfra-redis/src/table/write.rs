@@ -48,6 +48,39 @@ impl<F: Fn(&mut Batch, usize, &[u32]) + Sync> backend::Commands for WindowWrites
         debug_assert_eq!(out.key_of(out.len() - 1), self.key_of(i));
     }
 }
+
+/// The commands of [`Table::insert_together`]: command `i` writes the keys at `plan[i].2` of
+/// write `plan[i].0` to that table's bucket `plan[i].1`.
+struct TogetherWrites<'w, 'k> {
+    writes: &'w [(&'w Table, Keys<'k>, &'w [u8])],
+    plan: &'w [(usize, usize, &'w [u32])],
+}
+
+impl backend::Commands for TogetherWrites<'_, '_> {
+    fn len(&self) -> usize {
+        self.plan.len()
+    }
+
+    fn name_of(&self, _: usize) -> &str {
+        "HSET"
+    }
+
+    fn key_of(&self, i: usize) -> &[u8] {
+        let (w, b, _) = self.plan[i];
+        self.writes[w].0.buckets[b].as_bytes()
+    }
+
+    fn encoded(&self, _: usize) -> Option<&[u8]> {
+        None
+    }
+
+    fn encode(&self, i: usize, out: &mut Batch) {
+        let (w, b, pos) = self.plan[i];
+        let (table, keys, rows) = self.writes[w];
+        table.rows_cmd(out, false, b, keys, rows, pos);
+    }
+}
+
 impl Table {
     /// Upserts rows into several tables with one pipeline (see [`Table::find_together`]);
     /// each entry is `(table, keys, rows)`.
@@ -66,15 +99,24 @@ impl Table {
             }
             return Ok(());
         };
+        // One plan over every table, in table order, sent as one pipeline (one round trip): the
+        // backend encodes the commands where it sends them (a cluster: each node's share in
+        // that node's thread) instead of this thread encoding them all first.
+        let plans: Vec<Vec<(usize, Vec<u32>)>> =
+            writes.iter().map(|(t, keys, _)| t.plan(*keys)).collect();
+        let plan: Vec<(usize, usize, &[u32])> = plans
+            .iter()
+            .enumerate()
+            .flat_map(|(w, p)| p.iter().map(move |(b, pos)| (w, *b, pos.as_slice())))
+            .collect();
         let keep = writes[0].0.config.redis_client_buffer_keep_bytes;
-        with_batch(keep, |batch| {
-            for (table, keys, rows) in writes {
-                for (b, pos) in table.plan(*keys) {
-                    table.rows_cmd(batch, false, b, *keys, rows, &pos);
-                }
-            }
+        with_batch(keep, |scratch| {
+            let cmds = TogetherWrites {
+                writes,
+                plan: &plan,
+            };
             backend
-                .run_batch(batch, Role::Write, Retry::Idempotent)
+                .run_deferred(&cmds, scratch, Role::Write, Retry::Idempotent)
                 .map(|_| ())
         })
     }
