@@ -268,8 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--wrapper",
         metavar="NAME",
-        help="the trainable wrapper's name (a Keras layer's '<layer>-shadow' wrapper is "
-        "'DynamicEmbedding_<layer>-shadow'; 'tfra-redis inspect' lists the slot tables)",
+        help="the trainable wrapper's name (a Keras layer's wrapper is "
+        "'DynamicEmbedding/<layer>-shadow'; the optimizer's layout error prints the command)",
     )
     p.add_argument(
         "--short-file-name",
