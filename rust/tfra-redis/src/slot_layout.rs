@@ -7,10 +7,12 @@
 //! an embedding that already trained would silently restart its optimizer from fresh slots.
 //! [`check_slot_layout`] turns that into an error, and [`convert_slots`] moves the slots.
 //!
-//! A layout is a source and a destination through two operations: read one bucket's ids in
-//! pages, each id with one row per slot (`SlotTables::read_bucket`), and write such pages
-//! (`SlotTables::write`). Another layout (slots in the params row, say) is one more
-//! [`SlotLayout`] variant with those two operations; [`convert_slots`] itself does not change.
+//! A layout is a source and a destination through three operations: read one bucket's ids in
+//! pages, each id with one row per slot (`SlotTables::read_bucket`), write such pages
+//! (`SlotTables::write`), and delete its slots once copied (`SlotTables::delete`). Another
+//! layout (slots inside the params rows, say) is one more [`SlotLayout`] variant with those
+//! three operations and its table names in [`SlotNames::table_names`]; [`convert_slots`]
+//! itself does not change.
 //!
 //! A conversion is crash safe: it records itself in a marker key before it writes anything
 //! (`<model_tag>:tfra-redis-convert-slots:<fused table>`), copies bucket by bucket (an upsert,
@@ -182,9 +184,9 @@ pub struct SlotTables {
 }
 
 impl SlotTables {
-    /// Opens the tables of `layout`, with `dim` values per slot. `lifecycle` runs what opening
-    /// a table in training does (clear the TTL, move rows left in another bucket layout);
-    /// without it nothing is changed.
+    /// Opens the tables of `layout`, with `dim` values per slot. `rebucket` moves rows left in
+    /// another bucket layout into the config's, as opening a table for training does; without
+    /// it nothing is changed. TTLs are left alone either way (as the CLI's table commands do).
     ///
     /// # Errors
     ///
@@ -196,15 +198,15 @@ impl SlotTables {
         key_dtype: KeyDtype,
         value_dtype: ValueDtype,
         dim: usize,
-        lifecycle: bool,
+        rebucket: bool,
     ) -> Result<SlotTables> {
         let width = match layout {
             SlotLayout::PerSlot => dim,
             SlotLayout::Fused => dim * names.slots.len(),
         };
         let options = OpenOptions {
-            persist: lifecycle,
-            rebucket: lifecycle,
+            persist: false,
+            rebucket,
         };
         let mut tables = Vec::new();
         for name in names.table_names(layout) {
@@ -349,6 +351,17 @@ impl SlotTables {
                     .map(|(t, s)| (t, ids, s.as_slice()))
                     .collect();
                 Table::insert_together(&writes)
+            }
+        }
+    }
+
+    /// Deletes this layout's slots of every id, once they were copied elsewhere. A layout
+    /// that shares its tables with other data (slots inside the params rows, say) would strip
+    /// its slot columns here instead of deleting tables.
+    fn delete(&self) -> Result<()> {
+        match self.layout {
+            SlotLayout::Fused | SlotLayout::PerSlot => {
+                self.tables.iter().try_for_each(Table::clear)
             }
         }
     }
@@ -630,9 +643,9 @@ pub fn convert_slots(
             format!("initial needs {k} rows of {slot_bytes} bytes, one per slot"),
         ));
     }
-    let lifecycle = !options.dry_run;
-    let source = SlotTables::open(config, names, from, key_dtype, value_dtype, dim, lifecycle)?;
-    let dest = SlotTables::open(config, names, to, key_dtype, value_dtype, dim, lifecycle)?;
+    let rebucket = !options.dry_run;
+    let source = SlotTables::open(config, names, from, key_dtype, value_dtype, dim, rebucket)?;
+    let dest = SlotTables::open(config, names, to, key_dtype, value_dtype, dim, rebucket)?;
     if source.bucket_count() != dest.bucket_count() {
         return Err(refuse(format!(
             "the source and destination tables have different bucket layouts ({} and {} \
@@ -732,9 +745,7 @@ pub fn convert_slots(
         state.phase = "deleting";
         state.buckets_done = 0;
         progress(&state)?;
-        for table in &source.tables {
-            table.clear()?;
-        }
+        source.delete()?;
         report.source_deleted = true;
         state.buckets_done = buckets;
         progress(&state)?;
