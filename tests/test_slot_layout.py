@@ -136,7 +136,7 @@ def test_switching_the_slot_layout_without_converting_is_refused(
     target = "per-slot" if trained_fused else "fused"
     assert (
         f"tfra-redis convert-slots --params {params} --wrapper {wrapper} --slots m,v "
-        f"--dim <dim> --to {target}"
+        f"--dim {DIM} --to {target}"
     ) in message
     # Nothing was written to the other layout's tables: the slots are where they were.
     assert all(int(t.size()) > 0 for t in trained.values())
@@ -268,7 +268,7 @@ def test_a_killed_conversion_loses_nothing_and_the_rerun_finishes(
     for chosen_fused in (True, False):
         with pytest.raises(tfra.ConfigError, match="a conversion of their layout is unfinished"):
             _native.check_slot_layout(
-                fused.config, names["params"], "w", SLOTS, chosen_fused, "int64"
+                fused.config, names["params"], "w", SLOTS, chosen_fused, "int64", "float32", DIM
             )
 
     done = ok_json(_convert(config_file, "--to", "fused", **names))
@@ -278,7 +278,9 @@ def test_a_killed_conversion_loses_nothing_and_the_rerun_finishes(
     np.testing.assert_array_equal(got[:, :DIM], _slot_rows(ids, 0))
     np.testing.assert_array_equal(got[10:, DIM:], _slot_rows(ids[10:], 1))
     np.testing.assert_array_equal(got[:10, DIM:], 0)  # v's initial value for ids without one
-    _native.check_slot_layout(fused.config, names["params"], "w", SLOTS, True, "int64")
+    _native.check_slot_layout(
+        fused.config, names["params"], "w", SLOTS, True, "int64", "float32", DIM
+    )
 
     # And back, keeping the source this time.
     back = ok_json(_convert(config_file, "--to", "per-slot", "--keep-source", **names))

@@ -144,6 +144,8 @@ def check_slot_layout(
     slots: list[str],
     fused: bool,
     key_dtype: str,
+    value_dtype: str,
+    dim: int,
 ) -> None: ...
 def convert_slots(
     config: Config,

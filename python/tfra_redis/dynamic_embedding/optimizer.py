@@ -164,6 +164,8 @@ def _check_slot_layout(wrapper: TrainableWrapper, slots: list[_Slot]) -> None:
         [slot.tfra_name for slot in slots],
         _fused_slots(params),
         params.table.store.key_dtype,
+        params.table.store.value_dtype,
+        params.dim,
     )
 
 

@@ -895,7 +895,8 @@ fn slot_layout(fused: bool) -> tfra_redis::slot_layout::SlotLayout {
 /// the other layout's hold rows, or a conversion of them is unfinished. `wrapper=None` is
 /// TFRA's `short_file_name` naming.
 #[pyfunction]
-#[pyo3(signature = (config, params, wrapper, slots, fused, key_dtype))]
+#[pyo3(signature = (config, params, wrapper, slots, fused, key_dtype, value_dtype, dim))]
+#[allow(clippy::too_many_arguments)]
 fn check_slot_layout(
     py: Python<'_>,
     config: &PyConfig,
@@ -904,12 +905,26 @@ fn check_slot_layout(
     slots: Vec<String>,
     fused: bool,
     key_dtype: &str,
+    value_dtype: &str,
+    dim: usize,
 ) -> PyResult<()> {
     let names = slot_names(params, wrapper, &slots)?;
-    let key_dtype = KeyDtype::parse(key_dtype).map_err(to_py)?;
+    let shape = slot_shape(key_dtype, value_dtype, dim)?;
     let config = &config.inner;
     detached(py, || {
-        tfra_redis::slot_layout::check_slot_layout(config, &names, slot_layout(fused), key_dtype)
+        tfra_redis::slot_layout::check_slot_layout(config, &names, slot_layout(fused), shape)
+    })
+}
+
+fn slot_shape(
+    key_dtype: &str,
+    value_dtype: &str,
+    dim: usize,
+) -> PyResult<tfra_redis::slot_layout::SlotShape> {
+    Ok(tfra_redis::slot_layout::SlotShape {
+        key_dtype: KeyDtype::parse(key_dtype).map_err(to_py)?,
+        value_dtype: ValueDtype::parse(value_dtype).map_err(to_py)?,
+        dim: Dim::new(dim).map_err(to_py)?.get(),
     })
 }
 
@@ -944,9 +959,7 @@ fn convert_slots<'py>(
     use pyo3::types::PyDictMethods;
     use tfra_redis::slot_layout::{ConvertOptions, ConvertProgress};
     let names = slot_names(params, wrapper, &slots)?;
-    let key_dtype = KeyDtype::parse(key_dtype).map_err(to_py)?;
-    let value_dtype = ValueDtype::parse(value_dtype).map_err(to_py)?;
-    Dim::new(dim).map_err(to_py)?;
+    let shape = slot_shape(key_dtype, value_dtype, dim)?;
     let mut options = ConvertOptions::default();
     options.initial = initial;
     options.keep_source = keep_source;
@@ -962,9 +975,7 @@ fn convert_slots<'py>(
             &names,
             from,
             to,
-            key_dtype,
-            value_dtype,
-            dim,
+            shape,
             &options,
             |p: &ConvertProgress| {
                 let Some(callback) = &progress else {

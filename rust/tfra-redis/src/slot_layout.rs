@@ -79,6 +79,33 @@ impl SlotLayout {
     }
 }
 
+/// The rows of one slot: the embedding's key dtype, value dtype and dim (a slot row has the
+/// embedding's shape; a fused row holds one per slot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotShape {
+    /// The ids' dtype.
+    pub key_dtype: KeyDtype,
+    /// The element type of the rows (the embedding's: TFRA's slot tables hold it).
+    pub value_dtype: ValueDtype,
+    /// Values per slot row: the embedding's dim.
+    pub dim: usize,
+}
+
+impl SlotShape {
+    /// float32 rows of `dim` values with int64 ids, the common case.
+    pub fn f32(dim: usize) -> SlotShape {
+        SlotShape {
+            key_dtype: KeyDtype::I64,
+            value_dtype: ValueDtype::F32,
+            dim,
+        }
+    }
+
+    fn slot_bytes(self) -> usize {
+        self.value_dtype.width() * self.dim
+    }
+}
+
 /// Names an embedding's slot tables: the embedding (params) name, the trainable wrapper's
 /// name, and the optimizer's slot names in the order the optimizer creates them (that order
 /// is the column order of a fused row: Adam's `m`, `v`).
@@ -137,16 +164,24 @@ impl SlotNames {
         }
     }
 
-    /// The `tfra-redis` command converting these slots to `to`.
-    pub fn convert_command(&self, to: SlotLayout) -> String {
+    /// The `tfra-redis` command converting these slots to `to` (run with the same config).
+    pub fn convert_command(&self, to: SlotLayout, shape: SlotShape) -> String {
         let wrapper = match &self.wrapper {
             Some(w) => format!("--wrapper {}", shell_word(w)),
             None => "--short-file-name".to_string(),
         };
+        let mut dtypes = String::new();
+        if shape.value_dtype != ValueDtype::F32 {
+            dtypes += &format!(" --dtype {}", shape.value_dtype.numpy_name());
+        }
+        if shape.key_dtype != KeyDtype::I64 {
+            dtypes += &format!(" --key-dtype {}", shape.key_dtype.name());
+        }
         format!(
-            "tfra-redis convert-slots --params {} {wrapper} --slots {} --dim <dim> --to {}",
+            "tfra-redis convert-slots --params {} {wrapper} --slots {} --dim {}{dtypes} --to {}",
             shell_word(&self.params),
             shell_word(&self.slots.join(",")),
+            shape.dim,
             to.name()
         )
     }
@@ -184,7 +219,7 @@ pub struct SlotTables {
 }
 
 impl SlotTables {
-    /// Opens the tables of `layout`, with `dim` values per slot. `rebucket` moves rows left in
+    /// Opens the tables of `layout` for slot rows of `shape`. `rebucket` moves rows left in
     /// another bucket layout into the config's, as opening a table for training does; without
     /// it nothing is changed. TTLs are left alone either way (as the CLI's table commands do).
     ///
@@ -195,14 +230,12 @@ impl SlotTables {
         config: &RedisConfig,
         names: &SlotNames,
         layout: SlotLayout,
-        key_dtype: KeyDtype,
-        value_dtype: ValueDtype,
-        dim: usize,
+        shape: SlotShape,
         rebucket: bool,
     ) -> Result<SlotTables> {
         let width = match layout {
-            SlotLayout::PerSlot => dim,
-            SlotLayout::Fused => dim * names.slots.len(),
+            SlotLayout::PerSlot => shape.dim,
+            SlotLayout::Fused => shape.dim * names.slots.len(),
         };
         let options = OpenOptions {
             persist: false,
@@ -210,14 +243,19 @@ impl SlotTables {
         };
         let mut tables = Vec::new();
         for name in names.table_names(layout) {
-            let spec = TableSpec::new(name, key_dtype, value_dtype, crate::Dim::new(width)?);
+            let spec = TableSpec::new(
+                name,
+                shape.key_dtype,
+                shape.value_dtype,
+                crate::Dim::new(width)?,
+            );
             tables.push(open_table_with(config, spec, options)?.0);
         }
         Ok(SlotTables {
             layout,
             names: names.clone(),
             tables,
-            slot_bytes: value_dtype.width() * dim,
+            slot_bytes: shape.slot_bytes(),
         })
     }
 
@@ -476,12 +514,9 @@ pub fn check_slot_layout(
     config: &RedisConfig,
     names: &SlotNames,
     chosen: SlotLayout,
-    key_dtype: KeyDtype,
+    shape: SlotShape,
 ) -> Result<()> {
-    let open = |layout| {
-        // dim and dtype do not change bucket keys; nothing is read here but counts.
-        SlotTables::open(config, names, layout, key_dtype, ValueDtype::F32, 1, false)
-    };
+    let open = |layout| SlotTables::open(config, names, layout, shape, false);
     let mine = open(chosen)?;
     let marker_key = names.marker_key(config);
     if let Some((text, marker)) = read_marker(&mine.tables[0], &marker_key)? {
@@ -494,7 +529,7 @@ pub fn check_slot_layout(
                  before training",
                 names.params,
                 crate::layout::printable(&marker_key),
-                names.convert_command(to)
+                names.convert_command(to, shape)
             ),
         });
     }
@@ -521,7 +556,7 @@ pub fn check_slot_layout(
                     mine.describe(&my_sizes),
                     other.setting(),
                     theirs.describe(&sizes),
-                    names.convert_command(chosen)
+                    names.convert_command(chosen, shape)
                 ),
             });
         }
@@ -597,8 +632,8 @@ pub struct ConvertReport {
 }
 
 /// Moves an embedding's optimizer slots from layout `from` to layout `to`, bucket by bucket;
-/// crash safe and resumable (see the module docs). `dim` is the embedding's dim (values per
-/// slot), `value_dtype` its dtype. `progress` is called after every page and bucket; an
+/// crash safe and resumable (see the module docs). `shape` is the embedding's (a slot row has
+/// its dim and dtype). `progress` is called after every page and bucket; an
 /// error it returns stops the conversion (run it again to go on).
 ///
 /// Refuses ([`Error::InvalidArgument`]) when the destination holds rows that no earlier run of
@@ -611,15 +646,12 @@ pub struct ConvertReport {
 /// [`Error::Connection`] or [`Error::Timeout`] when Redis cannot be reached within the retry
 /// deadline, [`Error::Auth`] when the ACL user may not run the commands, [`Error::Command`] when
 /// Redis refuses one. An interrupted conversion loses nothing: run it again.
-#[allow(clippy::too_many_arguments)]
 pub fn convert_slots(
     config: &RedisConfig,
     names: &SlotNames,
     from: SlotLayout,
     to: SlotLayout,
-    key_dtype: KeyDtype,
-    value_dtype: ValueDtype,
-    dim: usize,
+    shape: SlotShape,
     options: &ConvertOptions,
     mut progress: impl FnMut(&ConvertProgress) -> Result<()>,
 ) -> Result<ConvertReport> {
@@ -631,7 +663,7 @@ pub fn convert_slots(
         )));
     }
     let k = names.slots.len();
-    let slot_bytes = value_dtype.width() * dim;
+    let slot_bytes = shape.slot_bytes();
     let initial = if options.initial.is_empty() {
         vec![vec![0u8; slot_bytes]; k]
     } else {
@@ -644,8 +676,8 @@ pub fn convert_slots(
         ));
     }
     let rebucket = !options.dry_run;
-    let source = SlotTables::open(config, names, from, key_dtype, value_dtype, dim, rebucket)?;
-    let dest = SlotTables::open(config, names, to, key_dtype, value_dtype, dim, rebucket)?;
+    let source = SlotTables::open(config, names, from, shape, rebucket)?;
+    let dest = SlotTables::open(config, names, to, shape, rebucket)?;
     if source.bucket_count() != dest.bucket_count() {
         return Err(refuse(format!(
             "the source and destination tables have different bucket layouts ({} and {} \
@@ -788,9 +820,18 @@ mod tests {
     fn the_command_quotes_odd_names() {
         let names = SlotNames::new("my emb", Some("w"), &["m", "v"]).unwrap();
         assert_eq!(
-            names.convert_command(SlotLayout::Fused),
-            "tfra-redis convert-slots --params 'my emb' --wrapper w --slots m,v --dim <dim> \
-             --to fused"
+            names.convert_command(SlotLayout::Fused, SlotShape::f32(8)),
+            "tfra-redis convert-slots --params 'my emb' --wrapper w --slots m,v --dim 8 --to fused"
+        );
+        let shape = SlotShape {
+            key_dtype: KeyDtype::Str,
+            value_dtype: ValueDtype::F16,
+            dim: 4,
+        };
+        assert!(
+            names
+                .convert_command(SlotLayout::PerSlot, shape)
+                .ends_with("--dim 4 --dtype float16 --key-dtype string --to per-slot")
         );
     }
 }

@@ -7,10 +7,9 @@ mod support;
 
 use serde_json::json;
 use support::{Cluster, Standalone};
-use tfra_redis::codec::{KeyDtype, ValueDtype};
 use tfra_redis::config::RedisConfig;
 use tfra_redis::slot_layout::{
-    ConvertOptions, SlotLayout, SlotNames, SlotTables, check_slot_layout, convert_slots,
+    ConvertOptions, SlotLayout, SlotNames, SlotShape, SlotTables, check_slot_layout, convert_slots,
 };
 use tfra_redis::table::Table;
 use tfra_redis::{ArgumentKind, Defaults, Error};
@@ -29,16 +28,7 @@ fn slot_row(id: i64, slot: usize) -> Vec<f32> {
 }
 
 fn open(config: &RedisConfig, names: &SlotNames, layout: SlotLayout) -> SlotTables {
-    SlotTables::open(
-        config,
-        names,
-        layout,
-        KeyDtype::I64,
-        ValueDtype::F32,
-        DIM,
-        false,
-    )
-    .unwrap()
+    SlotTables::open(config, names, layout, SlotShape::f32(DIM), false).unwrap()
 }
 
 fn rows(table: &Table, ids: &[i64]) -> (Vec<f32>, Vec<bool>) {
@@ -80,9 +70,7 @@ fn convert(
         names,
         from,
         to,
-        KeyDtype::I64,
-        ValueDtype::F32,
-        DIM,
+        SlotShape::f32(DIM),
         options,
         |p| match fail_in {
             Some((phase, after)) if p.phase == phase && p.ids_copied >= after => {
@@ -134,7 +122,7 @@ fn check_round_trip(config: &RedisConfig, prefix: &str) {
     assert!(fused.sizes().unwrap()[0] > 0);
     assert_eq!(per_slot.sizes().unwrap(), [3000, 2995]);
     for layout in [SlotLayout::Fused, SlotLayout::PerSlot] {
-        let err = check_slot_layout(config, &names, layout, KeyDtype::I64).unwrap_err();
+        let err = check_slot_layout(config, &names, layout, SlotShape::f32(DIM)).unwrap_err();
         assert!(matches!(err, Error::ConfigField { .. }), "{err}");
         assert!(err.to_string().contains("is unfinished"), "{err}");
     }
@@ -173,8 +161,9 @@ fn check_round_trip(config: &RedisConfig, prefix: &str) {
         };
         assert_eq!(row[DIM..], v[..], "v of {id}");
     }
-    check_slot_layout(config, &names, SlotLayout::Fused, KeyDtype::I64).unwrap();
-    let err = check_slot_layout(config, &names, SlotLayout::PerSlot, KeyDtype::I64).unwrap_err();
+    check_slot_layout(config, &names, SlotLayout::Fused, SlotShape::f32(DIM)).unwrap();
+    let err =
+        check_slot_layout(config, &names, SlotLayout::PerSlot, SlotShape::f32(DIM)).unwrap_err();
     assert!(
         err.to_string().contains("redis_fused_slots does not match"),
         "{err}"
