@@ -437,16 +437,20 @@ struct Marker {
     deleting: bool,
     /// Buckets fully copied so far (a rerun starts after them).
     copied_buckets: usize,
+    /// Buckets in the layout when the count was recorded: a rerun with another bucket layout
+    /// starts the copy over, since bucket i is then another set of ids.
+    buckets: usize,
 }
 
 impl Marker {
     fn encode(&self) -> String {
         format!(
-            "from={} to={} phase={} copied_buckets={}",
+            "from={} to={} phase={} copied_buckets={} buckets={}",
             self.from.name(),
             self.to.name(),
             if self.deleting { "deleting" } else { "copying" },
-            self.copied_buckets
+            self.copied_buckets,
+            self.buckets
         )
     }
 
@@ -456,6 +460,7 @@ impl Marker {
             to: SlotLayout::PerSlot,
             deleting: false,
             copied_buckets: 0,
+            buckets: 0,
         };
         let mut fields = 0;
         for part in text.split_whitespace() {
@@ -465,11 +470,12 @@ impl Marker {
                 "to" => marker.to = SlotLayout::parse(v).ok()?,
                 "phase" => marker.deleting = v == "deleting",
                 "copied_buckets" => marker.copied_buckets = v.parse().ok()?,
+                "buckets" => marker.buckets = v.parse().ok()?,
                 _ => return None,
             }
             fields += 1;
         }
-        (fields == 4).then_some(marker)
+        (fields == 5).then_some(marker)
     }
 }
 
@@ -739,6 +745,7 @@ pub fn convert_slots(
                 to,
                 deleting: false,
                 copied_buckets: 0,
+                buckets: source.bucket_count(),
             }
         }
     };
@@ -746,6 +753,10 @@ pub fn convert_slots(
         return Ok(report);
     }
     let buckets = source.bucket_count();
+    if marker.buckets != buckets {
+        marker.copied_buckets = 0;
+        marker.buckets = buckets;
+    }
     let mut state = ConvertProgress {
         phase: "copying",
         buckets_done: marker.copied_buckets.min(buckets),
@@ -768,6 +779,20 @@ pub fn convert_slots(
             write_marker(anchor, &marker_key, Some(&marker))?;
             state.buckets_done = b + 1;
             progress(&state)?;
+        }
+        // A cheap last check before anything is deleted: every destination table holds at
+        // least as many ids as the largest source table (each source id was read back above).
+        let copied = dest.sizes()?;
+        let needed = source.sizes()?.into_iter().max().unwrap_or(0);
+        if let Some((table, n)) = dest.tables.iter().zip(&copied).find(|(_, n)| **n < needed) {
+            return Err(Error::Data {
+                bucket: table.bucket_names().join(","),
+                message: format!(
+                    "slot conversion stopped before deleting the source: {} holds {n} ids, \
+                     the source {needed}; the source tables are kept, run the conversion again",
+                    table.spec().name
+                ),
+            });
         }
         marker.deleting = true;
         write_marker(anchor, &marker_key, Some(&marker))?;
@@ -810,9 +835,11 @@ mod tests {
             to: SlotLayout::PerSlot,
             deleting: true,
             copied_buckets: 3,
+            buckets: 4,
         };
-        assert_eq!(Marker::decode(&m.encode()), Some(m));
+        assert_eq!(Marker::decode(&m.encode()), Some(m.clone()));
         assert_eq!(Marker::decode("from=fused to=per-slot"), None);
+        assert_eq!(Marker::decode(&format!("{} extra=1", m.encode())), None);
         assert_eq!(Marker::decode("junk"), None);
     }
 

@@ -237,3 +237,56 @@ fn converts_and_resumes_in_a_cluster() {
     let config = config(&cluster.config_json(json!({"storage_slice": 4})));
     check_round_trip(&config, "cluster");
 }
+
+/// A conversion stopped after some buckets and rerun with another bucket layout (a changed
+/// storage_slice) copies everything again: bucket i of the new layout holds other ids.
+#[test]
+fn a_rerun_with_another_bucket_layout_copies_everything() {
+    let cluster = Cluster::start();
+    let before = config(&cluster.config_json(json!({"storage_slice": 4})));
+    let after = config(&cluster.config_json(json!({"storage_slice": 6})));
+    let names = SlotNames::new("relayout-params", Some("w"), &["m", "v"]).unwrap();
+    let ids = fill_per_slot(&open(&before, &names, SlotLayout::PerSlot));
+    let mut options = ConvertOptions::default();
+    options.page = 128;
+    let err = convert_slots(
+        &before,
+        &names,
+        SlotLayout::PerSlot,
+        SlotLayout::Fused,
+        SlotShape::f32(DIM),
+        &options,
+        |p| {
+            if p.buckets_done >= 2 {
+                Err(Error::invalid(ArgumentKind::Cancelled, "injected failure"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+
+    let report = convert(
+        &after,
+        &names,
+        SlotLayout::PerSlot,
+        SlotLayout::Fused,
+        &options,
+        None,
+    )
+    .unwrap();
+    assert!(report.resumed && report.source_deleted);
+    assert!(report.ids_copied >= IDS as u64, "{report:?}");
+    let fused = open(&after, &names, SlotLayout::Fused);
+    let (got, exists) = rows(&fused.tables()[0], &ids);
+    assert!(exists.iter().all(|e| *e));
+    for (i, &id) in ids.iter().enumerate().skip(5) {
+        assert_eq!(got[i * 2 * DIM..i * 2 * DIM + DIM], slot_row(id, 0)[..]);
+        assert_eq!(
+            got[i * 2 * DIM + DIM..(i + 1) * 2 * DIM],
+            slot_row(id, 1)[..]
+        );
+    }
+    fused.tables()[0].clear().unwrap();
+}
