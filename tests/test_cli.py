@@ -21,7 +21,17 @@ from tfra_redis import RedisStore, testing
 from tfra_redis.cli import MAGIC
 
 KINDS = ["standalone", "cluster"]
-COMMANDS = ["inspect", "export", "import", "copy", "rebucket", "expire", "persist", "bench"]
+COMMANDS = [
+    "inspect",
+    "export",
+    "import",
+    "copy",
+    "rebucket",
+    "convert-slots",
+    "expire",
+    "persist",
+    "bench",
+]
 
 
 def cli(*args: Any, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,7 @@
 """Typed stubs of the Rust extension `tfra_redis._native` (rust/tfra-redis-py)."""
 
 from collections.abc import Callable, Sequence
-from typing import final
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
@@ -15,6 +15,8 @@ __all__ = [
     "find_together",
     "restrict",
     "insert_together",
+    "check_slot_layout",
+    "convert_slots",
     "_panic_for_tests",
     "RedisTableError",
     "ConfigError",
@@ -135,3 +137,29 @@ def _panic_for_tests() -> None: ...
 def restrict(
     status: Table, tables: list[Table], num_reserved: int, page: int
 ) -> tuple[int, int]: ...
+def check_slot_layout(
+    config: Config,
+    params: str,
+    wrapper: str | None,
+    slots: list[str],
+    fused: bool,
+    key_dtype: str,
+    value_dtype: str,
+    dim: int,
+) -> None: ...
+def convert_slots(
+    config: Config,
+    params: str,
+    wrapper: str | None,
+    slots: list[str],
+    to_fused: bool,
+    key_dtype: str,
+    value_dtype: str,
+    dim: int,
+    initial: list[bytes],
+    keep_source: bool,
+    overwrite: bool,
+    dry_run: bool,
+    page: int,
+    progress: Callable[[str, int, int, int, int], None] | None = None,
+) -> dict[str, Any]: ...

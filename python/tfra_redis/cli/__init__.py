@@ -8,6 +8,8 @@ Run ``tfra-redis --help`` (or ``python -m tfra_redis.cli --help``) for the comma
     tfra-redis [--config FILE] [--json] copy    --table NAME --dim D --to-model-tag TAG
                                                 [--to-config FILE] [--to-table NAME]
     tfra-redis [--config FILE] [--json] rebucket --table NAME --dim D
+    tfra-redis [--config FILE] [--json] convert-slots --params NAME --wrapper NAME --slots m,v
+                                                --dim D --to {fused,per-slot} [--dry-run]
     tfra-redis [--config FILE] [--json] expire  --table NAME --dim D --seconds N
     tfra-redis [--config FILE] [--json] persist --table NAME --dim D
     tfra-redis [--config FILE] [--json] bench   [--keys N] [--dim D] [--batch B]
@@ -75,6 +77,7 @@ from tfra_redis.cli._export_file import (
 )
 from tfra_redis.cli._inspect import cmd_inspect
 from tfra_redis.cli._output import Output, Progress
+from tfra_redis.cli._slots import cmd_convert_slots
 
 # The names ``tfra_redis.cli`` had as one module, still importable from it.
 __all__ = [
@@ -94,6 +97,7 @@ __all__ = [
     "UsageError",
     "build_parser",
     "cmd_bench",
+    "cmd_convert_slots",
     "cmd_copy",
     "cmd_expire",
     "cmd_export",
@@ -106,6 +110,13 @@ __all__ = [
     "read_export_pages",
     "verify_export",
 ]
+
+
+def _slot_list(text: str) -> list[str]:
+    slots = [s.strip() for s in text.split(",")]
+    if not all(slots):
+        raise argparse.ArgumentTypeError(f"{text!r}: give slot names separated by commas")
+    return slots
 
 
 def _positive(text: str) -> int:
@@ -243,6 +254,67 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _table_options(p, dtype_default="float32")
     p.set_defaults(run=cmd_rebucket)
+
+    p = command(
+        "convert-slots",
+        "move an embedding's optimizer slots between per-slot and fused tables",
+        "Convert an embedding's optimizer slot tables between TFRA's layout (one table per "
+        "slot, 'per-slot') and redis_fused_slots' one table holding every slot ('fused'), "
+        "bucket by bucket: copy, read back, and only then delete the source tables. Training "
+        "refuses the slots until it finished; safe to re-run after an interruption. Stop "
+        "training jobs on the embedding first.",
+    )
+    p.add_argument("--params", required=True, metavar="NAME", help="the embedding's name")
+    p.add_argument(
+        "--wrapper",
+        metavar="NAME",
+        help="the trainable wrapper's name (a Keras layer's wrapper is "
+        "'DynamicEmbedding/<layer>-shadow'; the optimizer's layout error prints the command)",
+    )
+    p.add_argument(
+        "--short-file-name",
+        action="store_true",
+        help="the embedding was made with short_file_name=True (slot tables <params>_<slot>)",
+    )
+    p.add_argument(
+        "--slots",
+        required=True,
+        type=_slot_list,
+        metavar="S1,S2",
+        help="TFRA's slot names in the optimizer's order, which is the column order of a fused "
+        "row: Adam m,v (m,v,vhat with amsgrad), Adagrad accumulator, Ftrl accumulator,linear",
+    )
+    p.add_argument("--dim", required=True, type=_positive, metavar="D", help="the embedding's dim")
+    p.add_argument(
+        "--dtype", choices=VALUE_DTYPES, default="float32", help="value dtype (default float32)"
+    )
+    p.add_argument("--key-dtype", choices=KEY_DTYPES, default="int64", help="default int64")
+    p.add_argument(
+        "--model-tag",
+        metavar="TAG",
+        help="use this model tag instead of the config's model_tag_runtime",
+    )
+    p.add_argument(
+        "--to", required=True, choices=("fused", "per-slot"), help="the layout to convert to"
+    )
+    p.add_argument(
+        "--initial",
+        metavar="V1,V2",
+        help="per slot, the value the optimizer starts a slot from, used for ids missing from "
+        "some per-slot tables (default 0; Adagrad: its initial_accumulator_value)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="count rows, write nothing")
+    p.add_argument(
+        "--keep-source", action="store_true", help="keep the source tables after the copy"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="convert even though the destination tables hold rows (source rows win)",
+    )
+    p.add_argument("--page", type=_positive, default=4096, help="ids per page (default 4096)")
+    _progress_options(p)
+    p.set_defaults(run=cmd_convert_slots)
 
     p = command("expire", "put a TTL on a table", "Set a TTL on every bucket of a table.")
     _table_options(p, dtype_default="float32")

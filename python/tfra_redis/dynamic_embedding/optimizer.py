@@ -35,6 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfra_redis import _native
 from tfra_redis._types import InitializerLike
 from tfra_redis.dynamic_embedding.trainable import (
     DynamicRows,
@@ -148,6 +149,24 @@ def _slot_variable_name(params: Variable, wrapper: TrainableWrapper, slot: str) 
 def _fused_slots(params: Variable) -> bool:
     """Whether the config of ``params`` keeps all its optimizer slots in one table."""
     return bool(json.loads(params.table.store.config.to_json()).get("redis_fused_slots"))
+
+
+def _check_slot_layout(wrapper: TrainableWrapper, slots: list[_Slot]) -> None:
+    """Raises ``ConfigError`` when the slot tables ``redis_fused_slots`` picks are empty while
+    the other layout's hold this embedding's slots (or a conversion is unfinished): training
+    would silently restart the optimizer from fresh slots. One ``HLEN`` per bucket and table,
+    once per embedding when the optimizer builds, never per step."""
+    params = wrapper.params
+    _native.check_slot_layout(
+        params.table.store.config,
+        params.name,
+        None if params.short_file_name else wrapper.wrapper_name,
+        [slot.tfra_name for slot in slots],
+        _fused_slots(params),
+        params.table.store.key_dtype,
+        params.table.store.value_dtype,
+        params.dim,
+    )
 
 
 def _table_identity(variable: Variable) -> tuple[str, str]:
@@ -267,6 +286,8 @@ class _DynamicEmbeddingMixin(_MixinBase):
                 default = np.concatenate([slot.default for slot in slots])
                 variable = self._tfra_slot_table(wrapper.params, name, default)
                 state.tables[id(wrapper)] = [_SlotTable(variable, list(slots))]
+            if slots:
+                _check_slot_layout(wrapper, slots)
 
     def _tfra_check_wrappers(self, wrappers: list[TrainableWrapper]) -> None:
         owners: dict[tuple[str, str], TrainableWrapper] = {}

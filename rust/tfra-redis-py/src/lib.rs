@@ -698,6 +698,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(find_together, m)?)?;
     m.add_function(wrap_pyfunction!(restrict, m)?)?;
     m.add_function(wrap_pyfunction!(insert_together, m)?)?;
+    m.add_function(wrap_pyfunction!(check_slot_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(convert_slots, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add("RedisTableError", py.get_type::<RedisTableError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
@@ -871,4 +873,147 @@ fn restrict(
         tfra_redis::restrict::restrict(status, &tables, num_reserved, page)
     })
     .map(|r| (r.before, r.removed))
+}
+
+fn slot_names(
+    params: &str,
+    wrapper: Option<&str>,
+    slots: &[String],
+) -> PyResult<tfra_redis::slot_layout::SlotNames> {
+    tfra_redis::slot_layout::SlotNames::new(params, wrapper, slots).map_err(to_py)
+}
+
+fn slot_layout(fused: bool) -> tfra_redis::slot_layout::SlotLayout {
+    if fused {
+        tfra_redis::slot_layout::SlotLayout::Fused
+    } else {
+        tfra_redis::slot_layout::SlotLayout::PerSlot
+    }
+}
+
+/// Raises `ConfigError` when the slot tables of the chosen layout (`fused`) are empty while
+/// the other layout's hold rows, or a conversion of them is unfinished. `wrapper=None` is
+/// TFRA's `short_file_name` naming.
+#[pyfunction]
+#[pyo3(signature = (config, params, wrapper, slots, fused, key_dtype, value_dtype, dim))]
+#[allow(clippy::too_many_arguments)]
+fn check_slot_layout(
+    py: Python<'_>,
+    config: &PyConfig,
+    params: &str,
+    wrapper: Option<&str>,
+    slots: Vec<String>,
+    fused: bool,
+    key_dtype: &str,
+    value_dtype: &str,
+    dim: usize,
+) -> PyResult<()> {
+    let names = slot_names(params, wrapper, &slots)?;
+    let shape = slot_shape(key_dtype, value_dtype, dim)?;
+    let config = &config.inner;
+    detached(py, || {
+        tfra_redis::slot_layout::check_slot_layout(config, &names, slot_layout(fused), shape)
+    })
+}
+
+fn slot_shape(
+    key_dtype: &str,
+    value_dtype: &str,
+    dim: usize,
+) -> PyResult<tfra_redis::slot_layout::SlotShape> {
+    Ok(tfra_redis::slot_layout::SlotShape {
+        key_dtype: KeyDtype::parse(key_dtype).map_err(to_py)?,
+        value_dtype: ValueDtype::parse(value_dtype).map_err(to_py)?,
+        dim: Dim::new(dim).map_err(to_py)?.get(),
+    })
+}
+
+/// Converts an embedding's slot tables from the fused layout (`to_fused=False`) or to it;
+/// see `tfra_redis::slot_layout::convert_slots`. `initial` holds one slot row (bytes) per
+/// slot, or nothing for zeros. `progress(phase, buckets_done, buckets, ids_copied, ids_total)`
+/// is called after every page; an exception it raises stops the conversion and is re-raised.
+/// Returns the report as a dict.
+#[pyfunction]
+#[pyo3(signature = (
+    config, params, wrapper, slots, to_fused, key_dtype, value_dtype, dim, initial,
+    keep_source, overwrite, dry_run, page, progress = None
+))]
+#[allow(clippy::too_many_arguments)]
+fn convert_slots<'py>(
+    py: Python<'py>,
+    config: &PyConfig,
+    params: &str,
+    wrapper: Option<&str>,
+    slots: Vec<String>,
+    to_fused: bool,
+    key_dtype: &str,
+    value_dtype: &str,
+    dim: usize,
+    initial: Vec<Vec<u8>>,
+    keep_source: bool,
+    overwrite: bool,
+    dry_run: bool,
+    page: usize,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+    use pyo3::types::PyDictMethods;
+    use tfra_redis::slot_layout::{ConvertOptions, ConvertProgress};
+    let names = slot_names(params, wrapper, &slots)?;
+    let shape = slot_shape(key_dtype, value_dtype, dim)?;
+    let mut options = ConvertOptions::default();
+    options.initial = initial;
+    options.keep_source = keep_source;
+    options.overwrite = overwrite;
+    options.dry_run = dry_run;
+    options.page = page;
+    let config = &config.inner;
+    let (from, to) = (slot_layout(!to_fused), slot_layout(to_fused));
+    let callback_error: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+    let report = detached(py, || {
+        tfra_redis::slot_layout::convert_slots(
+            config,
+            &names,
+            from,
+            to,
+            shape,
+            &options,
+            |p: &ConvertProgress| {
+                let Some(callback) = &progress else {
+                    return Ok(());
+                };
+                let args = (
+                    p.phase,
+                    p.buckets_done,
+                    p.buckets,
+                    p.ids_copied,
+                    p.ids_total,
+                );
+                Python::attach(|py| callback.call1(py, args).map(|_| ())).map_err(|e| {
+                    *callback_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    tfra_redis::Error::invalid(
+                        tfra_redis::ArgumentKind::Cancelled,
+                        "the slot conversion was stopped by its progress callback",
+                    )
+                })
+            },
+        )
+    });
+    if let Some(e) = callback_error
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+    {
+        return Err(e);
+    }
+    let report = report?;
+    let dict = pyo3::types::PyDict::new(py);
+    dict.set_item("from", from.name())?;
+    dict.set_item("to", to.name())?;
+    dict.set_item("source", report.source)?;
+    dict.set_item("destination_before", report.destination_before)?;
+    dict.set_item("destination_after", report.destination_after)?;
+    dict.set_item("ids_copied", report.ids_copied)?;
+    dict.set_item("resumed", report.resumed)?;
+    dict.set_item("source_deleted", report.source_deleted)?;
+    dict.set_item("dry_run", report.dry_run)?;
+    Ok(dict)
 }

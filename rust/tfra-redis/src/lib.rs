@@ -61,7 +61,8 @@
 //! methods ([`Table::find`], [`Table::insert`], [`Table::export`]) take and give those bytes
 //! as they are, the typed ones (`*_rows`) convert. TFRA's names for shard and optimizer slot
 //! tables are in [`naming`]; saving and restoring files and moving rows between layouts in
-//! [`store`]; optimizers that update rows in Redis in [`optim`].
+//! [`store`]; optimizers that update rows in Redis in [`optim`]; where optimizer slots live
+//! and converting them between layouts in [`slot_layout`].
 //!
 //! # Errors
 //!
@@ -110,6 +111,7 @@ pub mod layout;
 pub mod naming;
 pub mod optim;
 pub mod restrict;
+pub mod slot_layout;
 pub mod store;
 pub mod table;
 mod throttle;

@@ -1,0 +1,292 @@
+//! `slot_layout`: converting optimizer slots between TFRA's per-slot tables and the fused
+//! table, against a real standalone server and a real cluster. A failure is injected through
+//! the progress callback (an error stops the conversion where it is, as a crash would, minus
+//! the process exit that the Python CLI tests do with a real `os._exit`).
+
+mod support;
+
+use serde_json::json;
+use support::{Cluster, Standalone};
+use tfra_redis::config::RedisConfig;
+use tfra_redis::slot_layout::{
+    ConvertOptions, SlotLayout, SlotNames, SlotShape, SlotTables, check_slot_layout, convert_slots,
+};
+use tfra_redis::table::Table;
+use tfra_redis::{ArgumentKind, Defaults, Error};
+
+const DIM: usize = 2;
+const IDS: i64 = 3000;
+
+fn config(json: &str) -> RedisConfig {
+    RedisConfig::from_json_str(json, "<test>").unwrap().0
+}
+
+fn slot_row(id: i64, slot: usize) -> Vec<f32> {
+    (0..DIM)
+        .map(|j| id as f32 * 10.0 + slot as f32 + j as f32 / 10.0)
+        .collect()
+}
+
+fn open(config: &RedisConfig, names: &SlotNames, layout: SlotLayout) -> SlotTables {
+    SlotTables::open(config, names, layout, SlotShape::f32(DIM), false).unwrap()
+}
+
+fn rows(table: &Table, ids: &[i64]) -> (Vec<f32>, Vec<bool>) {
+    let dim = table.spec().dim.get();
+    let mut out = vec![0f32; ids.len() * dim];
+    let mut exists = vec![false; ids.len()];
+    table
+        .find_rows(
+            ids,
+            Defaults::Row(&vec![-1.0; dim]),
+            &mut out,
+            Some(&mut exists),
+        )
+        .unwrap();
+    (out, exists)
+}
+
+/// Per-slot tables m and v as TFRA leaves them; ids 0-4 have an m row but no v row.
+fn fill_per_slot(tables: &SlotTables) -> Vec<i64> {
+    let ids: Vec<i64> = (0..IDS).collect();
+    for (slot, table) in tables.tables().iter().enumerate() {
+        let keys = if slot == 0 { &ids[..] } else { &ids[5..] };
+        let values: Vec<f32> = keys.iter().flat_map(|&k| slot_row(k, slot)).collect();
+        table.insert_rows(keys, &values).unwrap();
+    }
+    ids
+}
+
+fn convert(
+    config: &RedisConfig,
+    names: &SlotNames,
+    from: SlotLayout,
+    to: SlotLayout,
+    options: &ConvertOptions,
+    fail_in: Option<(&'static str, u64)>,
+) -> tfra_redis::Result<tfra_redis::slot_layout::ConvertReport> {
+    convert_slots(
+        config,
+        names,
+        from,
+        to,
+        SlotShape::f32(DIM),
+        options,
+        |p| match fail_in {
+            Some((phase, after)) if p.phase == phase && p.ids_copied >= after => {
+                Err(Error::invalid(ArgumentKind::Cancelled, "injected failure"))
+            }
+            _ => Ok(()),
+        },
+    )
+}
+
+fn check_round_trip(config: &RedisConfig, prefix: &str) {
+    let names = SlotNames::new(&format!("{prefix}-params"), Some("w"), &["m", "v"]).unwrap();
+    let per_slot = open(config, &names, SlotLayout::PerSlot);
+    let fused = open(config, &names, SlotLayout::Fused);
+    let ids = fill_per_slot(&per_slot);
+    let mut options = ConvertOptions::default();
+    options.page = 256;
+    options.initial = vec![vec![0u8; DIM * 4], 0.5f32.to_le_bytes().repeat(DIM)];
+
+    // Dry run: counts, nothing written.
+    options.dry_run = true;
+    let dry = convert(
+        config,
+        &names,
+        SlotLayout::PerSlot,
+        SlotLayout::Fused,
+        &options,
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        dry.source.iter().map(|s| s.1).collect::<Vec<_>>(),
+        [3000, 2995]
+    );
+    assert_eq!(fused.sizes().unwrap(), [0]);
+    options.dry_run = false;
+
+    // Stopped half-way through the copy: the source is whole, training refuses both layouts.
+    let err = convert(
+        config,
+        &names,
+        SlotLayout::PerSlot,
+        SlotLayout::Fused,
+        &options,
+        Some(("copying", 1000)),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    assert!(fused.sizes().unwrap()[0] > 0);
+    assert_eq!(per_slot.sizes().unwrap(), [3000, 2995]);
+    for layout in [SlotLayout::Fused, SlotLayout::PerSlot] {
+        let err = check_slot_layout(config, &names, layout, SlotShape::f32(DIM)).unwrap_err();
+        assert!(matches!(err, Error::ConfigField { .. }), "{err}");
+        assert!(err.to_string().contains("is unfinished"), "{err}");
+    }
+    // Another direction cannot start over the unfinished one.
+    let err = convert(
+        config,
+        &names,
+        SlotLayout::Fused,
+        SlotLayout::PerSlot,
+        &options,
+        None,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("unfinished"), "{err}");
+
+    let report = convert(
+        config,
+        &names,
+        SlotLayout::PerSlot,
+        SlotLayout::Fused,
+        &options,
+        None,
+    )
+    .unwrap();
+    assert!(report.resumed && report.source_deleted);
+    assert_eq!(per_slot.sizes().unwrap(), [0, 0]);
+    let (got, exists) = rows(&fused.tables()[0], &ids);
+    assert!(exists.iter().all(|e| *e));
+    for (i, &id) in ids.iter().enumerate() {
+        let row = &got[i * 2 * DIM..(i + 1) * 2 * DIM];
+        assert_eq!(row[..DIM], slot_row(id, 0)[..], "m of {id}");
+        let v = if id < 5 {
+            vec![0.5; DIM]
+        } else {
+            slot_row(id, 1)
+        };
+        assert_eq!(row[DIM..], v[..], "v of {id}");
+    }
+    check_slot_layout(config, &names, SlotLayout::Fused, SlotShape::f32(DIM)).unwrap();
+    let err =
+        check_slot_layout(config, &names, SlotLayout::PerSlot, SlotShape::f32(DIM)).unwrap_err();
+    assert!(
+        err.to_string().contains("redis_fused_slots does not match"),
+        "{err}"
+    );
+
+    // Back, stopped after the copy and before the source is gone: the rerun only deletes.
+    let err = convert(
+        config,
+        &names,
+        SlotLayout::Fused,
+        SlotLayout::PerSlot,
+        &options,
+        Some(("deleting", 0)),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    assert_eq!(fused.sizes().unwrap(), [3000]);
+    let report = convert(
+        config,
+        &names,
+        SlotLayout::Fused,
+        SlotLayout::PerSlot,
+        &options,
+        None,
+    )
+    .unwrap();
+    assert!(report.resumed && report.source_deleted);
+    assert_eq!(report.ids_copied, 0);
+    assert_eq!(fused.sizes().unwrap(), [0]);
+    assert_eq!(per_slot.sizes().unwrap(), [3000, 3000]);
+    let (m, _) = rows(&per_slot.tables()[0], &ids[..10]);
+    assert_eq!(
+        m,
+        ids[..10]
+            .iter()
+            .flat_map(|&k| slot_row(k, 0))
+            .collect::<Vec<_>>()
+    );
+
+    // A destination holding rows of its own is refused, and nothing moves.
+    fused.tables()[0]
+        .insert_rows(&[1_000_000i64], &[1.0f32; 2 * DIM])
+        .unwrap();
+    let err = convert(
+        config,
+        &names,
+        SlotLayout::PerSlot,
+        SlotLayout::Fused,
+        &options,
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(err.argument_kind(), Some(ArgumentKind::Config), "{err}");
+    assert!(err.to_string().contains("already holds rows"), "{err}");
+    assert_eq!(per_slot.sizes().unwrap(), [3000, 3000]);
+    for table in per_slot.tables().iter().chain(fused.tables()) {
+        table.clear().unwrap();
+    }
+}
+
+#[test]
+fn converts_and_resumes_in_standalone() {
+    let server = Standalone::start();
+    let config = config(&server.config_json(json!({"storage_slice": 3})));
+    check_round_trip(&config, "standalone");
+}
+
+#[test]
+fn converts_and_resumes_in_a_cluster() {
+    let cluster = Cluster::start();
+    let config = config(&cluster.config_json(json!({"storage_slice": 4})));
+    check_round_trip(&config, "cluster");
+}
+
+/// A conversion stopped after some buckets and rerun with another bucket layout (a changed
+/// storage_slice) copies everything again: bucket i of the new layout holds other ids.
+#[test]
+fn a_rerun_with_another_bucket_layout_copies_everything() {
+    let cluster = Cluster::start();
+    let before = config(&cluster.config_json(json!({"storage_slice": 4})));
+    let after = config(&cluster.config_json(json!({"storage_slice": 6})));
+    let names = SlotNames::new("relayout-params", Some("w"), &["m", "v"]).unwrap();
+    let ids = fill_per_slot(&open(&before, &names, SlotLayout::PerSlot));
+    let mut options = ConvertOptions::default();
+    options.page = 128;
+    let err = convert_slots(
+        &before,
+        &names,
+        SlotLayout::PerSlot,
+        SlotLayout::Fused,
+        SlotShape::f32(DIM),
+        &options,
+        |p| {
+            if p.buckets_done >= 2 {
+                Err(Error::invalid(ArgumentKind::Cancelled, "injected failure"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+
+    let report = convert(
+        &after,
+        &names,
+        SlotLayout::PerSlot,
+        SlotLayout::Fused,
+        &options,
+        None,
+    )
+    .unwrap();
+    assert!(report.resumed && report.source_deleted);
+    assert!(report.ids_copied >= IDS as u64, "{report:?}");
+    let fused = open(&after, &names, SlotLayout::Fused);
+    let (got, exists) = rows(&fused.tables()[0], &ids);
+    assert!(exists.iter().all(|e| *e));
+    for (i, &id) in ids.iter().enumerate().skip(5) {
+        assert_eq!(got[i * 2 * DIM..i * 2 * DIM + DIM], slot_row(id, 0)[..]);
+        assert_eq!(
+            got[i * 2 * DIM + DIM..(i + 1) * 2 * DIM],
+            slot_row(id, 1)[..]
+        );
+    }
+    fused.tables()[0].clear().unwrap();
+}
