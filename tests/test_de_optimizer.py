@@ -300,3 +300,110 @@ def test_fused_slots_match_keras_too(tmp_path, standalone_server, make_config, u
             atol=1e-7,
             err_msg=keras_name,
         )
+
+
+def _fused_row_creator(tmp_path, server, make_config):
+    path = make_config(tmp_path, server, table_store_mode=0, redis_fused_row=True)
+    return de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd", "adagrad", "adam_amsgrad", "ftrl"])
+def test_fused_row_matches_keras(tmp_path, standalone_server, make_config, unique_name, kind):
+    """redis_fused_row: an id's slots follow its row in the row's own field (in the
+    optimizer's slot order), and the numbers are Keras' (as for the other layouts)."""
+    creator = _fused_row_creator(tmp_path, standalone_server, make_config)
+    make = OPTIMIZERS[kind]
+    batches = _batches(seed=8)
+    layer, optimizer = _train_redis(creator, unique_name, make, batches, graph=True)
+    want_rows, want_slots, _ = _reference(make, batches)
+    touched = np.unique(np.concatenate([ids.reshape(-1) for ids, _ in batches]))
+    np.testing.assert_allclose(
+        layer.params.lookup(tf.constant(touched)).numpy(), want_rows[touched], rtol=1e-5, atol=1e-7
+    )
+    # No slot table: one bucket, the embedding's, whose values are row || slots.
+    assert standalone_server.execute("KEYS", f"test:{unique_name}*") == [
+        f"test:{unique_name}-parameter{{3560}}"
+    ]
+    bucket = f"test:{unique_name}-parameter{{3560}}"
+    for i in touched:
+        size = standalone_server.execute("HSTRLEN", bucket, np.int64(i).tobytes())
+        assert int(size) == 4 * DIM * (1 + len(want_slots))
+    keys, exported = (t.numpy() for t in layer.params.export())
+    assert exported.shape == (len(keys), DIM)  # export gives rows only
+    tables = optimizer.slot_variables(layer)
+    if not want_slots:
+        assert tables == {}
+        return
+    assert list(tables) == ["slots"]
+    slots = tables["slots"].lookup_slots(touched)
+    order = [s.keras_name for s in de_optimizer._state(optimizer).slots[id(layer.shadow)]]
+    assert sorted(order) == sorted(want_slots)
+    for i, keras_name in enumerate(order):
+        np.testing.assert_allclose(
+            slots[:, i * DIM : (i + 1) * DIM],
+            want_slots[keras_name][touched],
+            rtol=1e-5,
+            atol=1e-7,
+            err_msg=keras_name,
+        )
+
+
+def test_fused_row_eager_matches_keras(tmp_path, standalone_server, make_config, unique_name):
+    creator = _fused_row_creator(tmp_path, standalone_server, make_config)
+    make = OPTIMIZERS["adam"]
+    batches = _batches(seed=3)
+    layer, optimizer = _train_redis(creator, unique_name, make, batches, graph=False)
+    want_rows, want_slots, _ = _reference(make, batches)
+    touched = np.unique(np.concatenate([ids.reshape(-1) for ids, _ in batches]))
+    np.testing.assert_allclose(
+        layer.params.lookup(tf.constant(touched)).numpy(), want_rows[touched], rtol=1e-5, atol=1e-7
+    )
+    slots = optimizer.slot_variables(layer)["slots"].lookup_slots(touched)
+    want = np.concatenate([want_slots["momentum"], want_slots["velocity"]], axis=1)
+    np.testing.assert_allclose(slots, want[touched], rtol=1e-5, atol=1e-7)
+
+
+def _command_calls(server) -> dict[str, int]:
+    info = server.execute("INFO", "commandstats")
+    if isinstance(info, bytes):
+        info = info.decode()
+    calls = {}
+    for line in str(info).splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line.partition(":")
+            calls[name.removeprefix("cmdstat_")] = int(rest.split(",")[0].split("=")[1])
+    return calls
+
+
+@pytest.mark.parametrize("fused", ["row", "slots", "none"])
+def test_an_adam_step_reads_and_writes_each_id_once_with_fused_row(
+    tmp_path, standalone_server, make_config, unique_name, fused
+):
+    """The point of redis_fused_row: a step after the first reads every id's row and slots
+    with one HMGET field and writes them with one HSET field (one command each here: one
+    bucket, few ids). Fused slots need two of each, TFRA's layout three."""
+    settings = {"row": {"redis_fused_row": True}, "slots": {"redis_fused_slots": True}}
+    path = make_config(tmp_path, standalone_server, table_store_mode=0, **settings.get(fused, {}))
+    creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
+    batches = _batches(seed=4)
+    layer, optimizer = _train_redis(
+        creator, unique_name, OPTIMIZERS["adam"], batches[:1], graph=True
+    )
+
+    @tf.function
+    def step(ids, upstream):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(ids) * upstream)
+        grads = tape.gradient(loss, layer.trainable_weights)
+        optimizer.apply_gradients(zip(grads, layer.trainable_weights, strict=True))
+
+    ids, upstream = batches[1]
+    step(tf.constant(ids), tf.constant(upstream))  # traced, and a first step for new ids
+    ids, upstream = batches[2]
+    before = _command_calls(standalone_server)
+    step(tf.constant(ids), tf.constant(upstream))
+    after = _command_calls(standalone_server)
+    used = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    used.pop("info", None)
+    want = {"row": 1, "slots": 2, "none": 3}[fused]
+    assert used == {"hmget": want, "hset": want}
