@@ -114,10 +114,38 @@ class FusedRowSlots(RedisTable):
         """Values of all slots of one id."""
         return int(self._slot_default.shape[0])
 
+    @property
+    def dim(self) -> int:
+        """Values of all slots of one id (what :meth:`lookup` gives per id)."""
+        return self.slot_dim
+
     def lookup_slots(self, keys: Any) -> np.ndarray:
         """The slots of ``keys`` (flat), ``[n, slot_dim]``, defaults for ids without any."""
         _, slots = self._store.find_with_slots(keys, 0, self._slot_default)
         return slots
+
+    def lookup(
+        self,
+        keys: Any,
+        dynamic_default_values: Any = None,
+        return_exists: bool = False,
+        name: str | None = None,
+    ) -> Any:
+        """The slots of ``keys`` (any shape) as a tensor shaped ``keys.shape + [slot_dim]``, as
+        a slot table's lookup gives them (the slots' initial values for ids without any)."""
+        if dynamic_default_values is not None or return_exists:
+            raise NotImplementedError(
+                "the fused optimizer slots of a redis_fused_row table are looked up with their "
+                "initial values as defaults, without exists flags"
+            )
+        keys = self._convert_keys(keys, "lookup")
+
+        def find(k: np.ndarray) -> np.ndarray:
+            return self.lookup_slots(k.reshape(-1)).reshape(*k.shape, self.slot_dim)
+
+        values = self._call(find, [keys], self._value_dtype, name or f"{self._op_prefix}_slots")
+        values.set_shape(keys.shape.concatenate([self.slot_dim]))
+        return values
 
     def manifest(self) -> dict[str, Any]:
         manifest = super().manifest()

@@ -429,15 +429,17 @@ class _DynamicEmbeddingMixin(_MixinBase):
                 rows = arrays[at + 1 : at + 1 + len(stores)]
                 at += 1 + len(stores)
                 written += keys.size
-                if keys.size and whole:
+                if not keys.size:
+                    continue
+                if whole:
                     slots = rows[1] if len(rows) > 1 else np.zeros((keys.size, 0), rows[0].dtype)
                     calls.append(
                         functools.partial(stores[0].insert_with_slots, keys, rows[0], slots)
                     )
-                elif keys.size:
+                else:
                     calls.append(functools.partial(insert_together, stores, keys, rows))
-                    if policy is not None:
-                        updated.append((policy, keys))
+                if policy is not None:
+                    updated.append((policy, keys))
             run_concurrently(calls)
             # TFRA updates the restrict status after the write-back, for the params only.
             for policy, keys in updated:
