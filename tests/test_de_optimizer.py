@@ -407,3 +407,20 @@ def test_an_adam_step_reads_and_writes_each_id_once_with_fused_row(
     used.pop("info", None)
     want = {"row": 1, "slots": 2, "none": 3}[fused]
     assert used == {"hmget": want, "hset": want}
+
+
+def test_fused_row_refuses_two_wrappers_of_one_embedding(
+    tmp_path, standalone_server, make_config, unique_name
+):
+    """Two wrappers of one de.Variable have a set of slots each; a fused row holds one."""
+    creator = _fused_row_creator(tmp_path, standalone_server, make_config)
+    params = de.get_variable(unique_name, dim=DIM, kv_creator=creator, initializer=0.1)
+    optimizer = de.DynamicEmbeddingOptimizer(keras.optimizers.Adam(0.1))
+    ids = tf.constant([1, 2], tf.int64)
+    with tf.GradientTape() as tape:
+        first, a = de.embedding_lookup(params, ids, name="a", return_trainable=True)
+        second, b = de.embedding_lookup(params, ids, name="b", return_trainable=True)
+        loss = tf.reduce_sum(first) + tf.reduce_sum(second)
+    grads = tape.gradient(loss, [a, b])
+    with pytest.raises(ValueError, match="same redis_fused_row values"):
+        optimizer.apply_gradients(zip(grads, [a, b], strict=True))

@@ -316,6 +316,14 @@ class _DynamicEmbeddingMixin(_MixinBase):
                     f"{other.wrapper_name!r} and {wrapper.wrapper_name!r} (give the layers "
                     "different names)"
                 )
+            if other is not wrapper and _fused_row(params):
+                # Each wrapper has slots of its own, but a fused row has room for one set.
+                raise ValueError(
+                    f"two trainable wrappers of {params.name!r} ({other.wrapper_name!r} and "
+                    f"{wrapper.wrapper_name!r}) would keep their optimizer slots in the same "
+                    "redis_fused_row values; train one wrapper per embedding, or use "
+                    "redis_fused_slots"
+                )
 
     # -- a step -------------------------------------------------------------------------------
 
