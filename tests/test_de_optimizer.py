@@ -424,3 +424,74 @@ def test_fused_row_refuses_two_wrappers_of_one_embedding(
     grads = tape.gradient(loss, [a, b])
     with pytest.raises(ValueError, match="same redis_fused_row values"):
         optimizer.apply_gradients(zip(grads, [a, b], strict=True))
+
+
+def _train_twice_per_step(tmp_path, server, make_config, name, fused, steps):
+    """Adam, a layer called twice per step (ids shared between the calls); returns the
+    touched ids' rows and slots (m, v side by side) and the commands of the last step."""
+    settings = {"row": {"redis_fused_row": True}, "slots": {"redis_fused_slots": True}}
+    path = make_config(tmp_path, server, table_store_mode=0, **settings.get(fused, {}))
+    creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
+    layer = de.keras.layers.Embedding(DIM, name=name, kv_creator=creator, initializer=INIT_ROW)
+    layer.params.upsert(tf.constant(STORED_IDS), _stored_rows())
+    optimizer = de.DynamicEmbeddingOptimizer(keras.optimizers.Adam(0.05))
+
+    @tf.function
+    def step(a, b, upstream):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum((layer(a) - 2.0 * layer(b)) * upstream)
+        grads = tape.gradient(loss, layer.trainable_weights)
+        optimizer.apply_gradients(zip(grads, layer.trainable_weights, strict=True))
+
+    for i, (a, b, upstream) in enumerate(steps):
+        if i == len(steps) - 1:
+            before = _command_calls(server)
+        step(tf.constant(a), tf.constant(b), tf.constant(upstream))
+    after = _command_calls(server)
+    used = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    used.pop("info", None)
+    touched = np.unique(np.concatenate([np.concatenate([a, b]) for a, b, _ in steps]))
+    rows = layer.params.lookup(tf.constant(touched)).numpy()
+    tables = optimizer.slot_variables(layer)
+    if fused == "row":
+        slots = tables["slots"].lookup_slots(touched)
+    elif fused == "slots":
+        slots = tables["slots"].lookup(tf.constant(touched)).numpy()
+    else:
+        slots = np.concatenate(
+            [tables[s].lookup(tf.constant(touched)).numpy() for s in ("m", "v")], axis=1
+        )
+    return rows, slots, used
+
+
+def test_layouts_agree_when_a_layer_is_called_twice_per_step(
+    tmp_path, standalone_server, make_config, unique_name
+):
+    """TFRA's layout, fused slots and fused row give the same rows and slots on the same
+    gradients, also when a step looks the embedding up twice (repeated ids across the calls:
+    the fused row's kept slots are merged as the wrapper merges its rows)."""
+    rng = np.random.default_rng(21)
+    steps = []
+    for _ in range(4):
+        a = rng.integers(0, VOCAB, 6).astype(np.int64)
+        b = rng.integers(0, VOCAB, 6).astype(np.int64)
+        b[0] = a[1]  # an id in both calls
+        steps.append((a, b, rng.normal(size=(6, DIM)).astype(np.float32)))
+    results = {
+        fused: _train_twice_per_step(
+            tmp_path,
+            standalone_server,
+            make_config,
+            f"{unique_name}_{fused or 'tfra'}",
+            fused,
+            steps,
+        )
+        for fused in ("", "slots", "row")
+    }
+    rows, slots, _ = results[""]
+    for fused in ("slots", "row"):
+        np.testing.assert_allclose(results[fused][0], rows, rtol=1e-5, err_msg=fused)
+        np.testing.assert_allclose(results[fused][1], slots, rtol=1e-5, err_msg=fused)
+    # Two lookups, one write; the optimizer read nothing (fused slots: one more read).
+    assert results["row"][2] == {"hmget": 2, "hset": 1}
+    assert results["slots"][2] == {"hmget": 3, "hset": 2}

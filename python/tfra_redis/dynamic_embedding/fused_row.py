@@ -59,6 +59,8 @@ class RowSlots:
         kept_ids, kept_slots = self._ids, self._slots
         fresh = step == self._step and kept_ids
         self._step, self._ids, self._slots = -1, [], []
+        if fresh and len(kept_ids) == 1 and np.array_equal(kept_ids[0], ids):
+            return kept_slots[0]  # one lookup this step: its unique ids are the merged ones
         if fresh:
             staged = np.concatenate(kept_ids) if len(kept_ids) > 1 else kept_ids[0]
             # The wrapper merges its staged ids keeping each one's first row, in order of
