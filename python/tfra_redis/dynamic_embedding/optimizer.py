@@ -19,6 +19,10 @@ The update is lazy, as TFRA's: rows absent from a step keep their value and thei
 momentum decay, no weight decay). ``clipnorm`` clips each wrapper's gradient over the step's
 rows; ``global_clipnorm`` includes them in the global norm.
 
+With ``redis_fused_row`` there are no slot tables: an id's slots follow its row in the
+embedding's own field, the lookup reads both and keeps the slots for the step, and the
+write-back stores row and slots as one value (see ``fused_row``).
+
 Slot tables are named as TFRA names them: ``<params>/<wrapper>/<slot>`` with ``/`` turned into
 ``_`` and Keras 3's slot names mapped to tf_keras' (Adam's ``momentum``/``velocity`` are
 ``m``/``v``), so slots written by TFRA continue training here and the other way round.
@@ -100,10 +104,11 @@ class _Slot:
 
 @dataclass
 class _SlotTable:
-    """A table holding slots of one wrapper: one slot (TFRA's layout) or all of them side by
-    side in each row (``redis_fused_slots``)."""
+    """A table holding slots of one wrapper: one slot (TFRA's layout), all of them side by
+    side in each row (``redis_fused_slots``), or the view of the embedding's own values that
+    holds them after each row (``redis_fused_row``, a ``FusedRowSlots``)."""
 
-    variable: Variable
+    variable: Variable | FusedRowSlots
     slots: list[_Slot]
 
     @property

@@ -594,12 +594,11 @@ def lookup_rows(
     staging = stages_rows(params, training) and not is_collecting_lookup_keys()
     if staging and wrapper is None:
         wrapper = params.trainable_wrapper(wrapper_name)
-    if staging and params.table.store.fused_row:
+    if wrapper is not None and staging and params.table.store.fused_row:
         rows = _lookup_with_slots(params, wrapper, unique_ids)
     else:
         rows = params.lookup(unique_ids)
-    if staging:
-        assert wrapper is not None
+    if wrapper is not None and staging:
         offset = wrapper.stage_rows(unique_ids, rows)
         embeddings = wrapper.gather(offset + index)
     else:
@@ -636,7 +635,8 @@ def _lookup_with_slots(params: Variable, wrapper: TrainableWrapper, ids: tf.Tens
         if row_slots is None or store._prefetcher.pending:
             rows: np.ndarray = store.find(keys, default)
             return rows
-        return row_slots.lookup(keys, int(step), default)
+        found: np.ndarray = row_slots.lookup(keys, int(step), default)
+        return found
 
     rows = table._call(find, inputs, params.value_dtype, f"{table._op_prefix}_lookup_with_slots")
     rows.set_shape(ids.shape.concatenate([params.dim]))
