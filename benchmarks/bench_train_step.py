@@ -13,7 +13,9 @@ Runs ``model.fit`` (graph mode) at batch 4,096 for:
 
 * **redis**: the example model, embeddings in a private redis-server, with and without
   prefetching the next batch's rows (``compile(prefetch_embeddings=...)``), Adam and SGD, and
-  with Adam's slots fused into one table (``redis_fused_slots``: **redis+fused**);
+  with Adam's slots fused into one table (``redis_fused_slots``: **redis+fused**), and with
+  Adam's slots in each row's own field (``redis_fused_row``: **redis+fusedrow**; one read
+  and one write per id and step);
 * **memory-big**: the example's in-memory model, ``keras.layers.Embedding`` over the whole
   4.5M-id vocabulary (Keras' Adam updates every row of it every step);
 * **memory-fair**: in-memory embeddings whose vocabulary is just the ids in the data (remapped
@@ -220,6 +222,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="rounds; the best median counts (default 2)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument(
+        "--no-prefetch",
+        dest="prefetch",
+        action="store_false",
+        help="skip the redis+prefetch runs (a shorter run on a busy machine)",
+    )
+    p.add_argument(
         "--tfra-venv",
         default=str(ROOT / "benchmarks" / ".tfra-venv"),
         help="venv with TFRA 0.8.1 (benchmarks/setup_tfra_baseline.sh); its training step is "
@@ -259,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     intervals = Intervals()
     undo = [
         intervals.wrap(tfra.RedisStore, "find", "lookup"),
+        # redis_fused_row: the staging lookup reads rows with their slots, the write-back
+        # writes both in one value.
+        intervals.wrap(tfra.RedisStore, "find_with_slots", "lookup"),
+        intervals.wrap(tfra.RedisStore, "insert_with_slots", "apply"),
         # The optimizer step's Redis I/O: slot rows read, rows and slots written.
         intervals.wrap(de_optimizer, "find_together", "apply"),
         intervals.wrap(de_optimizer, "insert_together", "apply"),
@@ -334,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             run_id = 0
 
-            def run_redis(opt: str, prefetch: bool, fused: bool = False) -> None:
+            def run_redis(opt: str, prefetch: bool, fused: str = "") -> None:
                 nonlocal run_id
                 run_id += 1
                 # A model tag per run: fresh embedding and slot tables.
@@ -343,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                 tagged = train_ctr.with_model_tag(config, f"bench{run_id}", workdir)
                 if fused:
                     settings = json.loads(tagged.read_text())
-                    tagged.write_text(json.dumps({**settings, "redis_fused_slots": True}))
+                    tagged.write_text(json.dumps({**settings, f"redis_fused_{fused}": True}))
                 creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=tagged))
                 model, layers = redis_model(creator, prefetch)
                 # The optimizer as asked, no metrics (the in-memory models have none either).
@@ -369,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                     "reread_keys": sum(s.reread for s in stats),
                     "rows_in_redis": {layer.name: int(layer.params.size()) for layer in layers},
                 }
-                name = f"redis{'+prefetch' if prefetch else ''}{'+fused' if fused else ''}"
+                variant = {"": "", "slots": "+fused", "row": "+fusedrow"}[fused]
+                name = f"redis{'+prefetch' if prefetch else ''}{variant}"
                 result = Result(name, opt, args.steps, median_ms(steps), notes=notes)
                 result.split_ms = {k: median_ms(v) for k, v in split.items()}
                 result.split_ms["dense+keras"] = median_ms(other)
@@ -419,10 +432,11 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(args.rounds):
                 print(f"round {round_ + 1}/{args.rounds} ...", flush=True)
                 for opt in args.optimizers:
-                    for prefetch in (False, True):
+                    for prefetch in (False, True) if args.prefetch else (False,):
                         run_redis(opt, prefetch)
                     if opt == "adam":  # SGD has no slots to fuse
-                        run_redis(opt, False, fused=True)
+                        run_redis(opt, False, fused="slots")
+                        run_redis(opt, False, fused="row")
                     if tfra_note is None:
                         run_tfra(opt)
                     run_memory(
@@ -475,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r.name:<16}{r.optimizer:<6}{r.step_ms:>8.1f}{cells}{reread}")
     ratios = {}
     for opt in args.optimizers:
-        for ours in ("redis", "redis+prefetch", "redis+fused"):
+        for ours in ("redis", "redis+prefetch", "redis+fused", "redis+fusedrow"):
             for base in ("memory-fair", "memory-big", "dense-only", "tfra-0.8.1"):
                 if (ours, opt) in best and (base, "adam" if base == "memory-big" else opt) in best:
                     b = best[(base, "adam" if base == "memory-big" else opt)]

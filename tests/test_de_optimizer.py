@@ -300,3 +300,198 @@ def test_fused_slots_match_keras_too(tmp_path, standalone_server, make_config, u
             atol=1e-7,
             err_msg=keras_name,
         )
+
+
+def _fused_row_creator(tmp_path, server, make_config):
+    path = make_config(tmp_path, server, table_store_mode=0, redis_fused_row=True)
+    return de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd", "adagrad", "adam_amsgrad", "ftrl"])
+def test_fused_row_matches_keras(tmp_path, standalone_server, make_config, unique_name, kind):
+    """redis_fused_row: an id's slots follow its row in the row's own field (in the
+    optimizer's slot order), and the numbers are Keras' (as for the other layouts)."""
+    creator = _fused_row_creator(tmp_path, standalone_server, make_config)
+    make = OPTIMIZERS[kind]
+    batches = _batches(seed=8)
+    layer, optimizer = _train_redis(creator, unique_name, make, batches, graph=True)
+    want_rows, want_slots, _ = _reference(make, batches)
+    touched = np.unique(np.concatenate([ids.reshape(-1) for ids, _ in batches]))
+    np.testing.assert_allclose(
+        layer.params.lookup(tf.constant(touched)).numpy(), want_rows[touched], rtol=1e-5, atol=1e-7
+    )
+    # No slot table: one bucket, the embedding's, whose values are row || slots.
+    assert standalone_server.execute("KEYS", f"test:{unique_name}*") == [
+        f"test:{unique_name}-parameter{{3560}}"
+    ]
+    bucket = f"test:{unique_name}-parameter{{3560}}"
+    for i in touched:
+        size = standalone_server.execute("HSTRLEN", bucket, np.int64(i).tobytes())
+        assert int(size) == 4 * DIM * (1 + len(want_slots))
+    keys, exported = (t.numpy() for t in layer.params.export())
+    assert exported.shape == (len(keys), DIM)  # export gives rows only
+    tables = optimizer.slot_variables(layer)
+    if not want_slots:
+        assert tables == {}
+        return
+    assert list(tables) == ["slots"]
+    slots = tables["slots"].lookup_slots(touched)
+    order = [s.keras_name for s in de_optimizer._state(optimizer).slots[id(layer.shadow)]]
+    assert sorted(order) == sorted(want_slots)
+    for i, keras_name in enumerate(order):
+        np.testing.assert_allclose(
+            slots[:, i * DIM : (i + 1) * DIM],
+            want_slots[keras_name][touched],
+            rtol=1e-5,
+            atol=1e-7,
+            err_msg=keras_name,
+        )
+
+
+def test_fused_row_eager_matches_keras(tmp_path, standalone_server, make_config, unique_name):
+    creator = _fused_row_creator(tmp_path, standalone_server, make_config)
+    make = OPTIMIZERS["adam"]
+    batches = _batches(seed=3)
+    layer, optimizer = _train_redis(creator, unique_name, make, batches, graph=False)
+    want_rows, want_slots, _ = _reference(make, batches)
+    touched = np.unique(np.concatenate([ids.reshape(-1) for ids, _ in batches]))
+    np.testing.assert_allclose(
+        layer.params.lookup(tf.constant(touched)).numpy(), want_rows[touched], rtol=1e-5, atol=1e-7
+    )
+    slots = optimizer.slot_variables(layer)["slots"].lookup_slots(touched)
+    want = np.concatenate([want_slots["momentum"], want_slots["velocity"]], axis=1)
+    np.testing.assert_allclose(slots, want[touched], rtol=1e-5, atol=1e-7)
+
+
+def _command_calls(server) -> dict[str, int]:
+    info = server.execute("INFO", "commandstats")
+    if isinstance(info, bytes):
+        info = info.decode()
+    calls = {}
+    for line in str(info).splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line.partition(":")
+            calls[name.removeprefix("cmdstat_")] = int(rest.split(",")[0].split("=")[1])
+    return calls
+
+
+@pytest.mark.parametrize("fused", ["row", "slots", "none"])
+def test_an_adam_step_reads_and_writes_each_id_once_with_fused_row(
+    tmp_path, standalone_server, make_config, unique_name, fused
+):
+    """The point of redis_fused_row: a step after the first reads every id's row and slots
+    with one HMGET field and writes them with one HSET field (one command each here: one
+    bucket, few ids). Fused slots need two of each, TFRA's layout three."""
+    settings = {"row": {"redis_fused_row": True}, "slots": {"redis_fused_slots": True}}
+    path = make_config(tmp_path, standalone_server, table_store_mode=0, **settings.get(fused, {}))
+    creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
+    batches = _batches(seed=4)
+    layer, optimizer = _train_redis(
+        creator, unique_name, OPTIMIZERS["adam"], batches[:1], graph=True
+    )
+
+    @tf.function
+    def step(ids, upstream):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(ids) * upstream)
+        grads = tape.gradient(loss, layer.trainable_weights)
+        optimizer.apply_gradients(zip(grads, layer.trainable_weights, strict=True))
+
+    ids, upstream = batches[1]
+    step(tf.constant(ids), tf.constant(upstream))  # traced, and a first step for new ids
+    ids, upstream = batches[2]
+    before = _command_calls(standalone_server)
+    step(tf.constant(ids), tf.constant(upstream))
+    after = _command_calls(standalone_server)
+    used = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    used.pop("info", None)
+    want = {"row": 1, "slots": 2, "none": 3}[fused]
+    assert used == {"hmget": want, "hset": want}
+
+
+def test_fused_row_refuses_two_wrappers_of_one_embedding(
+    tmp_path, standalone_server, make_config, unique_name
+):
+    """Two wrappers of one de.Variable have a set of slots each; a fused row holds one."""
+    creator = _fused_row_creator(tmp_path, standalone_server, make_config)
+    params = de.get_variable(unique_name, dim=DIM, kv_creator=creator, initializer=0.1)
+    optimizer = de.DynamicEmbeddingOptimizer(keras.optimizers.Adam(0.1))
+    ids = tf.constant([1, 2], tf.int64)
+    with tf.GradientTape() as tape:
+        first, a = de.embedding_lookup(params, ids, name="a", return_trainable=True)
+        second, b = de.embedding_lookup(params, ids, name="b", return_trainable=True)
+        loss = tf.reduce_sum(first) + tf.reduce_sum(second)
+    grads = tape.gradient(loss, [a, b])
+    with pytest.raises(ValueError, match="same redis_fused_row values"):
+        optimizer.apply_gradients(zip(grads, [a, b], strict=True))
+
+
+def _train_twice_per_step(tmp_path, server, make_config, name, fused, steps):
+    """Adam, a layer called twice per step (ids shared between the calls); returns the
+    touched ids' rows and slots (m, v side by side) and the commands of the last step."""
+    settings = {"row": {"redis_fused_row": True}, "slots": {"redis_fused_slots": True}}
+    path = make_config(tmp_path, server, table_store_mode=0, **settings.get(fused, {}))
+    creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
+    layer = de.keras.layers.Embedding(DIM, name=name, kv_creator=creator, initializer=INIT_ROW)
+    layer.params.upsert(tf.constant(STORED_IDS), _stored_rows())
+    optimizer = de.DynamicEmbeddingOptimizer(keras.optimizers.Adam(0.05))
+
+    @tf.function
+    def step(a, b, upstream):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum((layer(a) - 2.0 * layer(b)) * upstream)
+        grads = tape.gradient(loss, layer.trainable_weights)
+        optimizer.apply_gradients(zip(grads, layer.trainable_weights, strict=True))
+
+    for i, (a, b, upstream) in enumerate(steps):
+        if i == len(steps) - 1:
+            before = _command_calls(server)
+        step(tf.constant(a), tf.constant(b), tf.constant(upstream))
+    after = _command_calls(server)
+    used = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    used.pop("info", None)
+    touched = np.unique(np.concatenate([np.concatenate([a, b]) for a, b, _ in steps]))
+    rows = layer.params.lookup(tf.constant(touched)).numpy()
+    tables = optimizer.slot_variables(layer)
+    if fused == "row":
+        slots = tables["slots"].lookup_slots(touched)
+    elif fused == "slots":
+        slots = tables["slots"].lookup(tf.constant(touched)).numpy()
+    else:
+        slots = np.concatenate(
+            [tables[s].lookup(tf.constant(touched)).numpy() for s in ("m", "v")], axis=1
+        )
+    return rows, slots, used
+
+
+def test_layouts_agree_when_a_layer_is_called_twice_per_step(
+    tmp_path, standalone_server, make_config, unique_name
+):
+    """TFRA's layout, fused slots and fused row give the same rows and slots on the same
+    gradients, also when a step looks the embedding up twice (repeated ids across the calls:
+    the fused row's kept slots are merged as the wrapper merges its rows)."""
+    rng = np.random.default_rng(21)
+    steps = []
+    for _ in range(4):
+        a = rng.integers(0, VOCAB, 6).astype(np.int64)
+        b = rng.integers(0, VOCAB, 6).astype(np.int64)
+        b[0] = a[1]  # an id in both calls
+        steps.append((a, b, rng.normal(size=(6, DIM)).astype(np.float32)))
+    results = {
+        fused: _train_twice_per_step(
+            tmp_path,
+            standalone_server,
+            make_config,
+            f"{unique_name}_{fused or 'tfra'}",
+            fused,
+            steps,
+        )
+        for fused in ("", "slots", "row")
+    }
+    rows, slots, _ = results[""]
+    for fused in ("slots", "row"):
+        np.testing.assert_allclose(results[fused][0], rows, rtol=1e-5, err_msg=fused)
+        np.testing.assert_allclose(results[fused][1], slots, rtol=1e-5, err_msg=fused)
+    # Two lookups, one write; the optimizer read nothing (fused slots: one more read).
+    assert results["row"][2] == {"hmget": 2, "hset": 1}
+    assert results["slots"][2] == {"hmget": 3, "hset": 2}

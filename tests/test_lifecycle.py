@@ -524,3 +524,28 @@ def test_restore_files_across_a_storage_slice_change_rebuckets(
     assert set(stored) <= set(store.bucket_keys), stored
     assert store.rebucket() == ([], 0)
     store.clear()
+
+
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
+def test_rebucketing_keeps_fused_row_slots(request, kind, unique_name):
+    """redis_fused_row: the move copies whole values (row and optimizer slots), also where
+    ids with and without slots share a page."""
+    topology = topology_of(request, kind)
+    base = {**topology.config_dict(), "redis_fused_row": True}
+    keys = np.arange(1, 301, dtype=np.int64) * 13
+    trained = keys[::2]
+    old = RedisStore({**base, "storage_slice": 1}, unique_name, 3, manage_ttl=False)
+    old.insert(keys, rows(keys, 3, 0.5))
+    slots = rows(trained, 6, 2.0)
+    old.insert_with_slots(trained, rows(trained, 3, 0.25), slots)
+    with pytest.warns(UserWarning, match=rf"moved \d+ rows of table {unique_name} "):
+        new = RedisStore({**base, "storage_slice": 3}, unique_name, 3, manage_ttl=False)
+    found, got_slots = new.find_with_slots(keys, 0.0, np.full(6, -1.0, np.float32))
+    want = rows(keys, 3, 0.5)
+    want[::2] = rows(trained, 3, 0.25)
+    assert same_bits(found, want)
+    want_slots = np.full((len(keys), 6), -1.0, np.float32)
+    want_slots[::2] = slots
+    assert same_bits(got_slots, want_slots)
+    assert new.rebucket() == ([], 0)
+    new.clear()

@@ -858,3 +858,30 @@ def test_find_writes_into_a_given_output(open_store):
     readonly.flags.writeable = False
     with pytest.raises(ValueError, match="writable"):
         store.find(keys, out=readonly)
+
+
+@pytest.mark.parametrize("mode", ["standalone", "cluster_slice3"])
+def test_fused_row_values_read_as_rows_and_keep_their_slots(request, mode, unique_name):
+    """redis_fused_row: a value is row || slots. Every read (find, find_rows as serving uses
+    it, export) gives the row; writes of rows alone (insert, accum) keep the slots."""
+    settings = {**mode_config(request, mode), "redis_fused_row": True}
+    store = RedisStore(settings, unique_name, 2, manage_ttl=False)
+    try:
+        keys = np.array([1, 2, 3], np.int64)
+        store.insert(keys, rows(keys, 2))
+        slots = np.arange(12, dtype=np.float32).reshape(3, 4)
+        store.insert_with_slots(keys[:2], rows(keys[:2], 2, scale=10.0), slots[:2])
+        want = np.concatenate([rows(keys[:2], 2, scale=10.0), rows(keys[2:], 2)])
+        np.testing.assert_array_equal(store.find(keys), want)
+        default_row = np.zeros(2, np.float32).view(np.uint8)
+        np.testing.assert_array_equal(store.find_rows(keys, default_row), want)
+        np.testing.assert_array_equal(sorted_export(store)[1], want)
+
+        store.insert(keys[:1], rows(keys[:1], 2, scale=3.0))
+        store.accum(keys[1:2], np.ones((1, 2), np.float32), np.array([True]))
+        got_rows, got_slots = store.find_with_slots(keys, -1.0, np.full(4, 7.0, np.float32))
+        np.testing.assert_array_equal(got_rows[0], rows(keys[:1], 2, scale=3.0)[0])
+        np.testing.assert_array_equal(got_rows[1], rows(keys[1:2], 2, scale=10.0)[0] + 1)
+        np.testing.assert_array_equal(got_slots, [slots[0], slots[1], [7.0] * 4])
+    finally:
+        store.clear()

@@ -227,3 +227,37 @@ def test_errors_of_a_prefetch_reach_the_find_that_uses_it(tmp_path, make_config,
         with pytest.raises(tfra.RedisTableError):
             store.find(keys)
         np.testing.assert_array_equal(store.find(keys), 1.0)  # the next find reads again
+
+
+def test_fused_row_trains_as_tfras_layout_with_and_without_prefetch(
+    tmp_path, standalone_server, make_config, unique_name
+):
+    """redis_fused_row with Adam: the same losses, tables and slots as TFRA's layout, also
+    when the lookups take prefetched rows (they hold no slots: the optimizer reads those)."""
+    runs = {}
+    for fused, prefetch in ((False, False), (True, False), (True, True)):
+        path = make_config(tmp_path, standalone_server, table_store_mode=2, redis_fused_row=fused)
+        creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
+        model = TwoLookupsModel(creator, f"{unique_name}_{int(fused)}{int(prefetch)}")
+        optimizer = keras.optimizers.Adam(0.05)
+        losses, tables, weights = _train(model, optimizer, prefetch)
+        slots = []
+        for layer, (keys, _) in zip(_embeddings(model), tables, strict=True):
+            found = optimizer.slot_variables(layer)
+            if fused:
+                slots.append(found["slots"].lookup_slots(keys))
+            else:
+                m, v = (found[s].lookup(tf.constant(keys)).numpy() for s in ("m", "v"))
+                slots.append(np.concatenate([m, v], axis=1))
+        runs[fused, prefetch] = (losses, tables, weights, slots)
+    base_losses, base_tables, base_weights, base_slots = runs[False, False]
+    for run in ((True, False), (True, True)):
+        losses, tables, weights, slots = runs[run]
+        np.testing.assert_allclose(losses, base_losses, rtol=1e-5, err_msg=str(run))
+        for (keys, values), (base_keys, base_values) in zip(tables, base_tables, strict=True):
+            np.testing.assert_array_equal(keys, base_keys)
+            np.testing.assert_allclose(values, base_values, rtol=1e-5, atol=1e-6)
+        for got, want in zip(slots, base_slots, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        for w, base in zip(weights, base_weights, strict=True):
+            np.testing.assert_allclose(w, base, rtol=1e-5, atol=1e-6)

@@ -166,3 +166,27 @@ def test_amazon_demo_style_restriction_after_each_fit(creator, unique_name):
     status = layer.params.restrict_policy.status_var
     slots = model.optimizer.slot_variables(layer)
     assert _keys(status) == _keys(layer.params) == _keys(slots["m"]) == _keys(slots["v"])
+
+
+def test_restriction_removes_fused_row_slots_with_their_rows(
+    tmp_path, standalone_server, make_config, unique_name
+):
+    """redis_fused_row: the slots live in the row's field, so removing a row removes them,
+    and the kept ids keep theirs."""
+    path = make_config(tmp_path, standalone_server, table_store_mode=0, redis_fused_row=True)
+    creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
+    layer = de.keras.layers.Embedding(
+        DIM, name=unique_name, kv_creator=creator, restrict_policy=de.FrequencyRestrictPolicy
+    )
+    optimizer = de.DynamicEmbeddingOptimizer(keras.optimizers.Adam(0.1))
+    _train(layer, optimizer, [list(range(10)), [0, 1, 2, 3, 4], [0, 1, 2, 2]])
+    slots = optimizer.slot_variables(layer)["slots"]
+    kept = np.arange(5, dtype=np.int64)
+    before = slots.lookup_slots(kept)
+    assert np.all(before[:, DIM:] > 0)  # Adam's velocities: trained, not the defaults
+
+    assert layer.params.restrict(5) == 5
+    assert _keys(layer.params) == _keys(layer.params.restrict_policy.status_var) == kept.tolist()
+    bucket = f"test:{unique_name}-parameter{{3560}}"
+    assert standalone_server.execute("HLEN", bucket) == 5
+    np.testing.assert_array_equal(slots.lookup_slots(kept), before)

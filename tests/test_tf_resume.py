@@ -186,14 +186,37 @@ def _compare(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize(
     ("store_mode", "fmt", "fused"),
-    [(0, "checkpoint", False), (2, "checkpoint", False), (0, "keras", False), (0, "keras", True)],
-    ids=["mode0-checkpoint", "mode2-checkpoint", "mode0-keras-file", "mode0-keras-fused-slots"],
+    [
+        (0, "checkpoint", ""),
+        (2, "checkpoint", ""),
+        (0, "keras", ""),
+        (0, "keras", "slots"),
+        (0, "checkpoint", "row"),
+        (0, "keras", "row"),
+        (1, "checkpoint", "row"),
+        (2, "checkpoint", "row"),
+    ],
+    ids=[
+        "mode0-checkpoint",
+        "mode2-checkpoint",
+        "mode0-keras-file",
+        "mode0-keras-fused-slots",
+        "mode0-checkpoint-fused-row",
+        "mode0-keras-fused-row",
+        "mode1-checkpoint-fused-row",
+        "mode2-checkpoint-fused-row",
+    ],
 )
 def test_an_interrupted_run_resumes_exactly(
     tmp_path, standalone_server, make_config, unique_name, store_mode, fmt, fused
 ):
     config = make_config(
-        tmp_path, standalone_server, table_store_mode=store_mode, redis_fused_slots=fused
+        tmp_path,
+        standalone_server,
+        table_store_mode=store_mode,
+        redis_fused_slots=fused == "slots",
+        redis_fused_row=fused == "row",
+        model_lib_abs_dir=str(tmp_path / "files"),
     )
     epochs = 2
     whole, resumed = tmp_path / "whole.npz", tmp_path / "resumed.npz"
@@ -217,7 +240,7 @@ def test_an_interrupted_run_resumes_exactly(
         save=True,
         dir=str(tmp_path),
         out="",
-        clear=store_mode == 0,
+        clear=store_mode in (0, 1),
     )
     _run(
         config,

@@ -85,6 +85,22 @@ class Table:
         """Rows of ``keys`` into ``out``. ``out`` and ``exists`` must be writeable and share no
         memory with each other or the inputs (``ValueError``); no array may be changed by
         another thread during the call, which runs without the GIL."""
+    def find_with_slots(
+        self,
+        keys: _Keys,
+        default: npt.NDArray[np.uint8],
+        out: npt.NDArray[np.uint8],
+        slot_default: npt.NDArray[np.uint8],
+        slots: npt.NDArray[np.uint8],
+    ) -> None:
+        """``redis_fused_row`` tables only: rows into ``out`` as :meth:`find` gives them, and
+        what each id stores after its row into ``slots`` (``len(keys)`` groups the size of
+        ``slot_default``, which ids stored without slots or missing get)."""
+    def insert_with_slots(
+        self, keys: _Keys, rows: npt.NDArray[np.uint8], slots: npt.NDArray[np.uint8]
+    ) -> None:
+        """``redis_fused_row`` tables only: stores each id's row followed by its slots as one
+        value, replacing what was stored."""
     def insert(self, keys: _Keys, values: npt.NDArray[np.uint8]) -> None: ...
     def remove(self, keys: _Keys) -> None: ...
     def accum(

@@ -6,6 +6,7 @@ The TensorFlow classes (``RedisTable``, ``dynamic_embedding``) are built on this
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import warnings
@@ -115,6 +116,7 @@ class RedisStore:
         # expire_model_tag_in_seconds when it closes; here "closes" is close(), garbage
         # collection or interpreter exit, whichever comes first.
         self._closer = weakref.finalize(self, _close_quietly, self._table) if manage_ttl else None
+        self._fused_row = bool(json.loads(self.config.to_json()).get("redis_fused_row"))
         self._writes = WriteLog()
         self._prefetcher = RowPrefetcher(self._read, self._writes)
 
@@ -331,8 +333,50 @@ class RedisStore:
         self._table.find(flat, default_row, out.reshape(-1).view(np.uint8), None)
         return out
 
+    @property
+    def fused_row(self) -> bool:
+        """Whether the config sets ``redis_fused_row``: each id's optimizer slots are stored
+        after its row, in the row's own field."""
+        return self._fused_row
+
+    def find_with_slots(
+        self, keys: Any, default: Any, slot_default: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``redis_fused_row`` only: ``(rows, slots)`` of flat ``keys``, read in one field per
+        id. ``default`` as :meth:`find` takes it; ``slot_default`` one id's slots (a whole
+        number of rows of ``dim`` values), which ids stored without slots or missing get.
+        Prefetched rows are not used (they hold no slots)."""
+        flat = self._keys(keys)
+        n = flat.shape[0]
+        slot_default = np.ascontiguousarray(slot_default, dtype=self.np_value_dtype).reshape(-1)
+        rows = np.empty((n, self.dim), dtype=self.np_value_dtype)
+        slots = np.empty((n, slot_default.shape[0]), dtype=self.np_value_dtype)
+        self._table.find_with_slots(
+            flat,
+            self._bytes(self._default(default, n)),
+            self._bytes(rows),
+            self._bytes(slot_default),
+            self._bytes(slots),
+        )
+        return rows, slots
+
+    def insert_with_slots(self, keys: Any, rows: Any, slots: Any) -> None:
+        """``redis_fused_row`` only: stores each id's row (``[n, dim]``) followed by its slots
+        (``[n, k * dim]``) as one value, replacing what was stored (slots included)."""
+        flat = self._keys(keys)
+        n = flat.shape[0]
+        rows = self._rows(rows, (n,), "rows")
+        slots = np.ascontiguousarray(slots, dtype=self.np_value_dtype)
+        if n and slots.size % n:
+            raise ValueError(f"slots of {n} ids must hold the same count each, got {slots.size}")
+        slots = slots.reshape(n, slots.size // n if n else 0)
+        with self.writing(flat):
+            self._table.insert_with_slots(flat, self._bytes(rows), self._bytes(slots))
+
     def insert(self, keys: npt.ArrayLike, values: npt.ArrayLike) -> None:
-        """Upserts rows; ``values`` must have shape ``keys.shape + (dim,)``."""
+        """Upserts rows; ``values`` must have shape ``keys.shape + (dim,)``. On a
+        ``redis_fused_row`` table the slots stored after each row are kept (a server script,
+        dearer than a plain ``HSET``)."""
         keys_arr = self._key_array(keys)
         flat = self._keys(keys_arr)
         rows = self._rows(values, keys_arr.shape, "value")

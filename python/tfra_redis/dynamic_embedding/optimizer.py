@@ -19,6 +19,10 @@ The update is lazy, as TFRA's: rows absent from a step keep their value and thei
 momentum decay, no weight decay). ``clipnorm`` clips each wrapper's gradient over the step's
 rows; ``global_clipnorm`` includes them in the global norm.
 
+With ``redis_fused_row`` there are no slot tables: an id's slots follow its row in the
+embedding's own field, the lookup reads both and keeps the slots for the step, and the
+write-back stores row and slots as one value (see ``fused_row``).
+
 Slot tables are named as TFRA names them: ``<params>/<wrapper>/<slot>`` with ``/`` turned into
 ``_`` and Keras 3's slot names mapped to tf_keras' (Adam's ``momentum``/``velocity`` are
 ``m``/``v``), so slots written by TFRA continue training here and the other way round.
@@ -37,6 +41,7 @@ import tensorflow as tf
 
 from tfra_redis import _native
 from tfra_redis._types import InitializerLike
+from tfra_redis.dynamic_embedding.fused_row import FusedRowSlots, RowSlots
 from tfra_redis.dynamic_embedding.trainable import (
     DynamicRows,
     TrainableWrapper,
@@ -100,10 +105,11 @@ class _Slot:
 
 @dataclass
 class _SlotTable:
-    """A table holding slots of one wrapper: one slot (TFRA's layout) or all of them side by
-    side in each row (``redis_fused_slots``)."""
+    """A table holding slots of one wrapper: one slot (TFRA's layout), all of them side by
+    side in each row (``redis_fused_slots``), or the view of the embedding's own values that
+    holds them after each row (``redis_fused_row``, a ``FusedRowSlots``)."""
 
-    variable: Variable
+    variable: Variable | FusedRowSlots
     slots: list[_Slot]
 
     @property
@@ -169,6 +175,11 @@ def _check_slot_layout(wrapper: TrainableWrapper, slots: list[_Slot]) -> None:
     )
 
 
+def _fused_row(params: Variable) -> bool:
+    """Whether the config of ``params`` keeps an id's optimizer slots in its row's field."""
+    return params.table.store.fused_row
+
+
 def _table_identity(variable: Variable) -> tuple[str, str]:
     store = variable.table.store
     return store.config.to_json(), store.name
@@ -227,7 +238,7 @@ class _DynamicEmbeddingMixin(_MixinBase):
             )
         slot = _Slot(name, slot_name, buffer, default)
         _state(self).slots.setdefault(id(wrapper), []).append(slot)
-        if not _fused_slots(params):
+        if not (_fused_slots(params) or _fused_row(params)):
             variable = self._tfra_slot_table(
                 params, _slot_variable_name(params, wrapper, slot_name), default
             )
@@ -258,6 +269,21 @@ class _DynamicEmbeddingMixin(_MixinBase):
             params.restrict_policy.track_slot(variable)
         return variable
 
+    def _tfra_row_slots(
+        self, wrapper: TrainableWrapper, name: str, default: np.ndarray
+    ) -> FusedRowSlots:
+        """The slots of ``wrapper`` kept in its embedding's rows (``redis_fused_row``): a
+        checkpoint dependency as a slot table is, and where the wrapper's lookups keep the
+        slots they read. No restrict policy needs them: they go with the row."""
+        params = wrapper.params
+        with tf.init_scope():
+            view = FusedRowSlots(params.table, name, default)
+        self._track_trackable(
+            view, name=f"tfra_slot:{params.table.store.name}:row_slots", overwrite=True
+        )
+        wrapper.row_slots = RowSlots(params.table.store, default)
+        return view
+
     def slot_variables(self, wrapper: Any) -> dict[str, Variable]:
         """The slot tables of a wrapper (or of the layer or ``de.Variable`` owning one
         wrapper), by TFRA's slot name; with ``redis_fused_slots`` the one table ``slots``."""
@@ -281,12 +307,17 @@ class _DynamicEmbeddingMixin(_MixinBase):
         state = _state(self)
         for wrapper in wrappers:
             slots = state.slots.get(id(wrapper), [])
-            if slots and _fused_slots(wrapper.params) and id(wrapper) not in state.tables:
-                name = _slot_variable_name(wrapper.params, wrapper, "slots")
-                default = np.concatenate([slot.default for slot in slots])
+            if not slots or id(wrapper) in state.tables:
+                continue
+            name = _slot_variable_name(wrapper.params, wrapper, "slots")
+            default = np.concatenate([slot.default for slot in slots])
+            if _fused_slots(wrapper.params):
                 variable = self._tfra_slot_table(wrapper.params, name, default)
                 state.tables[id(wrapper)] = [_SlotTable(variable, list(slots))]
-            if slots:
+            elif _fused_row(wrapper.params):
+                view = self._tfra_row_slots(wrapper, name, default)
+                state.tables[id(wrapper)] = [_SlotTable(view, list(slots))]
+            if not _fused_row(wrapper.params):
                 _check_slot_layout(wrapper, slots)
 
     def _tfra_check_wrappers(self, wrappers: list[TrainableWrapper]) -> None:
@@ -310,6 +341,14 @@ class _DynamicEmbeddingMixin(_MixinBase):
                     f"two embeddings would train the same Redis table {key[1]!r}: "
                     f"{other.wrapper_name!r} and {wrapper.wrapper_name!r} (give the layers "
                     "different names)"
+                )
+            if other is not wrapper and _fused_row(params):
+                # Each wrapper has slots of its own, but a fused row has room for one set.
+                raise ValueError(
+                    f"two trainable wrappers of {params.name!r} ({other.wrapper_name!r} and "
+                    f"{wrapper.wrapper_name!r}) would keep their optimizer slots in the same "
+                    "redis_fused_row values; train one wrapper per embedding, or use "
+                    "redis_fused_slots"
                 )
 
     # -- a step -------------------------------------------------------------------------------
@@ -361,14 +400,19 @@ class _DynamicEmbeddingMixin(_MixinBase):
             return
         stores = [[t.variable.table.store for t in tables] for _, tables in groups]
         defaults = [[t.default for t in tables] for _, tables in groups]
+        # redis_fused_row: the slots the step's lookups read with the rows.
+        row_slots = [w.row_slots if _fused_row(w.params) else None for w, _ in groups]
         # One array per slot, in table order: fused tables are split into their slots.
         layout = [len(t.slots) for _, tables in groups for t in tables]
         slots = [s for _, tables in groups for t in tables for s in t.slots]
         dtypes = [s.buffer.value.dtype for s in slots]
 
-        def read(*key_sets: np.ndarray) -> list[np.ndarray]:
+        def read(*inputs: np.ndarray) -> list[np.ndarray]:
+            *key_sets, step = inputs
             calls = [
                 functools.partial(find_together, stores[i], keys, defaults[i])
+                if row_slots[i] is None
+                else functools.partial(_take_row_slots, row_slots[i], keys, int(step))
                 for i, keys in enumerate(key_sets)
             ]
             found = [rows for result in run_concurrently(calls) for rows in result]
@@ -382,7 +426,8 @@ class _DynamicEmbeddingMixin(_MixinBase):
                 for r, d in zip(split, dtypes, strict=True)
             ]
 
-        rows = run_numpy(read, [w.ids for w, _ in groups], dtypes, "tfra_read_slots")
+        inputs = [w.ids for w, _ in groups] + [applied_steps().read_value()]
+        rows = run_numpy(read, inputs, dtypes, "tfra_read_slots")
         for slot, value in zip(slots, rows, strict=True):
             slot.buffer.stage(tf.reshape(value, [-1, slot.buffer.dim]))
 
@@ -391,9 +436,14 @@ class _DynamicEmbeddingMixin(_MixinBase):
         layout = []
         policies = []
         inputs: list[Any] = []
+        fused = []
         for wrapper in wrappers:
             tables = state.tables.get(id(wrapper), [])
-            stores = [wrapper.params.table.store] + [t.variable.table.store for t in tables]
+            fused.append(_fused_row(wrapper.params))
+            if fused[-1]:  # one value per id: the row, then its slots
+                stores = [wrapper.params.table.store] * (1 + len(tables))
+            else:
+                stores = [wrapper.params.table.store] + [t.variable.table.store for t in tables]
             layout.append(stores)
             policies.append(wrapper.params.restrict_policy)
             inputs.append(wrapper.ids)
@@ -408,15 +458,22 @@ class _DynamicEmbeddingMixin(_MixinBase):
             calls = []
             at = written = 0
             updated = []
-            for stores, policy in zip(layout, policies, strict=True):
+            for stores, policy, whole in zip(layout, policies, fused, strict=True):
                 keys = arrays[at]
                 rows = arrays[at + 1 : at + 1 + len(stores)]
                 at += 1 + len(stores)
                 written += keys.size
-                if keys.size:
+                if not keys.size:
+                    continue
+                if whole:
+                    slots = rows[1] if len(rows) > 1 else np.zeros((keys.size, 0), rows[0].dtype)
+                    calls.append(
+                        functools.partial(stores[0].insert_with_slots, keys, rows[0], slots)
+                    )
+                else:
                     calls.append(functools.partial(insert_together, stores, keys, rows))
-                    if policy is not None:
-                        updated.append((policy, keys))
+                if policy is not None:
+                    updated.append((policy, keys))
             run_concurrently(calls)
             # TFRA updates the restrict status after the write-back, for the params only.
             for policy, keys in updated:
@@ -446,6 +503,13 @@ class _DynamicEmbeddingMixin(_MixinBase):
 
 
 _SLOT_FILE_PREFIX = "tfra_slot:"
+
+
+def _take_row_slots(row_slots: RowSlots | None, keys: np.ndarray, step: int) -> list[np.ndarray]:
+    """The slots of a ``redis_fused_row`` wrapper's merged ids (as ``find_together`` returns
+    rows: one array per table)."""
+    assert row_slots is not None
+    return [row_slots.take(keys, step)]
 
 
 def _file_prefix(slot: _SlotTable) -> str:

@@ -261,6 +261,9 @@ class TrainableWrapper(DynamicRows):
     def __init__(self, params: Any, name: str, trainable: bool = True) -> None:
         self._params_ref = weakref.ref(params)
         self._wrapper_name = name
+        #: With ``redis_fused_row``: where staging lookups keep the optimizer slots they read
+        #: with the rows (a ``fused_row.RowSlots``, set by the optimizer when it makes them).
+        self.row_slots: Any = None
         keras_name = name.rsplit("/", 1)[-1] or "ShadowVariable"
         with tf.init_scope():
             super().__init__(

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 from tfra_redis._types import DevicesLike, DTypeLike, InitializerLike, TensorLike
 from tfra_redis.creator import RedisTableCreator
 from tfra_redis.dynamic_embedding.restrict import RestrictPolicy
-from tfra_redis.dynamic_embedding.trainable import TrainableWrapper, stages_rows
+from tfra_redis.dynamic_embedding.trainable import TrainableWrapper, applied_steps, stages_rows
 from tfra_redis.table import RedisTable, is_collecting_lookup_keys
 
 __all__ = ["Variable", "embedding_lookup", "get_variable"]
@@ -591,10 +591,14 @@ def lookup_rows(
     out_shape = ids.shape.concatenate([params.dim])
     flat = tf.reshape(ids, [-1])
     unique_ids, index = tf.unique(flat)
-    rows = params.lookup(unique_ids)
-    if stages_rows(params, training) and not is_collecting_lookup_keys():
-        if wrapper is None:
-            wrapper = params.trainable_wrapper(wrapper_name)
+    staging = stages_rows(params, training) and not is_collecting_lookup_keys()
+    if staging and wrapper is None:
+        wrapper = params.trainable_wrapper(wrapper_name)
+    if wrapper is not None and staging and params.table.store.fused_row:
+        rows = _lookup_with_slots(params, wrapper, unique_ids)
+    else:
+        rows = params.lookup(unique_ids)
+    if wrapper is not None and staging:
         offset = wrapper.stage_rows(unique_ids, rows)
         embeddings = wrapper.gather(offset + index)
     else:
@@ -608,3 +612,32 @@ def lookup_rows(
     if max_norm is not None:
         embeddings = tf.clip_by_norm(embeddings, max_norm, axes=[-1])
     return embeddings
+
+
+def _lookup_with_slots(params: Variable, wrapper: TrainableWrapper, ids: tf.Tensor) -> tf.Tensor:
+    """A staging lookup of a ``redis_fused_row`` table: reads each id's row and optimizer
+    slots in one field and keeps the slots for the optimizer step (see :mod:`.fused_row`).
+    Until the optimizer has made its slots (the first step) it reads rows only."""
+    table = params.table
+    defaults = params.default_rows(ids)
+    inputs = [ids, applied_steps().read_value()]
+    if defaults is not None:
+        inputs.append(tf.convert_to_tensor(defaults, dtype=params.value_dtype))
+
+    def find(keys: np.ndarray, step: np.int64, default: np.ndarray | None = None) -> np.ndarray:
+        store = table.store
+        if default is None:
+            default = table._np_default
+        row_slots = wrapper.row_slots
+        if keys.size == 0:
+            return np.zeros((0, params.dim), dtype=store.np_value_dtype)
+        # Prefetched rows hold no slots: the optimizer then reads them itself.
+        if row_slots is None or store._prefetcher.pending:
+            rows: np.ndarray = store.find(keys, default)
+            return rows
+        found: np.ndarray = row_slots.lookup(keys, int(step), default)
+        return found
+
+    rows = table._call(find, inputs, params.value_dtype, f"{table._op_prefix}_lookup_with_slots")
+    rows.set_shape(ids.shape.concatenate([params.dim]))
+    return rows

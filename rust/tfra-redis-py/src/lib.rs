@@ -553,6 +553,68 @@ impl PyTable {
         detached(py, || table.find(keys, defaults, out, exists))
     }
 
+    /// Looks `keys` up in a `redis_fused_row` table with their optimizer slots: rows into
+    /// `out` (as `find`), what is stored after each row into `slots` (`len(keys)` groups of
+    /// `len(slot_default)` bytes; `slot_default` for ids stored without slots or missing).
+    fn find_with_slots(
+        &self,
+        py: Python<'_>,
+        keys: &Bound<'_, PyAny>,
+        default: Array<'_, u8>,
+        out: Array<'_, u8>,
+        slot_default: Array<'_, u8>,
+        slots: Array<'_, u8>,
+    ) -> PyResult<()> {
+        let keys = key_input(keys)?;
+        let default = input(&default, "default")?;
+        let slot_default = input(&slot_default, "slot_default")?;
+        let mut out = output(&out, "out")?;
+        let mut slots = output(&slots, "slots")?;
+        let keys_span = keys.span()?;
+        let keys = keys.keys()?;
+        let default = default.as_slice()?;
+        let slot_default = slot_default.as_slice()?;
+        let out = out.as_slice_mut()?;
+        let slots = slots.as_slice_mut()?;
+        check_disjoint(
+            &[
+                ("out".to_string(), span(out)),
+                ("slots".to_string(), span(slots)),
+            ],
+            &[
+                ("keys".to_string(), keys_span),
+                ("default".to_string(), span(default)),
+                ("slot_default".to_string(), span(slot_default)),
+            ],
+        )?;
+        let defaults = if default.len() == self.inner.row_bytes() {
+            Defaults::Row(default)
+        } else {
+            Defaults::PerKey(default)
+        };
+        let table = &self.inner;
+        detached(py, || {
+            table.find_with_slots(keys, defaults, out, slot_default, slots)
+        })
+    }
+
+    /// Writes whole values of a `redis_fused_row` table: each id's row (`rows`) followed by
+    /// its slots (`slots`: `len(keys)` equal groups of whole rows), replacing what was stored.
+    fn insert_with_slots(
+        &self,
+        py: Python<'_>,
+        keys: &Bound<'_, PyAny>,
+        rows: Array<'_, u8>,
+        slots: Array<'_, u8>,
+    ) -> PyResult<()> {
+        let keys = key_input(keys)?;
+        let (rows, slots) = (input(&rows, "rows")?, input(&slots, "slots")?);
+        let keys = keys.keys()?;
+        let (rows, slots) = (rows.as_slice()?, slots.as_slice()?);
+        let table = &self.inner;
+        detached(py, || table.insert_with_slots(keys, rows, slots))
+    }
+
     /// Upserts rows (`values` holds `len(keys)` rows of row bytes).
     fn insert(
         &self,

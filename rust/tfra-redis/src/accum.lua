@@ -1,12 +1,19 @@
 -- accum for one bucket, TFRA's BP-v2 rule (its HMACCUM module) as a script, so stock Redis
 -- servers need no module. KEYS[1] = bucket; ARGV[1] = TF dtype name; ARGV[2] = one flag byte
--- per field (1 = the caller saw the key); then field, delta pairs.
+-- per field (1 = the caller saw the key); then field, delta pairs. ARGV[1] may end in '+slots'
+-- (a redis_fused_row table): a stored value may then hold optimizer slots after the row, which
+-- the add keeps as they are.
 --   present, flagged     -> element-wise old + delta (integers wrap)
 --   present, not flagged -> unchanged (someone else created it meanwhile)
 --   absent, not flagged  -> set to the value
 --   absent, flagged      -> nothing (someone removed it meanwhile)
 local key = KEYS[1]
 local dtype = ARGV[1]
+local keep_slots = false
+if string.sub(dtype, -6) == '+slots' then
+  dtype = string.sub(dtype, 1, -7)
+  keep_slots = true
+end
 local flags = ARGV[2]
 local n = (#ARGV - 2) / 2
 if #flags ~= n then
@@ -80,6 +87,9 @@ for i = 1, n do
   if old then
     if flagged and #old == #delta then
       redis.call('HSET', key, field, add(old, delta))
+    elseif flagged and keep_slots and #delta > 0 and #old > #delta and #old % #delta == 0 then
+      local row = string.sub(old, 1, #delta)
+      redis.call('HSET', key, field, add(row, delta) .. string.sub(old, #delta + 1))
     end
   elseif not flagged then
     redis.call('HSET', key, field, delta)

@@ -307,61 +307,71 @@ impl SlotTables {
         match self.layout {
             SlotLayout::Fused => {
                 let table = &self.tables[0];
-                table.scan_bucket(table.buckets()[bucket].as_bytes(), page, |ids, rows| {
-                    let mut slots = vec![Vec::with_capacity(ids.len() * sb); k];
-                    for row in rows.chunks_exact(k * sb) {
-                        for (s, part) in slots.iter_mut().zip(row.chunks_exact(sb)) {
-                            s.extend_from_slice(part);
+                table.scan_bucket(
+                    table.buckets()[bucket].as_bytes(),
+                    page,
+                    false,
+                    |ids, rows, _| {
+                        let mut slots = vec![Vec::with_capacity(ids.len() * sb); k];
+                        for row in rows.chunks_exact(k * sb) {
+                            for (s, part) in slots.iter_mut().zip(row.chunks_exact(sb)) {
+                                s.extend_from_slice(part);
+                            }
                         }
-                    }
-                    sink(ids, &slots)
-                })
+                        sink(ids, &slots)
+                    },
+                )
             }
             SlotLayout::PerSlot => {
                 // Every id of every slot table, each once: ids of table i that an earlier table
                 // holds were sent with that table's page.
                 for (i, table) in self.tables.iter().enumerate() {
-                    table.scan_bucket(table.buckets()[bucket].as_bytes(), page, |ids, rows| {
-                        let n = ids.len();
-                        let mut slots = Vec::with_capacity(k);
-                        let mut seen = vec![false; n];
-                        for (j, other) in self.tables.iter().enumerate() {
-                            if j == i {
-                                slots.push(rows.to_vec());
-                                continue;
+                    table.scan_bucket(
+                        table.buckets()[bucket].as_bytes(),
+                        page,
+                        false,
+                        |ids, rows, _| {
+                            let n = ids.len();
+                            let mut slots = Vec::with_capacity(k);
+                            let mut seen = vec![false; n];
+                            for (j, other) in self.tables.iter().enumerate() {
+                                if j == i {
+                                    slots.push(rows.to_vec());
+                                    continue;
+                                }
+                                let mut out = vec![0u8; n * sb];
+                                let mut exists = vec![false; n];
+                                other.find(
+                                    ids,
+                                    Defaults::Row(&initial[j]),
+                                    &mut out,
+                                    Some(&mut exists),
+                                )?;
+                                if j < i {
+                                    for (s, e) in seen.iter_mut().zip(&exists) {
+                                        *s |= *e;
+                                    }
+                                }
+                                slots.push(out);
                             }
-                            let mut out = vec![0u8; n * sb];
-                            let mut exists = vec![false; n];
-                            other.find(
-                                ids,
-                                Defaults::Row(&initial[j]),
-                                &mut out,
-                                Some(&mut exists),
-                            )?;
-                            if j < i {
-                                for (s, e) in seen.iter_mut().zip(&exists) {
-                                    *s |= *e;
+                            if !seen.contains(&true) {
+                                return sink(ids, &slots);
+                            }
+                            let dtype = table.spec().key_dtype;
+                            let mut keep = KeyBuf::new(dtype);
+                            let mut kept = vec![Vec::new(); k];
+                            for (r, _) in seen.iter().enumerate().filter(|(_, s)| !**s) {
+                                keep.push_key(ids, r);
+                                for (dst, src) in kept.iter_mut().zip(&slots) {
+                                    dst.extend_from_slice(&src[r * sb..(r + 1) * sb]);
                                 }
                             }
-                            slots.push(out);
-                        }
-                        if !seen.contains(&true) {
-                            return sink(ids, &slots);
-                        }
-                        let dtype = table.spec().key_dtype;
-                        let mut keep = KeyBuf::new(dtype);
-                        let mut kept = vec![Vec::new(); k];
-                        for (r, _) in seen.iter().enumerate().filter(|(_, s)| !**s) {
-                            keep.push_key(ids, r);
-                            for (dst, src) in kept.iter_mut().zip(&slots) {
-                                dst.extend_from_slice(&src[r * sb..(r + 1) * sb]);
+                            if keep.is_empty() {
+                                return Ok(());
                             }
-                        }
-                        if keep.is_empty() {
-                            return Ok(());
-                        }
-                        sink(keep.keys(), &kept)
-                    })?;
+                            sink(keep.keys(), &kept)
+                        },
+                    )?;
                 }
                 Ok(())
             }

@@ -199,7 +199,9 @@ pub fn restore_files(table: &Table) -> Result<usize> {
             backend
                 .run_values(&[restore], Role::Write, Retry::Idempotent)
                 .map_err(|e| file_error(&path, bucket, e))?;
-            let copied = table.scan_bucket(&scratch, COPY_PAGE, |k, v| table.insert(k, v));
+            let copied = table.scan_bucket(&scratch, COPY_PAGE, true, |k, v, w| {
+                table.insert_values(k, v, w)
+            });
             let del = redis::cmd("DEL").arg(&scratch).clone();
             backend.run_values(&[del], Role::Write, Retry::Idempotent)?;
             copied?;
@@ -257,8 +259,8 @@ pub fn rebucket(table: &Table) -> Result<RebucketReport> {
     };
     for bucket in &old {
         let mut ids = KeyBuf::new(table.spec().key_dtype);
-        table.scan_bucket(bucket, COPY_PAGE, |k, v| {
-            table.insert_missing(k, v)?;
+        table.scan_bucket(bucket, COPY_PAGE, true, |k, v, w| {
+            table.insert_missing(k, v, w)?;
             ids.extend(k);
             report.rows_copied += k.len() as u64;
             Ok(())
@@ -272,16 +274,15 @@ pub fn rebucket(table: &Table) -> Result<RebucketReport> {
     for (b, bucket) in table.buckets().iter().enumerate() {
         let dtype = table.spec().key_dtype;
         let mut stray = KeyBuf::new(dtype);
-        table.scan_bucket(bucket.as_bytes(), COPY_PAGE, |k, v| {
-            let rb = table.row_bytes();
+        table.scan_bucket(bucket.as_bytes(), COPY_PAGE, true, |k, v, w| {
             let (mut keys, mut rows) = (KeyBuf::new(dtype), Vec::new());
             for i in 0..k.len() {
                 if table.bucket_of_key(k, i) != b {
                     keys.push_key(k, i);
-                    rows.extend_from_slice(&v[i * rb..(i + 1) * rb]);
+                    rows.extend_from_slice(&v[i * w..(i + 1) * w]);
                 }
             }
-            table.insert_missing(&keys, &rows)?;
+            table.insert_missing(&keys, &rows, w)?;
             report.rows_copied += keys.len() as u64;
             stray.extend(keys.keys());
             Ok(())
@@ -363,8 +364,8 @@ pub fn import_model_tag(table: &Table) -> Result<u64> {
     }
     let mut copied = 0u64;
     for bucket in existing_buckets(table, &table.import_prefix())? {
-        table.scan_bucket(&bucket, COPY_PAGE, |k, v| {
-            table.insert(k, v)?;
+        table.scan_bucket(&bucket, COPY_PAGE, true, |k, v, w| {
+            table.insert_values(k, v, w)?;
             copied += k.len() as u64;
             Ok(())
         })?;

@@ -66,6 +66,19 @@ impl Batch {
         self.close_if_done();
     }
 
+    /// Adds one argument made of `parts` back to back (a row and its slots), without
+    /// joining them in a buffer of their own first.
+    pub fn arg_parts(&mut self, parts: &[&[u8]]) {
+        assert!(self.missing > 0, "more arguments than the command declared");
+        self.header(b'$', parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            self.buf.extend_from_slice(part);
+        }
+        self.buf.extend_from_slice(b"\r\n");
+        self.missing -= 1;
+        self.close_if_done();
+    }
+
     /// Adds the argument that is the command's key.
     pub fn key(&mut self, key: &[u8]) {
         self.arg(key);

@@ -280,6 +280,7 @@ pub(super) const FIELDS: &[Field] = &[
     ),
     field!(redis_durable_write_timeout_ms, millis, json),
     field!(redis_fused_slots, boolean, json),
+    field!(redis_fused_row, boolean, json),
     field!(
         redis_client_buffer_keep_bytes,
         |k, v| integer(k, v, 0, i64::MAX.into()),

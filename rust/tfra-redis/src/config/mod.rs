@@ -266,6 +266,13 @@ pub struct RedisConfig {
     /// step then reads and writes two tables instead of one per slot. Default false (TFRA's
     /// layout); the embedding table itself is the same either way.
     pub redis_fused_slots: bool,
+    /// Keep an id's optimizer slots in the same hash field as its row: the stored value is
+    /// `row || slot1 || slot2 ...` (each `dim` elements of the value dtype), so an optimizer
+    /// step reads and writes one field per id. Reads of such a table return the row prefix
+    /// (a stored value may be any whole number of rows long), writes of rows alone keep the
+    /// stored slots (a server-side script). TFRA cannot read these values. Default false;
+    /// cannot be combined with `redis_fused_slots`.
+    pub redis_fused_row: bool,
     /// Bytes of read buffer a pooled connection keeps for its next pipeline. A bigger read
     /// buffer (a 65,536-row lookup of dim 128 reads about 35 MB) is freed once its replies are
     /// dropped, so a burst of big lookups does not leave that much per connection behind;
@@ -329,6 +336,7 @@ impl Default for RedisConfig {
             redis_durable_write_replicas: 0,
             redis_durable_write_timeout_ms: 1000,
             redis_fused_slots: false,
+            redis_fused_row: false,
             redis_client_buffer_keep_bytes: 4 << 20,
             redis_conn_idle_timeout_ms: 300_000,
         }
@@ -379,6 +387,7 @@ impl fmt::Debug for RedisConfig {
             redis_durable_write_replicas,
             redis_durable_write_timeout_ms,
             redis_fused_slots,
+            redis_fused_row,
             redis_client_buffer_keep_bytes,
             redis_conn_idle_timeout_ms,
         } = self;
@@ -440,6 +449,7 @@ impl fmt::Debug for RedisConfig {
                 redis_durable_write_timeout_ms,
             )
             .field("redis_fused_slots", redis_fused_slots)
+            .field("redis_fused_row", redis_fused_row)
             .field(
                 "redis_client_buffer_keep_bytes",
                 redis_client_buffer_keep_bytes,

@@ -682,7 +682,7 @@ fn to_json_has_every_key() {
     for key in TFRA_KEYS {
         assert!(object.contains_key(key), "{key}");
     }
-    assert_eq!(object.len(), TFRA_KEYS.len() + 11);
+    assert_eq!(object.len(), TFRA_KEYS.len() + 12);
     assert_eq!(
         FIELDS[..TFRA_KEYS.len()]
             .iter()

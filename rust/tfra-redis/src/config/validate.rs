@@ -87,6 +87,13 @@ impl RedisConfig {
                  (WAIT with timeout 0 can block forever)",
             ));
         }
+        if self.redis_fused_slots && self.redis_fused_row {
+            return Err(Error::field(
+                "redis_fused_row",
+                "and redis_fused_slots cannot both be set: slots live either in the row's own \
+                 field (redis_fused_row) or in one slot table (redis_fused_slots)",
+            ));
+        }
         Ok(())
     }
 }

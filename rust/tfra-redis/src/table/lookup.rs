@@ -6,6 +6,29 @@ use crate::codec::Keys;
 use crate::error::{Error, Result};
 use crate::throttle::held_back_note;
 
+/// Where [`Table::find_with_slots`] puts what a fused row stores after the row.
+struct SlotsOut<'a> {
+    /// One id's slots for ids stored without any; its length is every id's slot width.
+    defaults: &'a [u8],
+    /// One slot group per requested id.
+    out: &'a mut [u8],
+}
+
+impl SlotsOut<'_> {
+    /// Copies the slots stored after id `i`'s row (`stored`, maybe empty), or the defaults
+    /// when it is empty; `Err(len)` when `stored` is of another size.
+    fn copy(&mut self, i: usize, stored: &[u8]) -> std::result::Result<(), usize> {
+        let w = self.defaults.len();
+        let src = match stored.len() {
+            0 => self.defaults,
+            n if n == w => stored,
+            n => return Err(n),
+        };
+        self.out[i * w..(i + 1) * w].copy_from_slice(src);
+        Ok(())
+    }
+}
+
 impl Table {
     /// Looks ids up. `out` receives `keys.len()` rows; missing ids get their default row, and
     /// `exists` (when given) says which ids were found. A Redis failure is an error, never a
@@ -95,7 +118,15 @@ impl Table {
                 // Each reply's rows are copied while the server still answers the next ones.
                 backend.run_each(batch, Role::Read, &mut |i, reply| {
                     let (b, pos) = &window[i];
-                    self.copy_rows(*b, pos, reply, keys, defaults, out, exists.as_deref_mut())
+                    self.copy_rows(
+                        *b,
+                        pos,
+                        reply,
+                        keys,
+                        (defaults, out),
+                        exists.as_deref_mut(),
+                        None,
+                    )
                 })
             },
         )
@@ -134,6 +165,10 @@ impl Table {
 
     /// Copies the rows of one `HMGET` reply (bucket `b`, the keys at `pos`) into `out`,
     /// defaults for nils.
+    ///
+    /// A `redis_fused_row` table accepts a stored value of any whole number of rows and
+    /// copies its first row; with `slots`, what follows the row goes there (the slot defaults
+    /// when nothing follows it, an error when it is not one slot group long).
     #[allow(clippy::too_many_arguments)]
     fn copy_rows(
         &self,
@@ -141,22 +176,33 @@ impl Table {
         pos: &[u32],
         reply: backend::ReplyView<'_>,
         keys: Keys<'_>,
-        defaults: Defaults<'_>,
-        out: &mut [u8],
+        (defaults, out): (Defaults<'_>, &mut [u8]),
         mut exists: Option<&mut [bool]>,
+        mut slots: Option<SlotsOut<'_>>,
     ) -> Result<()> {
         let rb = self.row_bytes;
+        let fused = self.config.redis_fused_row;
         let wrong_count = || self.reply_error(b, "HMGET answered with the wrong count");
         let copied = reply.for_each_bulk(|k, item| {
             let i = *pos.get(k).ok_or_else(wrong_count)? as usize;
             let found = match item {
-                Some(bytes) if bytes.len() == rb => {
-                    out[i * rb..(i + 1) * rb].copy_from_slice(bytes);
+                Some(bytes)
+                    if bytes.len() == rb
+                        || (fused && bytes.len() > rb && bytes.len().is_multiple_of(rb)) =>
+                {
+                    out[i * rb..(i + 1) * rb].copy_from_slice(&bytes[..rb]);
+                    if let Some(s) = slots.as_mut() {
+                        s.copy(i, &bytes[rb..])
+                            .map_err(|got| self.slots_len_error(b, &keys.label(i), got))?;
+                    }
                     true
                 }
                 Some(bytes) => return Err(self.row_len_error(b, &keys.label(i), bytes.len())),
                 None => {
                     self.write_default(defaults, i, out);
+                    if let Some(s) = slots.as_mut() {
+                        s.copy(i, &[]).expect("no stored slots always fit");
+                    }
                     false
                 }
             };
@@ -173,6 +219,61 @@ impl Table {
                 Err(self.reply_error(b, &format!("HMGET reply: {what}")))
             }
         }
+    }
+
+    /// Looks ids up in a `redis_fused_row` table with their optimizer slots: `out` receives
+    /// the rows as [`Table::find`] gives them, `slots` per id what is stored after its row,
+    /// which must be one `slot_defaults` long (`slot_defaults.len()` is a whole number of
+    /// rows). Ids that are missing, or stored without slots (never trained by this
+    /// optimizer), get `slot_defaults`. One `HMGET` field per id reads both.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when the table does not set `redis_fused_row`
+    /// ([`ArgumentKind::TableSet`](crate::ArgumentKind::TableSet)) or a buffer does not fit
+    /// `keys` ([`ArgumentKind::Shape`](crate::ArgumentKind::Shape)); [`Error::Data`] when a
+    /// stored value holds slots of another size (another optimizer's) or is not a whole number
+    /// of rows; otherwise as [`Table::find`] (without its `redis_lookup_defaults_on_error`
+    /// fallback: an optimizer must not train on default slots).
+    pub fn find_with_slots<'k>(
+        &self,
+        keys: impl Into<Keys<'k>>,
+        defaults: Defaults<'_>,
+        out: &mut [u8],
+        slot_defaults: &[u8],
+        slots: &mut [u8],
+    ) -> Result<()> {
+        let keys = keys.into();
+        self.check_lookup(keys, defaults, out)?;
+        let width = self.slots_width(slot_defaults.len(), 1)?;
+        if slots.len() != keys.len() * width {
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Shape,
+                format!(
+                    "slots has {} bytes, expected {} keys x {width} bytes of slot defaults",
+                    slots.len(),
+                    keys.len(),
+                ),
+            ));
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let backend = self.backend()?;
+        self.by_window(
+            keys,
+            |batch, b, pos| self.fields_cmd(batch, "HMGET", b, keys, pos),
+            |batch, window| {
+                backend.run_each(batch, Role::Read, &mut |i, reply| {
+                    let (b, pos) = &window[i];
+                    let slots = SlotsOut {
+                        defaults: slot_defaults,
+                        out: &mut *slots,
+                    };
+                    self.copy_rows(*b, pos, reply, keys, (defaults, out), None, Some(slots))
+                })
+            },
+        )
     }
 
     /// Looks several tables up with one pipeline, as [`Table::find`] does one (without its
@@ -208,8 +309,15 @@ impl Table {
             backend.run_each(batch, Role::Read, &mut |i, reply| {
                 let (t, b, pos) = &commands[i];
                 let l = &mut lookups[*t];
-                l.table
-                    .copy_rows(*b, pos, reply, l.keys, l.defaults, l.out, None)
+                l.table.copy_rows(
+                    *b,
+                    pos,
+                    reply,
+                    l.keys,
+                    (l.defaults, &mut *l.out),
+                    None,
+                    None,
+                )
             })
         })
     }

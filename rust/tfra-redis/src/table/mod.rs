@@ -386,11 +386,22 @@ impl Table {
 
     /// Appends `field row` argument pairs for the keys at `pos`.
     fn push_pairs(&self, batch: &mut Batch, keys: Keys<'_>, rows: &[u8], pos: &[u32]) {
-        let rb = self.row_bytes;
+        self.push_values(batch, keys, rows, self.row_bytes, pos);
+    }
+
+    /// Appends `field value` argument pairs for the keys at `pos`, values `width` bytes each.
+    fn push_values(
+        &self,
+        batch: &mut Batch,
+        keys: Keys<'_>,
+        values: &[u8],
+        width: usize,
+        pos: &[u32],
+    ) {
         for &i in pos {
             let i = i as usize;
             batch.arg(keys.field(i, self.spec.key_dtype).as_ref());
-            batch.arg(&rows[i * rb..(i + 1) * rb]);
+            batch.arg(&values[i * width..(i + 1) * width]);
         }
     }
 
@@ -409,6 +420,16 @@ impl Table {
     }
 
     fn row_len_message(&self, key: &str, len: usize) -> String {
+        if self.config.redis_fused_row {
+            return format!(
+                "key {key} holds {len} bytes, which is not a whole number of rows of {} bytes \
+                 (dim {} x {}; redis_fused_row keeps the optimizer slots after the row); the \
+                 stored data was written with another dim or dtype",
+                self.row_bytes,
+                self.spec.dim.get(),
+                self.spec.value_dtype.numpy_name()
+            );
+        }
         format!(
             "key {key} holds {len} bytes, but rows of this table are {} bytes (dim {} x {}); \
              the stored data was written with another dim or dtype",
@@ -416,6 +437,53 @@ impl Table {
             self.spec.dim.get(),
             self.spec.value_dtype.numpy_name()
         )
+    }
+
+    fn slots_len_error(&self, bucket: usize, key: &str, len: usize) -> Error {
+        Error::Data {
+            bucket: self.buckets[bucket].to_string(),
+            message: format!(
+                "key {key} holds {} slot rows after its row ({len} bytes), but the optimizer \
+                 keeps a different number; the rows were trained with another optimizer",
+                len / self.row_bytes
+            ),
+        }
+    }
+
+    /// The bytes of one id's slots in a slots buffer of `len` bytes for `rows` ids: a whole
+    /// number of rows per id. Only `redis_fused_row` tables keep slots in the row's field.
+    fn slots_width(&self, len: usize, rows: usize) -> Result<usize> {
+        if !self.config.redis_fused_row {
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::TableSet,
+                format!(
+                    "table {:?} does not set redis_fused_row, so its values hold no optimizer \
+                     slots",
+                    self.spec.name
+                ),
+            ));
+        }
+        let rb = self.row_bytes;
+        if rows == 0 {
+            return if len == 0 {
+                Ok(0)
+            } else {
+                Err(Error::invalid(
+                    crate::error::ArgumentKind::Shape,
+                    format!("slots has {len} bytes for 0 keys"),
+                ))
+            };
+        }
+        if !len.is_multiple_of(rows) || !(len / rows).is_multiple_of(rb) {
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Shape,
+                format!(
+                    "slots has {len} bytes, which is not {rows} keys x a whole number of rows \
+                     of {rb} bytes"
+                ),
+            ));
+        }
+        Ok(len / rows)
     }
 
     /// The bucket (index into [`Table::buckets`]) where key `i` of `keys` lives in this

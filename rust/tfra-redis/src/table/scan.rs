@@ -34,13 +34,18 @@ impl Table {
         Ok(ids)
     }
 
-    /// Streams the pairs of any bucket hash (not necessarily one of this table's) in pages.
+    /// Streams the pairs of any bucket hash (not necessarily one of this table's) in pages:
+    /// `sink(ids, values, width)`, each value `width` bytes. Values are rows, except with
+    /// `whole` on a `redis_fused_row` table: then each stored value is handed over as it is
+    /// (row and slots), one call per value size in a page, so that copies keep the slots.
     pub(crate) fn scan_bucket(
         &self,
         bucket: &[u8],
         page: usize,
-        mut sink: impl FnMut(Keys<'_>, &[u8]) -> Result<()>,
+        whole: bool,
+        mut sink: impl FnMut(Keys<'_>, &[u8], usize) -> Result<()>,
     ) -> Result<()> {
+        let whole = whole && self.config.redis_fused_row;
         let backend = self.backend()?;
         let dtype = self.spec.key_dtype;
         let rb = self.row_bytes;
@@ -62,10 +67,23 @@ impl Table {
                 .map_err(|_| bad("HSCAN answered with an unexpected shape"))?;
             let mut keys = KeyBuf::new(dtype);
             let mut values = Vec::with_capacity(items.len() / 2 * rb);
+            // Whole fused values longer than a row, by size.
+            let mut wider: std::collections::BTreeMap<usize, (KeyBuf, Vec<u8>)> =
+                std::collections::BTreeMap::new();
             for pair in items.chunks(2) {
                 let [field, value] = pair else {
                     return Err(bad("HSCAN answered with an odd item count"));
                 };
+                let whole_row = value.len() > rb && value.len().is_multiple_of(rb);
+                if whole && whole_row {
+                    let (k, v) = wider
+                        .entry(value.len())
+                        .or_insert_with(|| (KeyBuf::new(dtype), Vec::new()));
+                    if k.push_field(dtype, field) {
+                        v.extend_from_slice(value);
+                        continue;
+                    }
+                }
                 if !keys.push_field(dtype, field) {
                     return Err(bad(&format!(
                         "field {} is {} bytes, but {} keys are {} bytes",
@@ -75,17 +93,21 @@ impl Table {
                         dtype.width().unwrap_or(field.len())
                     )));
                 }
-                if value.len() != rb {
+                if value.len() != rb && !(self.config.redis_fused_row && whole_row) {
                     let key = keys.keys().label(keys.len() - 1);
                     return Err(Error::Data {
                         bucket: name.clone(),
                         message: self.row_len_message(&key, value.len()),
                     });
                 }
-                values.extend_from_slice(value);
+                // A fused row's slots stay behind unless the caller takes whole values.
+                values.extend_from_slice(&value[..rb]);
             }
             if !keys.is_empty() {
-                sink(keys.keys(), &values)?;
+                sink(keys.keys(), &values, rb)?;
+            }
+            for (width, (k, v)) in &wider {
+                sink(k.keys(), v, *width)?;
             }
             if next == 0 {
                 return Ok(());
@@ -110,7 +132,7 @@ impl Table {
         mut sink: impl FnMut(Keys<'_>, &[u8]) -> Result<()>,
     ) -> Result<()> {
         for bucket in &self.buckets {
-            self.scan_bucket(bucket.as_bytes(), page, &mut sink)?;
+            self.scan_bucket(bucket.as_bytes(), page, false, |k, v, _| sink(k, v))?;
         }
         Ok(())
     }

@@ -14,6 +14,20 @@ const ACCUM_LUA: &str = include_str!("../accum.lua");
 /// `HSETNX` for many fields in one round trip: KEYS[1] = bucket, then field, value pairs.
 const SETNX_LUA: &str =
     "for i = 1, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end return 0";
+
+/// `HSET` of rows that keeps what a `redis_fused_row` table stores after each row (the id's
+/// optimizer slots): KEYS[1] = bucket, ARGV[1] = row bytes, then field, row pairs. It costs an
+/// `HGET` per field on the server and sends the script with every command (as accum does), so
+/// writing rows alone to such a table costs more than a plain `HSET`; an optimizer step writes
+/// whole values with `insert_with_slots` instead.
+const KEEP_SLOTS_LUA: &str = "local n = tonumber(ARGV[1]) \
+for i = 2, #ARGV, 2 do \
+  local v = ARGV[i + 1] \
+  local old = redis.call('HGET', KEYS[1], ARGV[i]) \
+  if old and #old > n then v = v .. string.sub(old, n + 1) end \
+  redis.call('HSET', KEYS[1], ARGV[i], v) \
+end return 0";
+
 /// One window of a write, encoded where the backend sends it: command `i` writes the keys at
 /// `window[i].1` to bucket `window[i].0`, as `make` encodes it.
 struct WindowWrites<'w, F> {
@@ -61,8 +75,9 @@ impl backend::Commands for TogetherWrites<'_, '_> {
         self.plan.len()
     }
 
-    fn name_of(&self, _: usize) -> &str {
-        "HSET"
+    fn name_of(&self, i: usize) -> &str {
+        let table = self.writes[self.plan[i].0].0;
+        table.rows_cmd_name(false, table.row_bytes)
     }
 
     fn key_of(&self, i: usize) -> &[u8] {
@@ -77,7 +92,7 @@ impl backend::Commands for TogetherWrites<'_, '_> {
     fn encode(&self, i: usize, out: &mut Batch) {
         let (w, b, pos) = self.plan[i];
         let (table, keys, rows) = self.writes[w];
-        table.rows_cmd(out, false, b, keys, rows, pos);
+        table.rows_cmd(out, false, b, keys, (rows, table.row_bytes), pos);
     }
 }
 
@@ -121,6 +136,45 @@ impl Table {
         })
     }
 
+    /// Writes whole values of a `redis_fused_row` table: per id its row followed by its
+    /// optimizer slots (`slots` holds `keys.len()` equal-sized groups of whole rows, possibly
+    /// empty), one `HSET` field per id. What was stored after a row before is replaced: this
+    /// is the optimizer's write, which holds every slot.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when the table does not set `redis_fused_row`
+    /// ([`ArgumentKind::TableSet`](crate::ArgumentKind::TableSet)) or `rows`, `slots` do not
+    /// fit `keys` ([`ArgumentKind::Shape`](crate::ArgumentKind::Shape)); otherwise as
+    /// [`Table::insert`].
+    pub fn insert_with_slots<'k>(
+        &self,
+        keys: impl Into<Keys<'k>>,
+        rows: &[u8],
+        slots: &[u8],
+    ) -> Result<()> {
+        let keys = keys.into();
+        self.check_keys(keys)?;
+        self.check_len("rows", rows.len(), keys.len())?;
+        let width = self.slots_width(slots.len(), keys.len())?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let rb = self.row_bytes;
+        self.write_windows(keys, Retry::Idempotent, "HSET", |batch, b, pos| {
+            batch.command("HSET", 1 + 2 * pos.len());
+            batch.key(self.buckets[b].as_bytes());
+            for &i in pos {
+                let i = i as usize;
+                batch.arg(keys.field(i, self.spec.key_dtype).as_ref());
+                batch.arg_parts(&[
+                    &rows[i * rb..(i + 1) * rb],
+                    &slots[i * width..(i + 1) * width],
+                ]);
+            }
+        })
+    }
+
     /// Upserts rows (raw little-endian bytes, `keys.len()` rows). Within one batch the last
     /// row of a repeated id wins.
     ///
@@ -135,41 +189,91 @@ impl Table {
     /// when Redis refuses one; after an error some rows may have been written (writes are
     /// idempotent: repeat the call).
     pub fn insert<'k>(&self, keys: impl Into<Keys<'k>>, values: &[u8]) -> Result<()> {
-        self.write_rows(keys.into(), values, false)
+        self.write_rows(keys.into(), values, self.row_bytes, false)
     }
 
-    /// Writes rows only for ids that are not stored yet (`HSETNX` semantics). Moving data
-    /// between layouts uses this, so a row written to the new layout meanwhile is never
+    /// Writes stored values of `width` bytes each (a row, or on a `redis_fused_row` table a
+    /// row and its slots) only for ids that are not stored yet (`HSETNX` semantics). Moving
+    /// data between layouts uses this, so a row written to the new layout meanwhile is never
     /// overwritten by an older copy.
     pub(crate) fn insert_missing<'k>(
         &self,
         keys: impl Into<Keys<'k>>,
         values: &[u8],
+        width: usize,
     ) -> Result<()> {
-        self.write_rows(keys.into(), values, true)
+        self.write_rows(keys.into(), values, width, true)
     }
 
-    fn write_rows(&self, keys: Keys<'_>, values: &[u8], only_missing: bool) -> Result<()> {
+    /// Upserts stored values of `width` bytes each, as [`Table::scan_bucket`] hands them
+    /// over: copies between layouts keep a fused row's slots.
+    pub(crate) fn insert_values<'k>(
+        &self,
+        keys: impl Into<Keys<'k>>,
+        values: &[u8],
+        width: usize,
+    ) -> Result<()> {
+        self.write_rows(keys.into(), values, width, false)
+    }
+
+    fn write_rows(
+        &self,
+        keys: Keys<'_>,
+        values: &[u8],
+        width: usize,
+        only_missing: bool,
+    ) -> Result<()> {
         self.check_keys(keys)?;
-        self.check_len("values", values.len(), keys.len())?;
+        let rb = self.row_bytes;
+        if width == rb {
+            self.check_len("values", values.len(), keys.len())?;
+        } else if !(self.config.redis_fused_row && width.is_multiple_of(rb))
+            || values.len() != keys.len() * width
+        {
+            // Wider values are whole fused rows (row and slots) copied between layouts.
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Shape,
+                format!(
+                    "values has {} bytes, expected {} keys x {width} bytes (rows of {rb} bytes)",
+                    values.len(),
+                    keys.len()
+                ),
+            ));
+        }
         if keys.is_empty() {
             return Ok(());
         }
-        let name = if only_missing { "EVAL" } else { "HSET" };
+        let name = self.rows_cmd_name(only_missing, width);
         self.write_windows(keys, Retry::Idempotent, name, |batch, b, pos| {
-            self.rows_cmd(batch, only_missing, b, keys, values, pos)
+            self.rows_cmd(batch, only_missing, b, keys, (values, width), pos)
         })
     }
 
-    /// Adds the command writing the rows of the keys at `pos` to bucket `b`: `HSET`, or the
-    /// `HSETNX` script when `only_missing`.
+    /// The name of the command [`Table::rows_cmd`] writes.
+    fn rows_cmd_name(&self, only_missing: bool, width: usize) -> &'static str {
+        if only_missing || self.keeps_slots(width) {
+            "EVAL"
+        } else {
+            "HSET"
+        }
+    }
+
+    /// Whether writing values `width` bytes wide must keep the slots stored after each row
+    /// (`redis_fused_row` and rows alone).
+    fn keeps_slots(&self, width: usize) -> bool {
+        self.config.redis_fused_row && width == self.row_bytes
+    }
+
+    /// Adds the command writing the values (`width` bytes each) of the keys at `pos` to
+    /// bucket `b`: `HSET`, the `HSETNX` script when `only_missing`, the slot-keeping script
+    /// when rows alone go to a `redis_fused_row` table.
     fn rows_cmd(
         &self,
         batch: &mut Batch,
         only_missing: bool,
         b: usize,
         keys: Keys<'_>,
-        rows: &[u8],
+        (rows, width): (&[u8], usize),
         pos: &[u32],
     ) {
         let bucket = self.buckets[b].as_bytes();
@@ -178,11 +282,17 @@ impl Table {
             batch.arg(SETNX_LUA.as_bytes());
             batch.arg(b"1");
             batch.key(bucket);
+        } else if self.keeps_slots(width) {
+            batch.command("EVAL", 4 + 2 * pos.len());
+            batch.arg(KEEP_SLOTS_LUA.as_bytes());
+            batch.arg(b"1");
+            batch.key(bucket);
+            batch.arg(self.row_bytes.to_string().as_bytes());
         } else {
             batch.command("HSET", 1 + 2 * pos.len());
             batch.key(bucket);
         }
-        self.push_pairs(batch, keys, rows, pos);
+        self.push_values(batch, keys, rows, width, pos);
     }
 
     /// Runs one write command per (bucket, chunk of keys) built by `make`, window by window;
@@ -309,7 +419,11 @@ impl Table {
             batch.arg(ACCUM_LUA.as_bytes());
             batch.arg(b"1");
             batch.key(self.buckets[b].as_bytes());
-            batch.arg(self.spec.value_dtype.tf_name().as_bytes());
+            if self.config.redis_fused_row {
+                batch.arg(format!("{}+slots", self.spec.value_dtype.tf_name()).as_bytes());
+            } else {
+                batch.arg(self.spec.value_dtype.tf_name().as_bytes());
+            }
             batch.arg(&flags);
             self.push_pairs(batch, keys, deltas, pos);
         })
