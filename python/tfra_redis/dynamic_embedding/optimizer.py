@@ -307,16 +307,17 @@ class _DynamicEmbeddingMixin(_MixinBase):
         state = _state(self)
         for wrapper in wrappers:
             slots = state.slots.get(id(wrapper), [])
-            if not slots or id(wrapper) in state.tables:
+            if not slots:
                 continue
-            name = _slot_variable_name(wrapper.params, wrapper, "slots")
-            default = np.concatenate([slot.default for slot in slots])
-            if _fused_slots(wrapper.params):
-                variable = self._tfra_slot_table(wrapper.params, name, default)
-                state.tables[id(wrapper)] = [_SlotTable(variable, list(slots))]
-            elif _fused_row(wrapper.params):
-                view = self._tfra_row_slots(wrapper, name, default)
-                state.tables[id(wrapper)] = [_SlotTable(view, list(slots))]
+            if id(wrapper) not in state.tables:
+                name = _slot_variable_name(wrapper.params, wrapper, "slots")
+                default = np.concatenate([slot.default for slot in slots])
+                if _fused_slots(wrapper.params):
+                    variable = self._tfra_slot_table(wrapper.params, name, default)
+                    state.tables[id(wrapper)] = [_SlotTable(variable, list(slots))]
+                elif _fused_row(wrapper.params):
+                    view = self._tfra_row_slots(wrapper, name, default)
+                    state.tables[id(wrapper)] = [_SlotTable(view, list(slots))]
             if not _fused_row(wrapper.params):
                 _check_slot_layout(wrapper, slots)
 
