@@ -8,6 +8,7 @@ each other's way with `unique_name` table names, or by clearing a topology with 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +18,12 @@ from typing import Any
 import pytest
 
 from tfra_redis import testing
+
+# Lookups in tf.function use the native op when its library is built for this TensorFlow, which
+# depends on the machine's cache (~/.cache/tfra_redis/ops). The suite tests the numpy_function
+# path unless told otherwise (TFRA_REDIS_NATIVE_OPS=1 runs it on the native op);
+# tests/test_native_ops.py builds and tests the native op itself.
+os.environ.setdefault("TFRA_REDIS_NATIVE_OPS", "0")
 
 # The `acl_server` fixture: the default user's password, then alice (everything) and reader
 # (reads only). Tests read the password back from ``acl_server.password``.
