@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tfra_redis import testing
+from tfra_redis import native_ops, testing
 
 # Lookups in tf.function use the native op when its library is built for this TensorFlow, which
 # depends on the machine's cache (~/.cache/tfra_redis/ops). The suite tests the numpy_function
@@ -133,3 +133,23 @@ def collect_tables_at_module_end() -> Iterator[None]:
 
     keras.backend.clear_session()
     gc.collect()
+
+
+@pytest.fixture(scope="session")
+def native_library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The native lookup op library (``tfra_redis.native_ops``), built once per session into
+    ``$TFRA_REDIS_OPS_DIR`` when the caller set it (a directory kept between runs saves the
+    minute), else into a fresh directory."""
+    previous = os.environ.get(native_ops.OPS_DIR_ENV)
+    if not previous:
+        os.environ[native_ops.OPS_DIR_ENV] = str(tmp_path_factory.mktemp("ops"))
+    try:
+        native_ops.build()
+        module = native_ops.load()
+        assert module is not None
+        yield module
+    finally:
+        if previous is None:
+            os.environ.pop(native_ops.OPS_DIR_ENV, None)
+        else:
+            os.environ[native_ops.OPS_DIR_ENV] = previous

@@ -14,7 +14,6 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -31,23 +30,6 @@ pytestmark = pytest.mark.usefixtures("collect_tables_at_module_end", "native_on"
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 4
 VALUE_DTYPES = [tf.float32, tf.float64, tf.float16, tf.bfloat16, tf.int32, tf.int64, tf.int8]
-
-
-@pytest.fixture(scope="session")
-def native_library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The op library, built once per session into ``$TFRA_REDIS_OPS_DIR`` when the caller set
-    it (a directory kept between runs saves the minute), else into a fresh directory."""
-    previous = os.environ.get(native_ops.OPS_DIR_ENV)
-    if not previous:
-        os.environ[native_ops.OPS_DIR_ENV] = str(tmp_path_factory.mktemp("ops"))
-    try:
-        native_ops.build()
-        module = native_ops.load()
-        assert module is not None
-        yield module
-    finally:
-        if previous is None:
-            del os.environ[native_ops.OPS_DIR_ENV]
 
 
 @pytest.fixture
@@ -113,6 +95,7 @@ def test_native_lookups_equal_the_numpy_function_path(
             table.lookup(keys, dynamic_default_values=per_key, return_exists=True),
             table.lookup(keys, return_exists=True),
             table.lookup(keys, dynamic_default_values=tf.cast(5, value_dtype)),
+            table.lookup(keys, dynamic_default_values=tf.cast([6], value_dtype)),
         )
 
     spec = tf.TensorSpec([3, 4], key_dtype)
@@ -153,6 +136,15 @@ def test_unknown_batch_sizes_and_empty_batches(
     assert exists.numpy().tolist() == [True, False]
     values, exists = serve(tf.zeros([0], tf.int64))
     assert values.shape == [0, DIM] and exists.shape == [0]
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
+    def serve_per_key(ids):
+        defaults = tf.fill(tf.concat([tf.shape(ids), [DIM]], 0), 4.0)
+        return table.lookup(ids, dynamic_default_values=defaults)
+
+    assert "TfraRedisLookup" in _op_types(serve_per_key)
+    assert serve_per_key(tf.zeros([0], tf.int64)).shape == [0, DIM]
+    assert serve_per_key(tf.constant([6], tf.int64)).numpy().tolist() == [[4.0] * DIM]
     # The static shape is set as on the numpy_function path.
     assert serve.get_concrete_function().structured_outputs[0].shape.as_list() == [None, DIM]
 

@@ -379,8 +379,10 @@ class RedisTable(tf.__internal__.tracking.Trackable):
             defaults = tf.constant(self._np_default, dtype=self._value_dtype)
         else:
             defaults = tf.convert_to_tensor(dynamic_default_values, dtype=self._value_dtype)
-            if defaults.shape.rank == 0:  # a scalar: every value of the shared row
-                defaults = tf.fill([self._dim], defaults)
+            if defaults.shape.num_elements() == 1 and self._dim > 1:
+                # One value (a scalar, or shape [1]): every value of the shared row, as the
+                # numpy_function path takes it.
+                defaults = tf.fill([self._dim], tf.reshape(defaults, []))
         handle, token = self._store._table.native_handle()
         # The op names the table by a handle only; the graph keeps the store alive, as a
         # numpy_function's graph keeps its Python function.

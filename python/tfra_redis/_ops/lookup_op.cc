@@ -133,11 +133,6 @@ class TfraRedisLookupOp : public OpKernel {
     const Tensor& keys = ctx->input(0);
     const Tensor& defaults = ctx->input(1);
     const int64_t n = keys.NumElements();
-    OP_REQUIRES(ctx, defaults.NumElements() == dim_ || defaults.NumElements() == n * dim_,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "lookup in RedisTable '", table_name_, "': defaults must hold one row of ",
-                    dim_, " values or one row per key (", n, " keys), got shape ",
-                    defaults.shape().DebugString())));
     TensorShape values_shape = keys.shape();
     OP_REQUIRES_OK(ctx, values_shape.AddDimWithStatus(dim_));
     Tensor* values = nullptr;
@@ -145,7 +140,12 @@ class TfraRedisLookupOp : public OpKernel {
     Tensor* exists = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, return_exists_ ? keys.shape() : TensorShape({0}),
                                              &exists));
-    if (n == 0) return;
+    if (n == 0) return;  // any defaults fit no keys, per-key ones of shape [0, dim] too
+    OP_REQUIRES(ctx, defaults.NumElements() == dim_ || defaults.NumElements() == n * dim_,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "lookup in RedisTable '", table_name_, "': defaults must hold one row of ",
+                    dim_, " values or one row per key (", n, " keys), got shape ",
+                    defaults.shape().DebugString())));
 
     const int32_t key_kind = keys.dtype() == tensorflow::DT_INT64 ? 0 : 1;
     uint8_t message[1024];
