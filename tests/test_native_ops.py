@@ -342,11 +342,26 @@ def test_without_a_compiler_build_says_so(tmp_path, monkeypatch):
     assert not (tmp_path / "ops").exists() or not native_ops.is_built()
 
 
-def test_build_ops_command_reports_the_library(native_library):
+def test_build_ops_command_reports_the_library(native_library, capsys):
     from tfra_redis.cli import main
 
     assert main(["build-ops"]) == 0
-    assert native_ops.is_built()
+    assert capsys.readouterr().out.strip() == f"{native_ops.library_path()} (already built)"
+    assert main(["--json", "build-ops"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "library": str(native_ops.library_path()),
+        "built": False,
+    }
+
+
+def test_build_ops_command_without_a_compiler_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    from tfra_redis.cli import main
+
+    monkeypatch.setenv(native_ops.OPS_DIR_ENV, str(tmp_path / "ops"))
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    assert main(["build-ops"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tfra-redis: error: cannot build the native lookup op: no C++ compiler")
 
 
 def test_falls_back_to_numpy_function_when_not_built(tmp_path, standalone_server, make_config):

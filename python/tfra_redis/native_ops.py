@@ -143,7 +143,7 @@ def _check_headers(flags: list[str]) -> None:
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(f"tfra-redis: {message}", file=sys.stderr, flush=True)
 
 
 def build(force: bool = False, log: Callable[[str], None] | None = _stderr) -> Path:
@@ -184,7 +184,7 @@ def build(force: bool = False, log: Callable[[str], None] | None = _stderr) -> P
             *flags,
         ]
         say(
-            f"tfra-redis: compiling the native lookup op against TensorFlow {version} "
+            f"compiling the native lookup op against TensorFlow {version} "
             f"(about a minute) into {target}"
         )
         try:
@@ -199,7 +199,7 @@ def build(force: bool = False, log: Callable[[str], None] | None = _stderr) -> P
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-    say(f"tfra-redis: built {target}")
+    say(f"built {target}")
     return target
 
 

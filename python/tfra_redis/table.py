@@ -3,7 +3,9 @@
 Each op is a ``tf.numpy_function(..., stateful=True)`` around the store, so it runs eagerly and
 inside ``tf.function`` (never under XLA: ``numpy_function`` cannot be compiled). Eagerly the store
 is called directly, which saves the op's overhead. Outputs get static shapes (``keys.shape +
-[dim]``, ``[None, dim]`` for export) because ``numpy_function`` loses them.
+[dim]``, ``[None, dim]`` for export) because ``numpy_function`` loses them. In a graph, ``lookup``
+with int32/int64 keys is the native op instead when its library is built
+(:mod:`tfra_redis.native_ops`): same results, no Python in the op.
 
 Checkpoints follow the config's ``table_store_mode`` (TFRA's rule):
 
