@@ -21,7 +21,8 @@ from tfra_redis import native_ops, testing
 
 # Lookups in tf.function use the native op when its library is built for this TensorFlow, which
 # depends on the machine's cache (~/.cache/tfra_redis/ops). The suite tests the numpy_function
-# path unless told otherwise (TFRA_REDIS_NATIVE_OPS=1 runs it on the native op);
+# path unless told otherwise (TFRA_REDIS_NATIVE_OPS=1 with a built library runs the TF tests on
+# the native op, but for those of the numpy_function path itself, which pin it to 0);
 # tests/test_native_ops.py builds and tests the native op itself.
 os.environ.setdefault("TFRA_REDIS_NATIVE_OPS", "0")
 
