@@ -342,6 +342,22 @@ def test_without_a_compiler_build_says_so(tmp_path, monkeypatch):
     assert not (tmp_path / "ops").exists() or not native_ops.is_built()
 
 
+def test_a_failing_compile_says_why_and_leaves_no_partial_library(tmp_path, monkeypatch):
+    ops = tmp_path / "ops"
+    monkeypatch.setenv(native_ops.OPS_DIR_ENV, str(ops))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
+    with pytest.raises(native_ops.NativeOpsError, match=r"compiling the native lookup op failed"):
+        native_ops.build(log=None)
+    assert not native_ops.is_built()
+    assert [p.name for p in ops.iterdir()] == [".build.lock"]
+
+
+def test_missing_tensorflow_headers_are_named():
+    with pytest.raises(native_ops.NativeOpsError, match="C\\+\\+ headers .* not under"):
+        native_ops._check_headers(["-I/nonexistent/include", "--std=c++17"])
+    native_ops._check_headers(tf.sysconfig.get_compile_flags())
+
+
 def test_build_ops_command_reports_the_library(native_library, capsys):
     from tfra_redis.cli import main
 
