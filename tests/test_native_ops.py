@@ -223,10 +223,20 @@ def test_a_graph_keeps_its_table_alive(tmp_path, standalone_server, make_config,
     def make() -> Any:
         table = _table(config, f"{unique_name}_mht_1of1")
         table.insert(tf.constant([3], tf.int64), tf.fill([1, DIM], 2.0))
-        return tf.function(table.lookup).get_concrete_function(tf.TensorSpec([None], tf.int64))
+
+        def serve(ids):
+            # Inside a branch too: its graph is not the function's own.
+            return tf.cond(
+                tf.size(ids) > 0, lambda: table.lookup(ids), lambda: table.lookup(ids[:0])
+            )
+
+        return tf.function(serve).get_concrete_function(tf.TensorSpec([None], tf.int64))
 
     serve = make()
     gc.collect()
+    assert "TfraRedisLookup" in {
+        node.op for f in serve.graph.as_graph_def().library.function for node in f.node_def
+    }
     assert serve(tf.constant([3, 4], tf.int64)).numpy().tolist() == [[2.0] * DIM, [-1.0] * DIM]
 
 
