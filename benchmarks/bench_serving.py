@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"starting {name} ...", flush=True)
                     python = pythons.get(name, sys.executable)
                     clients.append(Client(name, python, request, variants.get(name, {})))
+                    print(f"  {name} looks up with {clients[-1].info['lookup_ops']}", flush=True)
                 cells = [(b, t) for b in args.batches for t in args.threads]
                 for round_ in range(args.rounds):
                     print(f"round {round_ + 1}/{args.rounds} ...", flush=True)

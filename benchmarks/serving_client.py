@@ -137,6 +137,12 @@ def main() -> int:
             "version": version,
             "tensorflow": tf.__version__,
             "checksums": checksums,
+            # Which op serves the lookup: TfraRedisLookup (the native op), PyFunc
+            # (numpy_function), or TFRA's own.
+            "lookup_ops": sorted(
+                {op.type for op in serve.get_concrete_function().graph.get_operations()}
+                - {"Placeholder", "Identity", "NoOp", "Const"}
+            ),
         }
     )
     # Then one cell per request line, so that the parent can interleave the clients cell by

@@ -8,6 +8,7 @@ each other's way with `unique_name` table names, or by clearing a topology with 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from tfra_redis import testing
+from tfra_redis import native_ops, testing
+
+# Lookups in tf.function use the native op when its library is built for this TensorFlow, which
+# depends on the machine's cache (~/.cache/tfra_redis/ops). The suite tests the numpy_function
+# path unless told otherwise (TFRA_REDIS_NATIVE_OPS=1 with a built library runs the TF tests on
+# the native op, but for those of the numpy_function path itself, which pin it to 0);
+# tests/test_native_ops.py builds and tests the native op itself.
+os.environ.setdefault("TFRA_REDIS_NATIVE_OPS", "0")
 
 # The `acl_server` fixture: the default user's password, then alice (everything) and reader
 # (reads only). Tests read the password back from ``acl_server.password``.
@@ -126,3 +134,23 @@ def collect_tables_at_module_end() -> Iterator[None]:
 
     keras.backend.clear_session()
     gc.collect()
+
+
+@pytest.fixture(scope="session")
+def native_library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The native lookup op library (``tfra_redis.native_ops``), built once per session into
+    ``$TFRA_REDIS_OPS_DIR`` when the caller set it (a directory kept between runs saves the
+    minute), else into a fresh directory."""
+    previous = os.environ.get(native_ops.OPS_DIR_ENV)
+    if not previous:
+        os.environ[native_ops.OPS_DIR_ENV] = str(tmp_path_factory.mktemp("ops"))
+    try:
+        native_ops.build()
+        module = native_ops.load()
+        assert module is not None
+        yield module
+    finally:
+        if previous is None:
+            os.environ.pop(native_ops.OPS_DIR_ENV, None)
+        else:
+            os.environ[native_ops.OPS_DIR_ENV] = previous

@@ -96,12 +96,13 @@ def test_concurrent_tf_function_lookups_return_exact_rows(
 
 
 def test_lookup_op_gets_only_the_keys_and_runs_a_plain_method(
-    tmp_path, standalone_server, make_config, unique_name
+    tmp_path, standalone_server, make_config, unique_name, monkeypatch
 ):
     """The op body is the table's own method: a closure defined inside ``lookup`` was rewritten
     by autograph whenever a ``tf.function`` called ``lookup``, and the rewritten body ran its
     ``if`` statements through autograph's operators on every call. With the table's default,
     the op's only input is the keys: the default row was converted to numpy on every call."""
+    monkeypatch.setenv("TFRA_REDIS_NATIVE_OPS", "0")  # the numpy_function path's op body
     config = make_config(tmp_path, standalone_server, table_store_mode=2)
     table = _table(config, f"{unique_name}_mht_1of1")
 

@@ -328,10 +328,13 @@ def test_inference_mode_never_stages(creator, unique_name):
 
 
 @pytest.mark.parametrize("run_eagerly", [True, False], ids=["eager", "graph"])
-def test_redis_errors_during_fit(tmp_path, make_config, unique_name, run_eagerly):
+def test_redis_errors_during_fit(tmp_path, make_config, unique_name, run_eagerly, monkeypatch):
     """Eagerly the tfra_redis exception itself; in a compiled step TensorFlow's UnknownError,
-    whose message ends with the tfra_redis exception's name and message (README)."""
+    whose message ends with the tfra_redis exception's name and message (README). That is the
+    numpy_function path; the native op's errors are tested in test_native_ops.py."""
     from tfra_redis import testing
+
+    monkeypatch.setenv("TFRA_REDIS_NATIVE_OPS", "0")
 
     ids, labels = _task(n=128)
     with testing.standalone() as server:

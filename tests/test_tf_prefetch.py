@@ -148,6 +148,18 @@ def test_prefetch_trains_exactly_as_without(creator, unique_name, build, make_op
     assert all(np.intersect1d(a, b).size for a, b in zip(batches, batches[1:], strict=False))
 
 
+def test_prefetch_trains_exactly_as_without_when_the_native_op_is_built(
+    creator, unique_name, native_library, monkeypatch
+):
+    """Where the native lookup op is on, the prefetching trainer still traces its step with
+    numpy_function lookups: only they take the prefetched rows (the native op reads Redis
+    itself, which would waste every prefetch; the test's prefetch counts catch that)."""
+    monkeypatch.setenv("TFRA_REDIS_NATIVE_OPS", "1")
+    test_prefetch_trains_exactly_as_without(
+        creator, unique_name, TwoLookupsModel, lambda: keras.optimizers.Adam(0.05)
+    )
+
+
 def test_prefetch_is_off_in_eager_mode(creator, unique_name):
     model = _functional(creator, unique_name)
     ids, labels = _overlapping_batches(steps=2)

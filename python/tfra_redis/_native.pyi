@@ -18,6 +18,7 @@ __all__ = [
     "check_slot_layout",
     "convert_slots",
     "_panic_for_tests",
+    "native_op_entry",
     "RedisTableError",
     "ConfigError",
     "RedisConnectionError",
@@ -127,6 +128,8 @@ class Table:
     def persist(self) -> None: ...
     def expire(self, seconds: int) -> None: ...
     def close(self) -> None: ...
+    def native_handle(self) -> tuple[int, int]:
+        """``(handle, process token)`` naming this table to the native lookup op."""
 
 def apply_gradients(
     optimizer: str,
@@ -150,6 +153,9 @@ def insert_together(
     values: list[npt.NDArray[np.uint8]],
 ) -> None: ...
 def _panic_for_tests() -> None: ...
+def native_op_entry() -> tuple[int, int]:
+    """``(address, ABI version)`` of the C entry point the native lookup op calls."""
+
 def restrict(
     status: Table, tables: list[Table], num_reserved: int, page: int
 ) -> tuple[int, int]: ...

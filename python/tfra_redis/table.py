@@ -3,7 +3,9 @@
 Each op is a ``tf.numpy_function(..., stateful=True)`` around the store, so it runs eagerly and
 inside ``tf.function`` (never under XLA: ``numpy_function`` cannot be compiled). Eagerly the store
 is called directly, which saves the op's overhead. Outputs get static shapes (``keys.shape +
-[dim]``, ``[None, dim]`` for export) because ``numpy_function`` loses them.
+[dim]``, ``[None, dim]`` for export) because ``numpy_function`` loses them. In a graph, ``lookup``
+with int32/int64 keys is the native op instead when its library is built
+(:mod:`tfra_redis.native_ops`): same results, no Python in the op.
 
 Checkpoints follow the config's ``table_store_mode`` (TFRA's rule):
 
@@ -35,6 +37,7 @@ except ModuleNotFoundError as err:  # no TensorFlow: say how to install it
 
     raise tensorflow_missing(__name__, err) from err
 
+from tfra_redis import native_ops
 from tfra_redis.store import RedisStore, load_config
 
 __all__ = [
@@ -340,12 +343,19 @@ class RedisTable(tf.__internal__.tracking.Trackable):
             values.set_shape(out_shape)
             return (values, tf.zeros_like(keys, tf.bool)) if return_exists else values
 
+        op = name or f"{self._op_prefix}_lookup"
+        if not tf.executing_eagerly() and self._key_dtype != tf.string:
+            module = native_ops.lookup_module()
+            if module is not None:
+                return self._native_lookup(
+                    module, keys, dynamic_default_values, return_exists, op, out_shape
+                )
+
         # The table's own default is not an input of the op: converting a default tensor to
         # numpy on every call cost more than the lookup of a small batch.
         inputs = [keys]
         if dynamic_default_values is not None:
             inputs.append(tf.convert_to_tensor(dynamic_default_values, dtype=self._value_dtype))
-        op = name or f"{self._op_prefix}_lookup"
         if return_exists:
             values, exists = self._call(
                 self._find_exists_np, inputs, [self._value_dtype, tf.bool], op
@@ -355,6 +365,51 @@ class RedisTable(tf.__internal__.tracking.Trackable):
             return values, exists
         values = self._call(self._find_np, inputs, self._value_dtype, op)
         values.set_shape(out_shape)
+        return values
+
+    def _native_lookup(
+        self,
+        module: Any,
+        keys: tf.Tensor,
+        dynamic_default_values: Any,
+        return_exists: bool,
+        op: str,
+        out_shape: tf.TensorShape,
+    ) -> Any:
+        """``lookup`` as the native op (``tfra_redis.native_ops``), in a graph."""
+        if dynamic_default_values is None:
+            defaults = tf.constant(self._np_default, dtype=self._value_dtype)
+        else:
+            defaults = tf.convert_to_tensor(dynamic_default_values, dtype=self._value_dtype)
+            if defaults.shape.num_elements() == 1 and self._dim > 1:
+                # One value (a scalar, or shape [1]): every value of the shared row, as the
+                # numpy_function path takes it.
+                defaults = tf.fill([self._dim], tf.reshape(defaults, []))
+        handle, token = self._store._table.native_handle()
+        # The op names the table by a handle only; the graph keeps the store alive, as a
+        # numpy_function's graph keeps its Python function.
+        graph = tf.compat.v1.get_default_graph()
+        kept = getattr(graph, "_tfra_redis_stores", None)
+        if kept is None:
+            kept = []
+            graph._tfra_redis_stores = kept
+        if not any(s is self._store for s in kept):
+            kept.append(self._store)
+        with tf.device(self._device):
+            values, exists = module.tfra_redis_lookup(
+                keys=keys,
+                defaults=defaults,
+                table_handle=handle,
+                process_token=token,
+                table_name=self._name,
+                dim=self._dim,
+                return_exists=return_exists,
+                name=op,
+            )
+        values.set_shape(out_shape)
+        if return_exists:
+            exists.set_shape(keys.shape)
+            return values, exists
         return values
 
     # The op bodies of `lookup`. They are methods, not closures made inside `lookup`: autograph

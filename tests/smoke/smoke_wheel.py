@@ -76,6 +76,8 @@ def check_install(expected_version: str, with_tf: bool) -> Path:
 
     modules = public_modules(package_dir)
     check(len(modules) > 10, f"only {modules} found")
+    # tfra_redis.native_ops compiles this source on the user's machine (`tfra-redis build-ops`).
+    check((package_dir / "_ops" / "lookup_op.cc").is_file(), "the wheel lacks _ops/lookup_op.cc")
     for name in modules:
         needs_tf = name.startswith(TF_PREFIXES)
         try:

@@ -13,6 +13,7 @@ Run ``tfra-redis --help`` (or ``python -m tfra_redis.cli --help``) for the comma
     tfra-redis [--config FILE] [--json] expire  --table NAME --dim D --seconds N
     tfra-redis [--config FILE] [--json] persist --table NAME --dim D
     tfra-redis [--config FILE] [--json] bench   [--keys N] [--dim D] [--batch B]
+    tfra-redis [--json] build-ops [--force]
 
 ``--config`` names the same JSON file the tables use. Without it the config is found as a table
 finds it (``RedisTableConfig``): ``$TFRA_REDIS_CONFIG_PATH``. ``--config`` and ``--json`` may be
@@ -31,6 +32,9 @@ Table commands open the table with ``RedisStore(..., manage_ttl=False)``, so run
 puts a TTL on a table when it ends. Opening a table does what opening it in a training job does:
 it clears the buckets' TTL (TFRA's PERSIST on open) and, if its buckets are empty while buckets of
 another layout of the same table exist, moves those rows into the config's layout.
+
+``build-ops`` compiles the native lookup op for the installed TensorFlow (see
+:mod:`tfra_redis.native_ops`); it needs TensorFlow, g++ and no Redis config.
 
 The export file format is documented in :mod:`tfra_redis.cli._export_file`.
 
@@ -97,6 +101,7 @@ __all__ = [
     "UsageError",
     "build_parser",
     "cmd_bench",
+    "cmd_build_ops",
     "cmd_convert_slots",
     "cmd_copy",
     "cmd_expire",
@@ -336,7 +341,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=_positive, default=16, help="values per row (default 16)")
     p.add_argument("--batch", type=_positive, default=4096, help="rows per call (default 4096)")
     p.set_defaults(run=cmd_bench)
+
+    p = command(
+        "build-ops",
+        "compile the native lookup op for this TensorFlow",
+        "Compile tfra-redis's native TensorFlow lookup op (lookups inside tf.function without "
+        "Python or the GIL) against the installed TensorFlow with g++, into "
+        "$TFRA_REDIS_OPS_DIR (default ~/.cache/tfra_redis/ops). Takes about a minute; does "
+        "nothing when the library for this TensorFlow is already built. Needs no Redis config.",
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even when already built")
+    p.set_defaults(run=cmd_build_ops, needs_config=False)
     return parser
+
+
+def cmd_build_ops(args: argparse.Namespace, config: object, out: Output) -> int:
+    """``tfra-redis build-ops``: :func:`tfra_redis.native_ops.build`, errors as usage errors."""
+    from tfra_redis import native_ops
+
+    try:
+        already = not args.force and native_ops.is_built()
+        path = native_ops.build(force=args.force, log=out.note)
+    except (native_ops.NativeOpsError, ImportError) as err:  # no compiler, headers or TF
+        raise UsageError(str(err)) from None
+    out.result(
+        {"library": str(path), "built": not already},
+        lambda r: r["library"] if r["built"] else f"{r['library']} (already built)",
+    )
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -354,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tfra-redis: error: cannot load tfra_redis: {err}", file=sys.stderr)
         return EXIT_REDIS
     try:
-        config = _load_config(args.config, out)
+        config = _load_config(args.config, out) if getattr(args, "needs_config", True) else None
         code: int = args.run(args, config, out)
         return code
     except (UsageError, ConfigError) as err:

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfra_redis import native_ops
 from tfra_redis.dynamic_embedding import _internals
 from tfra_redis.dynamic_embedding.optimizer import DynamicEmbeddingOptimizer
 from tfra_redis.table import collecting_lookup_keys
@@ -72,8 +73,11 @@ class _PrefetchingTrainFunction:
         # Not before the first step has run: the model is built by its first call, which
         # must be the step's, as without prefetching.
         self._prefetch(self._ahead if self._started else None)
-        # Keras' function runs its compiled step on each element of a list.
-        outputs = self._keras_function([data])
+        # Keras' function runs its compiled step on each element of a list. It is traced on its
+        # first call, here: its lookups must be numpy_function ops, the path that takes the
+        # prefetched rows (the native op reads Redis itself).
+        with native_ops.disabled():
+            outputs = self._keras_function([data])
         self._started = True
         return outputs
 

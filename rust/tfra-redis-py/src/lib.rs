@@ -3,7 +3,7 @@
 //! exception types. Everything else lives in the core crate.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use numpy::{
     BorrowError, Element, PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadwriteArray1,
@@ -16,6 +16,8 @@ use pyo3::types::{PyBytes, PyString};
 use tfra_redis::codec::{Dim, KeyBuf, KeyDtype, Keys, ValueDtype};
 use tfra_redis::config::{RedisConfig, resolve_config_path};
 use tfra_redis::table::{Defaults, TableSpec};
+
+mod native_op;
 
 pyo3::create_exception!(
     tfra_redis,
@@ -406,6 +408,16 @@ fn resolve_path(env_name: Option<&str>, abs_dir: Option<&str>) -> PyResult<Strin
 struct PyTable {
     inner: Arc<tfra_redis::table::Table>,
     notes: Vec<String>,
+    /// The table's handle in [`native_op::REGISTRY`], once a native lookup op was made for it.
+    native_handle: OnceLock<u64>,
+}
+
+impl Drop for PyTable {
+    fn drop(&mut self) {
+        if let Some(&handle) = self.native_handle.get() {
+            native_op::unregister(handle);
+        }
+    }
 }
 
 #[pymethods]
@@ -436,6 +448,7 @@ impl PyTable {
         Ok(PyTable {
             inner: Arc::new(table),
             notes,
+            native_handle: OnceLock::new(),
         })
     }
 
@@ -492,6 +505,22 @@ impl PyTable {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let table = &self.inner;
         detached(py, || table.expire_per_config())
+    }
+
+    /// `(handle, process token)` naming this table to the native lookup op
+    /// (`tfra_redis.native_ops`); the same pair on every call. The handle stops working when
+    /// the table is dropped, and the token only matches in this process.
+    fn native_handle(&self) -> (u64, u64) {
+        let handle = *self
+            .native_handle
+            .get_or_init(|| native_op::register(&self.inner).0);
+        (
+            handle,
+            native_op::REGISTRY
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .token(),
+        )
     }
 
     /// Bytes per row.
@@ -730,6 +759,13 @@ impl PyTable {
     }
 }
 
+/// `(address, ABI version)` of the C function the native lookup op calls; the op library's
+/// `tfra_redis_ops_bind` takes both.
+#[pyfunction]
+fn native_op_entry() -> (usize, u32) {
+    (native_op::find_v1_address(), native_op::ABI_VERSION)
+}
+
 /// Forwards the core crate's `log` records to Python's `logging`: target `tfra_redis::table`
 /// becomes logger `tfra_redis.table`, a child of `tfra_redis`. pyo3-log (which supports pyo3
 /// 0.26 to 0.30) does the forwarding; a record takes the GIL for a moment, which is why the
@@ -763,6 +799,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_slot_layout, m)?)?;
     m.add_function(wrap_pyfunction!(convert_slots, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
+    m.add_function(wrap_pyfunction!(native_op_entry, m)?)?;
     m.add("RedisTableError", py.get_type::<RedisTableError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add(
