@@ -9,7 +9,8 @@ Run ``tfra-redis --help`` (or ``python -m tfra_redis.cli --help``) for the comma
                                                 [--to-config FILE] [--to-table NAME]
     tfra-redis [--config FILE] [--json] rebucket --table NAME --dim D
     tfra-redis [--config FILE] [--json] convert-slots --params NAME --wrapper NAME --slots m,v
-                                                --dim D --to {fused,per-slot} [--dry-run]
+                                                --dim D --to {per-slot,fused,fused-row}
+                                                [--from LAYOUT] [--dry-run]
     tfra-redis [--config FILE] [--json] expire  --table NAME --dim D --seconds N
     tfra-redis [--config FILE] [--json] persist --table NAME --dim D
     tfra-redis [--config FILE] [--json] bench   [--keys N] [--dim D] [--batch B]
