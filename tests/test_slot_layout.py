@@ -134,20 +134,22 @@ def _layout_text(layout: str, params: str, wrapper: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("trained", "chosen"),
+    ("trained", "chosen", "where"),
     [
-        ("per-slot", "fused"),
-        ("fused", "per-slot"),
-        ("per-slot", "fused-row"),
-        ("fused-row", "per-slot"),
-        ("fused-row", "fused"),
-        ("fused", "fused-row"),
+        ("per-slot", "fused", "standalone_server"),
+        ("fused", "per-slot", "standalone_server"),
+        ("per-slot", "fused-row", "standalone_server"),
+        ("per-slot", "fused-row", "cluster"),
+        ("fused-row", "per-slot", "standalone_server"),
+        ("fused-row", "fused", "standalone_server"),
+        ("fused-row", "fused", "cluster"),
+        ("fused", "fused-row", "standalone_server"),
     ],
 )
 def test_switching_the_slot_layout_without_converting_is_refused(
-    tmp_path, standalone_server, make_config, unique_name, trained, chosen
+    request, tmp_path, make_config, unique_name, trained, chosen, where
 ):
-    configs = _configs(tmp_path, standalone_server, make_config)
+    configs = _configs(tmp_path, request.getfixturevalue(where), make_config)
     first = _Job(configs[trained], unique_name)
     first.train(_batches(2))
     params, wrapper = first.names
@@ -184,19 +186,21 @@ def test_switching_the_slot_layout_without_converting_is_refused(
 
 
 @pytest.mark.parametrize(
-    ("start", "to"),
+    ("start", "to", "where"),
     [
-        ("per-slot", "fused"),
-        ("fused", "per-slot"),
-        ("per-slot", "fused-row"),
-        ("fused-row", "fused"),
-        ("fused-row", "per-slot"),
+        ("per-slot", "fused", "standalone_server"),
+        ("fused", "per-slot", "standalone_server"),
+        ("per-slot", "fused-row", "standalone_server"),
+        ("per-slot", "fused-row", "cluster"),
+        ("fused-row", "fused", "standalone_server"),
+        ("fused-row", "fused", "cluster"),
+        ("fused-row", "per-slot", "standalone_server"),
     ],
 )
 def test_train_convert_resume_matches_an_uninterrupted_run(
-    tmp_path, standalone_server, make_config, unique_name, start, to
+    request, tmp_path, make_config, unique_name, start, to, where
 ):
-    configs = _configs(tmp_path, standalone_server, make_config)
+    configs = _configs(tmp_path, request.getfixturevalue(where), make_config)
     batches = _batches(6)
     ids = np.arange(20, dtype=np.int64)
 
@@ -389,6 +393,52 @@ def test_a_killed_conversion_into_fused_rows_loses_nothing_and_the_rerun_finishe
     _native.check_slot_layout(
         embedding.config, names["params"], "w", SLOTS, "fused-row", "int64", "float32", DIM
     )
+    embedding.clear()
+
+
+@pytest.mark.parametrize("crash_at", ["2500", "deleting"])
+def test_a_killed_conversion_out_of_fused_rows_loses_nothing_and_the_rerun_finishes(
+    tmp_path, topology, make_config, unique_name, crash_at
+):
+    config_file = make_config(tmp_path, topology, storage_slice=3)
+    config = json.loads(config_file.read_text())
+    names = {"params": f"{unique_name}-parameter", "wrapper": "w"}
+    ids = np.arange(IDS, dtype=np.int64)
+    embedding = RedisStore(
+        {**config, "redis_fused_row": True}, names["params"], DIM, manage_ttl=False
+    )
+    rows = -_slot_rows(ids, 7)
+    slots = np.concatenate([_slot_rows(ids, 0), _slot_rows(ids, 1)], axis=1)
+    # Ids 0-9 were looked up but never trained: their row stands alone.
+    embedding.insert(ids[:10], rows[:10])
+    embedding.insert_with_slots(ids[10:], rows[10:], slots[10:])
+    no_slots = np.full(2 * DIM, 99.0, np.float32)
+    fused = RedisStore(config, f"{names['params']}_w_slots", 2 * DIM, manage_ttl=False)
+
+    killed = _convert(config_file, "--to", "fused", env={CRASH_HOOK: crash_at}, **names)
+    assert killed.returncode == 137, killed.stderr
+    got_rows, got_slots = embedding.find_with_slots(ids, 0, no_slots)
+    np.testing.assert_array_equal(got_rows, rows)
+    np.testing.assert_array_equal(got_slots[10:], slots[10:])  # still in the rows
+    assert (fused.size() == IDS - 10) if crash_at == "deleting" else (0 < fused.size() < IDS - 10)
+    with pytest.raises(tfra.ConfigError, match="a conversion of their layout is unfinished"):
+        _native.check_slot_layout(
+            fused.config, names["params"], "w", SLOTS, "fused", "int64", "float32", DIM
+        )
+
+    done = ok_json(_convert(config_file, "--to", "fused", **names))
+    assert done["resumed"] and done["source_deleted"] and done["from"] == "fused-row"
+    got_rows, got_slots = embedding.find_with_slots(ids, 0, no_slots)
+    np.testing.assert_array_equal(got_rows, rows)  # the rows stay, the slots are stripped
+    np.testing.assert_array_equal(got_slots, np.tile(no_slots, (IDS, 1)))
+    assert embedding.size() == IDS and fused.size() == IDS - 10
+    got, exists = fused.find(ids, 0, return_exists=True)
+    assert not exists[:10].any()  # never trained: nothing made up for them
+    np.testing.assert_array_equal(got[10:], slots[10:])
+    _native.check_slot_layout(
+        fused.config, names["params"], "w", SLOTS, "fused", "int64", "float32", DIM
+    )
+    fused.clear()
     embedding.clear()
 
 
