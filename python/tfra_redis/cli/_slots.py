@@ -135,7 +135,10 @@ def _human(r: dict[str, Any]) -> str:
             "the rows (the optimizer starts them fresh if they come back)"
         )
     lines.append(f"  destination now: {_tables(r['destination_after'])}")
-    lines.append(
-        "  source tables deleted" if r["source_deleted"] else "  source tables kept (--keep-source)"
-    )
+    if not r["source_deleted"]:
+        lines.append("  source kept (--keep-source)")
+    elif r["from"] == "fused-row":
+        lines.append("  slots stripped from the embedding's rows (the rows are kept)")
+    else:
+        lines.append("  source tables deleted")
     return "\n".join(lines)

@@ -372,7 +372,7 @@ impl SlotTables {
         if self.layout == SlotLayout::FusedRow {
             let n = sizes.first().copied().unwrap_or(0);
             return format!(
-                "the embedding's table {} ({n} ids, slots stored after the rows)",
+                "the embedding's table {} ({n} ids)",
                 self.tables[0].spec().name
             );
         }
