@@ -745,16 +745,27 @@ pub fn check_slot_layout(
     let mine = open(chosen)?;
     let marker_key = names.marker_key(config);
     if let Some((text, marker)) = read_marker(&mine.tables[0], &marker_key)? {
-        let (from, to) = marker.map_or((chosen, chosen), |m| (m.from, m.to));
+        let (field, how) = match marker {
+            Some(m) => (
+                chosen.field(m.from),
+                format!(
+                    "run `{}` again to finish it",
+                    names.convert_command(m.from, m.to, shape)
+                ),
+            ),
+            // Not a marker this version writes: no command can finish it.
+            None => (
+                chosen.field(chosen),
+                "delete the key if you are sure no conversion is running".to_string(),
+            ),
+        };
         return Err(Error::ConfigField {
-            field: chosen.field(from).into(),
+            field: field.into(),
             message: format!(
                 "cannot be used yet for the optimizer slots of {:?}: a conversion of their \
-                 layout is unfinished (marker key {} = {text:?}); run `{}` again to finish it \
-                 before training",
+                 layout is unfinished (marker key {} = {text:?}); {how} before training",
                 names.params,
                 crate::layout::printable(&marker_key),
-                names.convert_command(from, to, shape)
             ),
         });
     }

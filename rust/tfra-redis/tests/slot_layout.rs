@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::json;
-use support::{Cluster, Standalone};
+use support::{Cluster, Standalone, redis_cli};
 use tfra_redis::config::RedisConfig;
 use tfra_redis::slot_layout::{
     ConvertOptions, SlotLayout, SlotNames, SlotShape, SlotTables, check_slot_layout, convert_slots,
@@ -539,4 +539,24 @@ fn a_row_written_during_the_conversion_keeps_its_new_value() {
         assert_eq!(tail.len(), 2 * DIM, "{id}");
     }
     params.clear().unwrap();
+}
+
+/// A marker key this version did not write (garbage, or a future format) still stops training,
+/// and the error says what to do instead of printing a command that cannot finish it.
+#[test]
+fn an_unknown_marker_is_refused_with_a_way_out() {
+    let server = Standalone::start();
+    let config = config(&server.config_json(json!({})));
+    let names = SlotNames::new("marker-params", Some("w"), &["m"]).unwrap();
+    let key = "test:tfra-redis-convert-slots:marker-params_w_slots";
+    redis_cli(server.port(), &["SET", key, "something else"]);
+    let err =
+        check_slot_layout(&config, &names, SlotLayout::FusedRow, SlotShape::f32(DIM)).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("redis_fused_row cannot be used yet"),
+        "{text}"
+    );
+    assert!(text.contains("delete the key if you are sure"), "{text}");
+    assert!(!text.contains("convert-slots --"), "{text}");
 }
