@@ -23,6 +23,10 @@ With ``redis_fused_row`` there are no slot tables: an id's slots follow its row 
 embedding's own field, the lookup reads both and keeps the slots for the step, and the
 write-back stores row and slots as one value (see ``fused_row``).
 
+Building the optimizer refuses (``ConfigError``) a slot layout (per-slot tables,
+``redis_fused_slots``, ``redis_fused_row``) that holds none of an embedding's slots while another
+layout holds some: ``tfra-redis convert-slots`` moves them first.
+
 Slot tables are named as TFRA names them: ``<params>/<wrapper>/<slot>`` with ``/`` turned into
 ``_`` and Keras 3's slot names mapped to tf_keras' (Adam's ``momentum``/``velocity`` are
 ``m``/``v``), so slots written by TFRA continue training here and the other way round.
