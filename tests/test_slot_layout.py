@@ -1,9 +1,10 @@
-"""Optimizer slot layouts: TFRA's one table per slot ("per-slot") and ``redis_fused_slots``'
-one table holding every slot ("fused"), against real servers.
+"""Optimizer slot layouts: TFRA's one table per slot ("per-slot"), ``redis_fused_slots``'
+one table holding every slot ("fused") and ``redis_fused_row``'s slots after each row in the
+embedding's own table ("fused-row"), against real servers.
 
-* Switching ``redis_fused_slots`` on an embedding that already trained used to restart the
-  optimizer from fresh slots without a word; now the optimizer refuses, naming both layouts,
-  the tables and the command that converts them.
+* Switching ``redis_fused_slots`` or ``redis_fused_row`` on an embedding that already trained
+  used to restart the optimizer from fresh slots without a word; now the optimizer refuses,
+  naming both layouts, the tables and the command that converts them.
 * ``tfra-redis convert-slots`` converts them; killed mid-run (a test hook ``os._exit``s the
   process, as ``kill -9`` would) nothing is lost and the rerun finishes.
 * Training N steps, converting, and resuming in the other layout gives what an uninterrupted
@@ -96,7 +97,7 @@ class _Job:
         return losses
 
     def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """The params rows and each slot's rows (split from a fused row)."""
+        """The params rows and each slot's rows (split from a fused table or fused rows)."""
         out = {"params": self.layer.params.lookup(tf.constant(ids)).numpy()}
         for name, table in self.optimizer.slot_variables(self.layer).items():
             rows = table.lookup(tf.constant(ids)).numpy()
@@ -107,62 +108,114 @@ class _Job:
         return out
 
 
-def _configs(tmp_path: Path, topology: Any, make_config: Any, **extra: Any) -> dict[bool, Path]:
+#: The config fields selecting each slot layout.
+LAYOUTS = {
+    "per-slot": {},
+    "fused": {"redis_fused_slots": True},
+    "fused-row": {"redis_fused_row": True},
+}
+
+
+def _configs(tmp_path: Path, topology: Any, make_config: Any, **extra: Any) -> dict[str, Path]:
     return {
-        fused: make_config(tmp_path, topology, table_store_mode=0, redis_fused_slots=fused, **extra)
-        for fused in (False, True)
+        layout: make_config(tmp_path, topology, table_store_mode=0, **fields, **extra)
+        for layout, fields in LAYOUTS.items()
     }
 
 
-@pytest.mark.parametrize("trained_fused", [False, True], ids=["per-slot-then-fused", "reverse"])
+def _layout_text(layout: str, params: str, wrapper: str) -> list[str]:
+    """What the refusal says about a layout's tables."""
+    prefix = f"{params}_{wrapper}".replace("/", "_")
+    if layout == "fused-row":
+        return [f"the embedding's table {params.replace('/', '_')} ("]
+    if layout == "fused":
+        return [f"{prefix}_slots ("]
+    return [f"{prefix}_m (", f"{prefix}_v ("]
+
+
+@pytest.mark.parametrize(
+    ("trained", "chosen", "where"),
+    [
+        ("per-slot", "fused", "standalone_server"),
+        ("fused", "per-slot", "standalone_server"),
+        ("per-slot", "fused-row", "standalone_server"),
+        ("per-slot", "fused-row", "cluster"),
+        ("fused-row", "per-slot", "standalone_server"),
+        ("fused-row", "fused", "standalone_server"),
+        ("fused-row", "fused", "cluster"),
+        ("fused", "fused-row", "standalone_server"),
+    ],
+)
 def test_switching_the_slot_layout_without_converting_is_refused(
-    tmp_path, standalone_server, make_config, unique_name, trained_fused
+    request, tmp_path, make_config, unique_name, trained, chosen, where
 ):
-    configs = _configs(tmp_path, standalone_server, make_config)
-    first = _Job(configs[trained_fused], unique_name)
+    configs = _configs(tmp_path, request.getfixturevalue(where), make_config)
+    first = _Job(configs[trained], unique_name)
     first.train(_batches(2))
     params, wrapper = first.names
-    trained = first.optimizer.slot_variables(first.layer)
-    assert all(int(t.size()) > 0 for t in trained.values())
+    ids = np.arange(20, dtype=np.int64)
+    before = first.rows(ids)
+    assert np.abs(before["v"]).max() > 0
 
-    second = _Job(configs[not trained_fused], unique_name)
-    with pytest.raises(tfra.ConfigError) as caught:
-        second.train(_batches(1, seed=1))
+    second = _Job(configs[chosen], unique_name)
+    if trained == "fused-row":
+        # Without redis_fused_row the lookup already cannot read a row and its slots (a data
+        # error naming the way out); building the optimizer gives the whole story.
+        with pytest.raises(tfra.RedisDataError, match="convert-slots --from fused-row"):
+            second.train(_batches(1, seed=1))
+        with pytest.raises(tfra.ConfigError) as caught:
+            second.build()
+    else:
+        with pytest.raises(tfra.ConfigError) as caught:
+            second.train(_batches(1, seed=1))
     message = str(caught.value)
-    assert message.startswith("redis_fused_slots does not match the stored optimizer slots")
-    for table in ["_m (", "_v (", "_slots ("]:
-        assert f"{params}_{wrapper}{table}".replace("/", "_") in message, message
-    assert "redis_fused_slots on" in message and "redis_fused_slots off" in message
-    target = "per-slot" if trained_fused else "fused"
+    field = "redis_fused_row" if "fused-row" in (trained, chosen) else "redis_fused_slots"
+    assert message.startswith(f"{field} does not match the stored optimizer slots"), message
+    for layout in (trained, chosen):
+        for text in _layout_text(layout, params, wrapper):
+            assert text in message, message
     assert (
         f"tfra-redis convert-slots --params {params} --wrapper {wrapper} --slots m,v "
-        f"--dim {DIM} --to {target}"
+        f"--dim {DIM} --from {trained} --to {chosen}`"
     ) in message
-    # Nothing was written to the other layout's tables: the slots are where they were.
-    assert all(int(t.size()) > 0 for t in trained.values())
+    # Nothing was written: the slots are where they were, unchanged.
+    after = _Job(configs[trained], unique_name)
+    after.build(int(first.optimizer.iterations.numpy()))
+    for key, want in before.items():
+        np.testing.assert_array_equal(after.rows(ids)[key], want, err_msg=key)
 
 
-@pytest.mark.parametrize("to_fused", [True, False], ids=["to-fused", "to-per-slot"])
+@pytest.mark.parametrize(
+    ("start", "to", "where"),
+    [
+        ("per-slot", "fused", "standalone_server"),
+        ("fused", "per-slot", "standalone_server"),
+        ("per-slot", "fused-row", "standalone_server"),
+        ("per-slot", "fused-row", "cluster"),
+        ("fused-row", "fused", "standalone_server"),
+        ("fused-row", "fused", "cluster"),
+        ("fused-row", "per-slot", "standalone_server"),
+    ],
+)
 def test_train_convert_resume_matches_an_uninterrupted_run(
-    tmp_path, standalone_server, make_config, unique_name, to_fused
+    request, tmp_path, make_config, unique_name, start, to, where
 ):
-    configs = _configs(tmp_path, standalone_server, make_config)
-    start_fused = not to_fused
+    configs = _configs(tmp_path, request.getfixturevalue(where), make_config)
     batches = _batches(6)
     ids = np.arange(20, dtype=np.int64)
 
-    whole = _Job(configs[start_fused], f"{unique_name}_whole")
+    whole = _Job(configs[start], f"{unique_name}_whole")
     want_losses = whole.train(batches)
     want = whole.rows(ids)
 
-    cut = _Job(configs[start_fused], f"{unique_name}_cut")
+    cut = _Job(configs[start], f"{unique_name}_cut")
     losses = cut.train(batches[:3])
     iterations = int(cut.optimizer.iterations.numpy())
     params, wrapper = cut.names
     data = ok_json(
         cli(
             "--config",
-            configs[start_fused],
+            configs[start],
             "--json",
             "convert-slots",
             "--params",
@@ -174,14 +227,16 @@ def test_train_convert_resume_matches_an_uninterrupted_run(
             "--dim",
             DIM,
             "--to",
-            "fused" if to_fused else "per-slot",
+            to,
         )
     )
     assert data["source_deleted"] and not data["resumed"]
-    assert all(e["rows"] == 0 for e in data["destination_before"])
+    assert (data["from"], data["to"]) == (start, to)
+    if to != "fused-row":  # the embedding's own table holds its rows
+        assert all(e["rows"] == 0 for e in data["destination_before"])
     assert all(e["rows"] > 0 for e in data["destination_after"])
 
-    resumed = _Job(configs[to_fused], f"{unique_name}_cut")
+    resumed = _Job(configs[to], f"{unique_name}_cut")
     resumed.build(iterations)
     losses += resumed.train(batches[3:])
     got = resumed.rows(ids)
@@ -265,10 +320,10 @@ def test_a_killed_conversion_loses_nothing_and_the_rerun_finishes(
         np.testing.assert_array_equal(stores["m"].find(ids), _slot_rows(ids, 0))
         np.testing.assert_array_equal(stores["v"].find(ids[10:]), _slot_rows(ids[10:], 1))
     # Training refuses the slots until the conversion finished, in either layout.
-    for chosen_fused in (True, False):
+    for chosen in LAYOUTS:
         with pytest.raises(tfra.ConfigError, match="a conversion of their layout is unfinished"):
             _native.check_slot_layout(
-                fused.config, names["params"], "w", SLOTS, chosen_fused, "int64", "float32", DIM
+                fused.config, names["params"], "w", SLOTS, chosen, "int64", "float32", DIM
             )
 
     done = ok_json(_convert(config_file, "--to", "fused", **names))
@@ -279,7 +334,7 @@ def test_a_killed_conversion_loses_nothing_and_the_rerun_finishes(
     np.testing.assert_array_equal(got[10:, DIM:], _slot_rows(ids[10:], 1))
     np.testing.assert_array_equal(got[:10, DIM:], 0)  # v's initial value for ids without one
     _native.check_slot_layout(
-        fused.config, names["params"], "w", SLOTS, True, "int64", "float32", DIM
+        fused.config, names["params"], "w", SLOTS, "fused", "int64", "float32", DIM
     )
 
     # And back, keeping the source this time.
@@ -290,6 +345,101 @@ def test_a_killed_conversion_loses_nothing_and_the_rerun_finishes(
     fused.clear()
     for store in stores.values():
         store.clear()
+
+
+@pytest.mark.parametrize("crash_at", ["2500", "deleting"])
+def test_a_killed_conversion_into_fused_rows_loses_nothing_and_the_rerun_finishes(
+    tmp_path, topology, make_config, unique_name, crash_at
+):
+    config_file = make_config(tmp_path, topology, storage_slice=3)
+    config = json.loads(config_file.read_text())
+    names = {"params": f"{unique_name}-parameter", "wrapper": "w"}
+    stores = _fill_per_slot(config, **names)
+    ids = np.arange(IDS, dtype=np.int64)
+    # The embedding's rows, for all ids but the last 5 (their slots have no row to go to).
+    embedding = RedisStore(
+        {**config, "redis_fused_row": True}, names["params"], DIM, manage_ttl=False
+    )
+    rows = -_slot_rows(ids, 7)
+    embedding.insert(ids[:-5], rows[:-5])
+    no_slots = np.full(2 * DIM, 99.0, np.float32)
+
+    killed = _convert(config_file, "--to", "fused-row", env={CRASH_HOOK: crash_at}, **names)
+    assert killed.returncode == 137, killed.stderr
+    got_rows, got_slots = embedding.find_with_slots(ids[:-5], 0, no_slots)
+    np.testing.assert_array_equal(got_rows, rows[:-5])  # the rows are never touched
+    if crash_at == "deleting":
+        assert (got_slots != no_slots).any(axis=1).all()
+    else:
+        assert 0 < (got_slots != no_slots).any(axis=1).sum() < IDS - 5
+    np.testing.assert_array_equal(stores["m"].find(ids), _slot_rows(ids, 0))
+    np.testing.assert_array_equal(stores["v"].find(ids[10:]), _slot_rows(ids[10:], 1))
+    for chosen in LAYOUTS:
+        with pytest.raises(tfra.ConfigError, match="a conversion of their layout is unfinished"):
+            _native.check_slot_layout(
+                embedding.config, names["params"], "w", SLOTS, chosen, "int64", "float32", DIM
+            )
+
+    done = ok_json(_convert(config_file, "--to", "fused-row", **names))
+    assert done["resumed"] and done["source_deleted"] and done["from"] == "per-slot"
+    assert stores["m"].size() == 0 and stores["v"].size() == 0
+    got_rows, got_slots = embedding.find_with_slots(ids, 0, no_slots)
+    np.testing.assert_array_equal(got_rows[:-5], rows[:-5])
+    np.testing.assert_array_equal(got_slots[:, :DIM][:-5], _slot_rows(ids, 0)[:-5])
+    np.testing.assert_array_equal(got_slots[10:-5, DIM:], _slot_rows(ids[10:-5], 1))
+    np.testing.assert_array_equal(got_slots[:10, DIM:], 0)  # v's initial value
+    np.testing.assert_array_equal(got_slots[-5:], np.tile(no_slots, (5, 1)))  # no row made up
+    assert embedding.size() == IDS - 5
+    _native.check_slot_layout(
+        embedding.config, names["params"], "w", SLOTS, "fused-row", "int64", "float32", DIM
+    )
+    embedding.clear()
+
+
+@pytest.mark.parametrize("crash_at", ["2500", "deleting"])
+def test_a_killed_conversion_out_of_fused_rows_loses_nothing_and_the_rerun_finishes(
+    tmp_path, topology, make_config, unique_name, crash_at
+):
+    config_file = make_config(tmp_path, topology, storage_slice=3)
+    config = json.loads(config_file.read_text())
+    names = {"params": f"{unique_name}-parameter", "wrapper": "w"}
+    ids = np.arange(IDS, dtype=np.int64)
+    embedding = RedisStore(
+        {**config, "redis_fused_row": True}, names["params"], DIM, manage_ttl=False
+    )
+    rows = -_slot_rows(ids, 7)
+    slots = np.concatenate([_slot_rows(ids, 0), _slot_rows(ids, 1)], axis=1)
+    # Ids 0-9 were looked up but never trained: their row stands alone.
+    embedding.insert(ids[:10], rows[:10])
+    embedding.insert_with_slots(ids[10:], rows[10:], slots[10:])
+    no_slots = np.full(2 * DIM, 99.0, np.float32)
+    fused = RedisStore(config, f"{names['params']}_w_slots", 2 * DIM, manage_ttl=False)
+
+    killed = _convert(config_file, "--to", "fused", env={CRASH_HOOK: crash_at}, **names)
+    assert killed.returncode == 137, killed.stderr
+    got_rows, got_slots = embedding.find_with_slots(ids, 0, no_slots)
+    np.testing.assert_array_equal(got_rows, rows)
+    np.testing.assert_array_equal(got_slots[10:], slots[10:])  # still in the rows
+    assert (fused.size() == IDS - 10) if crash_at == "deleting" else (0 < fused.size() < IDS - 10)
+    with pytest.raises(tfra.ConfigError, match="a conversion of their layout is unfinished"):
+        _native.check_slot_layout(
+            fused.config, names["params"], "w", SLOTS, "fused", "int64", "float32", DIM
+        )
+
+    done = ok_json(_convert(config_file, "--to", "fused", **names))
+    assert done["resumed"] and done["source_deleted"] and done["from"] == "fused-row"
+    got_rows, got_slots = embedding.find_with_slots(ids, 0, no_slots)
+    np.testing.assert_array_equal(got_rows, rows)  # the rows stay, the slots are stripped
+    np.testing.assert_array_equal(got_slots, np.tile(no_slots, (IDS, 1)))
+    assert embedding.size() == IDS and fused.size() == IDS - 10
+    got, exists = fused.find(ids, 0, return_exists=True)
+    assert not exists[:10].any()  # never trained: nothing made up for them
+    np.testing.assert_array_equal(got[10:], slots[10:])
+    _native.check_slot_layout(
+        fused.config, names["params"], "w", SLOTS, "fused", "int64", "float32", DIM
+    )
+    fused.clear()
+    embedding.clear()
 
 
 def test_conflicting_destination_is_refused_unless_overwrite(

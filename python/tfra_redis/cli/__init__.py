@@ -9,7 +9,8 @@ Run ``tfra-redis --help`` (or ``python -m tfra_redis.cli --help``) for the comma
                                                 [--to-config FILE] [--to-table NAME]
     tfra-redis [--config FILE] [--json] rebucket --table NAME --dim D
     tfra-redis [--config FILE] [--json] convert-slots --params NAME --wrapper NAME --slots m,v
-                                                --dim D --to {fused,per-slot} [--dry-run]
+                                                --dim D --to {per-slot,fused,fused-row}
+                                                [--from LAYOUT] [--dry-run]
     tfra-redis [--config FILE] [--json] expire  --table NAME --dim D --seconds N
     tfra-redis [--config FILE] [--json] persist --table NAME --dim D
     tfra-redis [--config FILE] [--json] bench   [--keys N] [--dim D] [--batch B]
@@ -262,12 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "convert-slots",
-        "move an embedding's optimizer slots between per-slot and fused tables",
-        "Convert an embedding's optimizer slot tables between TFRA's layout (one table per "
-        "slot, 'per-slot') and redis_fused_slots' one table holding every slot ('fused'), "
-        "bucket by bucket: copy, read back, and only then delete the source tables. Training "
-        "refuses the slots until it finished; safe to re-run after an interruption. Stop "
-        "training jobs on the embedding first.",
+        "move an embedding's optimizer slots between per-slot, fused and fused-row layouts",
+        "Convert an embedding's optimizer slots between TFRA's layout (one table per "
+        "slot, 'per-slot'), redis_fused_slots' one table holding every slot ('fused') and "
+        "redis_fused_row's slots after each row in the embedding's own table ('fused-row'), "
+        "bucket by bucket: copy, read back, and only then delete the source's slots (fused-row "
+        "keeps the rows). Training refuses the slots until it finished; safe to re-run after an "
+        "interruption. Stop training jobs on the embedding first.",
     )
     p.add_argument("--params", required=True, metavar="NAME", help="the embedding's name")
     p.add_argument(
@@ -299,8 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TAG",
         help="use this model tag instead of the config's model_tag_runtime",
     )
+    layouts = ("per-slot", "fused", "fused-row", "row")
     p.add_argument(
-        "--to", required=True, choices=("fused", "per-slot"), help="the layout to convert to"
+        "--to", required=True, choices=layouts, help="the layout to convert to (row = fused-row)"
+    )
+    p.add_argument(
+        "--from",
+        dest="from_layout",
+        choices=layouts,
+        help="the layout the slots are in (default: the one other layout holding them, or "
+        "the source of an unfinished conversion)",
     )
     p.add_argument(
         "--initial",

@@ -2,10 +2,12 @@
 
 TFRA keeps each optimizer slot in its own table (``<params>_<wrapper>_m``, ``..._v``: the
 ``per-slot`` layout); ``redis_fused_slots`` keeps them side by side in one table
-(``<params>_<wrapper>_slots``: ``fused``). The work is done by the core crate
-(``tfra_redis::slot_layout::convert_slots``): bucket by bucket, every copied id read back, the
-source deleted only once the destination is complete, and a marker key that makes training
-refuse the slots until the conversion finished. Interrupted at any point, run it again.
+(``<params>_<wrapper>_slots``: ``fused``); ``redis_fused_row`` keeps them after each id's row
+in the embedding's own table (``fused-row``). Any layout converts to any other. The work is
+done by the core crate (``tfra_redis::slot_layout::convert_slots``): bucket by bucket, every
+copied id read back, the source's slots deleted (fused-row: stripped from the rows) only once
+the destination is complete, and a marker key that makes training refuse the slots until the
+conversion finished. Interrupted at any point, run it again.
 
 ``TFRA_REDIS_TEST_CONVERT_CRASH_AFTER`` is a test hook: the process dies (``os._exit``, no
 cleanup, as ``kill -9``) once that many ids were copied, or, set to ``deleting``, when the
@@ -57,7 +59,9 @@ def cmd_convert_slots(args: argparse.Namespace, config: Any, out: Output) -> int
     config = _with_model_tag(config, args.model_tag)
     slots: list[str] = args.slots
     crash_at = os.environ.get(CRASH_HOOK, "")
-    label = f"convert-slots {args.params} -> {args.to}"
+    to = "fused-row" if args.to == "row" else args.to
+    source = "fused-row" if args.from_layout == "row" else args.from_layout
+    label = f"convert-slots {args.params} -> {to}"
     progress = Progress(label, None, _progress_enabled(args))
 
     def report(phase: str, done: int, buckets: int, copied: int, total: int) -> None:
@@ -74,7 +78,8 @@ def cmd_convert_slots(args: argparse.Namespace, config: Any, out: Output) -> int
         args.params,
         args.wrapper,
         slots,
-        args.to == "fused",
+        source,
+        to,
         args.key_dtype,
         args.dtype,
         args.dim,
@@ -124,8 +129,16 @@ def _human(r: dict[str, Any]) -> str:
     if r["resumed"]:
         lines.append("  finished an interrupted conversion")
     lines.append(f"  copied {r['ids_copied']} ids in {r['seconds']} s")
+    if r["ids_without_row"]:
+        lines.append(
+            f"  {r['ids_without_row']} ids had slots but no embedding row: not copied into "
+            "the rows (the optimizer starts them fresh if they come back)"
+        )
     lines.append(f"  destination now: {_tables(r['destination_after'])}")
-    lines.append(
-        "  source tables deleted" if r["source_deleted"] else "  source tables kept (--keep-source)"
-    )
+    if not r["source_deleted"]:
+        lines.append("  source kept (--keep-source)")
+    elif r["from"] == "fused-row":
+        lines.append("  slots stripped from the embedding's rows (the rows are kept)")
+    else:
+        lines.append("  source tables deleted")
     return "\n".join(lines)

@@ -23,6 +23,10 @@ With ``redis_fused_row`` there are no slot tables: an id's slots follow its row 
 embedding's own field, the lookup reads both and keeps the slots for the step, and the
 write-back stores row and slots as one value (see ``fused_row``).
 
+Building the optimizer refuses (``ConfigError``) a slot layout (per-slot tables,
+``redis_fused_slots``, ``redis_fused_row``) that holds none of an embedding's slots while another
+layout holds some: ``tfra-redis convert-slots`` moves them first.
+
 Slot tables are named as TFRA names them: ``<params>/<wrapper>/<slot>`` with ``/`` turned into
 ``_`` and Keras 3's slot names mapped to tf_keras' (Adam's ``momentum``/``velocity`` are
 ``m``/``v``), so slots written by TFRA continue training here and the other way round.
@@ -41,7 +45,7 @@ import tensorflow as tf
 
 from tfra_redis import _native
 from tfra_redis._types import InitializerLike
-from tfra_redis.dynamic_embedding.fused_row import FusedRowSlots, RowSlots
+from tfra_redis.dynamic_embedding._fused_row import FusedRowSlots, RowSlots
 from tfra_redis.dynamic_embedding.trainable import (
     DynamicRows,
     TrainableWrapper,
@@ -158,17 +162,19 @@ def _fused_slots(params: Variable) -> bool:
 
 
 def _check_slot_layout(wrapper: TrainableWrapper, slots: list[_Slot]) -> None:
-    """Raises ``ConfigError`` when the slot tables ``redis_fused_slots`` picks are empty while
-    the other layout's hold this embedding's slots (or a conversion is unfinished): training
-    would silently restart the optimizer from fresh slots. One ``HLEN`` per bucket and table,
-    once per embedding when the optimizer builds, never per step."""
+    """Raises ``ConfigError`` when the slot layout the config picks (per-slot tables,
+    ``redis_fused_slots`` or ``redis_fused_row``) holds none of this embedding's slots while
+    another layout holds some (or a conversion is unfinished): training would silently restart
+    the optimizer from fresh slots. One ``HLEN`` per bucket of each slot table and a one-page
+    ``HSCAN`` per bucket of the embedding's table, once per embedding when the optimizer
+    builds, never per step."""
     params = wrapper.params
     _native.check_slot_layout(
         params.table.store.config,
         params.name,
         None if params.short_file_name else wrapper.wrapper_name,
         [slot.tfra_name for slot in slots],
-        _fused_slots(params),
+        "fused-row" if _fused_row(params) else "fused" if _fused_slots(params) else "per-slot",
         params.table.store.key_dtype,
         params.table.store.value_dtype,
         params.dim,
@@ -309,6 +315,8 @@ class _DynamicEmbeddingMixin(_MixinBase):
             slots = state.slots.get(id(wrapper), [])
             if not slots:
                 continue
+            # Per-slot tables were made with their slots (add_variable_from_reference); the
+            # check runs for them too, so it must not hide behind "tables already made".
             if id(wrapper) not in state.tables:
                 name = _slot_variable_name(wrapper.params, wrapper, "slots")
                 default = np.concatenate([slot.default for slot in slots])
@@ -318,8 +326,7 @@ class _DynamicEmbeddingMixin(_MixinBase):
                 elif _fused_row(wrapper.params):
                     view = self._tfra_row_slots(wrapper, name, default)
                     state.tables[id(wrapper)] = [_SlotTable(view, list(slots))]
-            if not _fused_row(wrapper.params):
-                _check_slot_layout(wrapper, slots)
+            _check_slot_layout(wrapper, slots)
 
     def _tfra_check_wrappers(self, wrappers: list[TrainableWrapper]) -> None:
         owners: dict[tuple[str, str], TrainableWrapper] = {}

@@ -616,7 +616,7 @@ def lookup_rows(
 
 def _lookup_with_slots(params: Variable, wrapper: TrainableWrapper, ids: tf.Tensor) -> tf.Tensor:
     """A staging lookup of a ``redis_fused_row`` table: reads each id's row and optimizer
-    slots in one field and keeps the slots for the optimizer step (see :mod:`.fused_row`).
+    slots in one field and keeps the slots for the optimizer step (see :mod:`._fused_row`).
     Until the optimizer has made its slots (the first step) it reads rows only."""
     table = params.table
     defaults = params.default_rows(ids)

@@ -982,19 +982,15 @@ fn slot_names(
     tfra_redis::slot_layout::SlotNames::new(params, wrapper, slots).map_err(to_py)
 }
 
-fn slot_layout(fused: bool) -> tfra_redis::slot_layout::SlotLayout {
-    if fused {
-        tfra_redis::slot_layout::SlotLayout::Fused
-    } else {
-        tfra_redis::slot_layout::SlotLayout::PerSlot
-    }
+fn slot_layout(name: &str) -> PyResult<tfra_redis::slot_layout::SlotLayout> {
+    tfra_redis::slot_layout::SlotLayout::parse(name).map_err(to_py)
 }
 
-/// Raises `ConfigError` when the slot tables of the chosen layout (`fused`) are empty while
-/// the other layout's hold rows, or a conversion of them is unfinished. `wrapper=None` is
-/// TFRA's `short_file_name` naming.
+/// Raises `ConfigError` when the slots of the chosen `layout` (`per-slot`, `fused`,
+/// `fused-row`) are empty while another layout's hold some, or a conversion of them is
+/// unfinished. `wrapper=None` is TFRA's `short_file_name` naming.
 #[pyfunction]
-#[pyo3(signature = (config, params, wrapper, slots, fused, key_dtype, value_dtype, dim))]
+#[pyo3(signature = (config, params, wrapper, slots, layout, key_dtype, value_dtype, dim))]
 #[allow(clippy::too_many_arguments)]
 fn check_slot_layout(
     py: Python<'_>,
@@ -1002,16 +998,17 @@ fn check_slot_layout(
     params: &str,
     wrapper: Option<&str>,
     slots: Vec<String>,
-    fused: bool,
+    layout: &str,
     key_dtype: &str,
     value_dtype: &str,
     dim: usize,
 ) -> PyResult<()> {
     let names = slot_names(params, wrapper, &slots)?;
     let shape = slot_shape(key_dtype, value_dtype, dim)?;
+    let layout = slot_layout(layout)?;
     let config = &config.inner;
     detached(py, || {
-        tfra_redis::slot_layout::check_slot_layout(config, &names, slot_layout(fused), shape)
+        tfra_redis::slot_layout::check_slot_layout(config, &names, layout, shape)
     })
 }
 
@@ -1027,14 +1024,15 @@ fn slot_shape(
     })
 }
 
-/// Converts an embedding's slot tables from the fused layout (`to_fused=False`) or to it;
-/// see `tfra_redis::slot_layout::convert_slots`. `initial` holds one slot row (bytes) per
+/// Converts an embedding's slots from layout `from_layout` (`None`: the layout holding them,
+/// see `tfra_redis::slot_layout::find_slot_source`) to `to_layout`; see
+/// `tfra_redis::slot_layout::convert_slots`. `initial` holds one slot row (bytes) per
 /// slot, or nothing for zeros. `progress(phase, buckets_done, buckets, ids_copied, ids_total)`
 /// is called after every page; an exception it raises stops the conversion and is re-raised.
 /// Returns the report as a dict.
 #[pyfunction]
 #[pyo3(signature = (
-    config, params, wrapper, slots, to_fused, key_dtype, value_dtype, dim, initial,
+    config, params, wrapper, slots, from_layout, to_layout, key_dtype, value_dtype, dim, initial,
     keep_source, overwrite, dry_run, page, progress = None
 ))]
 #[allow(clippy::too_many_arguments)]
@@ -1044,7 +1042,8 @@ fn convert_slots<'py>(
     params: &str,
     wrapper: Option<&str>,
     slots: Vec<String>,
-    to_fused: bool,
+    from_layout: Option<&str>,
+    to_layout: &str,
     key_dtype: &str,
     value_dtype: &str,
     dim: usize,
@@ -1066,7 +1065,20 @@ fn convert_slots<'py>(
     options.dry_run = dry_run;
     options.page = page;
     let config = &config.inner;
-    let (from, to) = (slot_layout(!to_fused), slot_layout(to_fused));
+    use tfra_redis::slot_layout::SlotLayout;
+    let to = slot_layout(to_layout)?;
+    let from = match from_layout {
+        Some(name) => slot_layout(name)?,
+        // Nothing stored anywhere else: any other layout, for the "nothing to convert" report.
+        None => detached(py, || {
+            tfra_redis::slot_layout::find_slot_source(config, &names, to, shape)
+        })?
+        .unwrap_or(if to == SlotLayout::PerSlot {
+            SlotLayout::Fused
+        } else {
+            SlotLayout::PerSlot
+        }),
+    };
     let callback_error: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
     let report = detached(py, || {
         tfra_redis::slot_layout::convert_slots(
@@ -1111,6 +1123,7 @@ fn convert_slots<'py>(
     dict.set_item("destination_before", report.destination_before)?;
     dict.set_item("destination_after", report.destination_after)?;
     dict.set_item("ids_copied", report.ids_copied)?;
+    dict.set_item("ids_without_row", report.ids_without_row)?;
     dict.set_item("resumed", report.resumed)?;
     dict.set_item("source_deleted", report.source_deleted)?;
     dict.set_item("dry_run", report.dry_run)?;

@@ -3,21 +3,26 @@
 //! TFRA keeps each slot of an embedding in its own table (`<params>_<wrapper>_m`,
 //! `..._v`, ...: [`SlotLayout::PerSlot`]); with `redis_fused_slots` this project keeps all of
 //! them side by side in one row of one table (`<params>_<wrapper>_slots`:
-//! [`SlotLayout::Fused`]). The two cannot see each other's data, so switching the setting on
-//! an embedding that already trained would silently restart its optimizer from fresh slots.
-//! [`check_slot_layout`] turns that into an error, and [`convert_slots`] moves the slots.
+//! [`SlotLayout::Fused`]); with `redis_fused_row` they follow each id's row in the
+//! embedding's own table ([`SlotLayout::FusedRow`]). No layout can see another's data, so
+//! switching the setting on an embedding that already trained would silently restart its
+//! optimizer from fresh slots. [`check_slot_layout`] turns that into an error, and
+//! [`convert_slots`] moves the slots.
 //!
 //! A layout is a source and a destination through three operations: read one bucket's ids in
 //! pages, each id with one row per slot (`SlotTables::read_bucket`), write such pages
-//! (`SlotTables::write`), and delete its slots once copied (`SlotTables::delete`). Another
-//! layout (slots inside the params rows, say) is one more [`SlotLayout`] variant with those
-//! three operations and its table names in [`SlotNames::table_names`]; [`convert_slots`]
-//! itself does not change.
+//! (`SlotTables::write`), and delete its slots once copied (`SlotTables::delete`). A layout
+//! is one [`SlotLayout`] variant with those three operations and its table names in
+//! [`SlotNames::table_names`]; [`convert_slots`] itself does not change. Fused-row shares its
+//! table with the embedding's rows, so its write replaces only what follows each stored row
+//! and its delete strips that (both in a server script: a row written meanwhile is kept);
+//! ids stored with their row alone hold no slots, and slots of an id without a row are not
+//! copied into it (counted in [`ConvertReport::ids_without_row`]).
 //!
 //! A conversion is crash safe: it records itself in a marker key before it writes anything
-//! (`<model_tag>:tfra-redis-convert-slots:<fused table>`), copies bucket by bucket (an upsert,
-//! checked by reading every copied id back), and deletes the source tables only once every
-//! bucket is copied. Training refuses to start while the marker exists, so after a crash at
+//! (`<model_tag>:tfra-redis-convert-slots:<fused table>`, whichever the two layouts), copies
+//! bucket by bucket (an upsert, checked by reading every copied id back), and deletes the
+//! source's slots only once every bucket is copied. Training refuses to start while the marker exists, so after a crash at
 //! any point the source still holds every id with all its slots (or, once deleting began, the
 //! destination does), and running the conversion again finishes it.
 
@@ -34,6 +39,9 @@ use crate::table::{Defaults, Table, TableSpec};
 /// Ids per page read from a source bucket.
 const DEFAULT_PAGE: usize = 4096;
 
+/// Fields per bucket `HSCAN`ned to tell whether a fused-row table holds slots.
+const SAMPLE: usize = 64;
+
 /// How an embedding's optimizer slots are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -43,18 +51,27 @@ pub enum SlotLayout {
     /// `redis_fused_slots`: one table `<params>_<wrapper>_slots` whose row holds every slot
     /// of an id side by side, in the optimizer's slot order.
     Fused,
+    /// `redis_fused_row`: no slot table; an id's value in the embedding's own table is its
+    /// row followed by its slots in the optimizer's slot order. An id stored with its row
+    /// alone (looked up, never trained) has no slots in this layout.
+    FusedRow,
 }
 
 impl SlotLayout {
-    /// The layout's name on the command line and in messages: `per-slot` or `fused`.
+    /// Every layout, in the order checks and messages list them.
+    pub const ALL: [SlotLayout; 3] = [SlotLayout::PerSlot, SlotLayout::Fused, SlotLayout::FusedRow];
+
+    /// The layout's name on the command line and in messages: `per-slot`, `fused` or
+    /// `fused-row`.
     pub fn name(self) -> &'static str {
         match self {
             SlotLayout::PerSlot => "per-slot",
             SlotLayout::Fused => "fused",
+            SlotLayout::FusedRow => "fused-row",
         }
     }
 
-    /// Parses [`SlotLayout::name`].
+    /// Parses [`SlotLayout::name`] (`row` is accepted for `fused-row`).
     ///
     /// # Errors
     ///
@@ -63,19 +80,47 @@ impl SlotLayout {
         match text {
             "per-slot" => Ok(SlotLayout::PerSlot),
             "fused" => Ok(SlotLayout::Fused),
+            "fused-row" | "row" => Ok(SlotLayout::FusedRow),
             other => Err(Error::invalid(
                 ArgumentKind::Config,
-                format!("unknown slot layout {other:?}: expected \"per-slot\" or \"fused\""),
+                format!(
+                    "unknown slot layout {other:?}: expected \"per-slot\", \"fused\" or \
+                     \"fused-row\""
+                ),
             )),
         }
     }
 
-    /// What the layout is called in a config: the `redis_fused_slots` value that selects it.
+    /// What the layout is called in a config: the settings that select it.
     fn setting(self) -> &'static str {
         match self {
-            SlotLayout::PerSlot => "redis_fused_slots off (TFRA's one table per slot)",
+            SlotLayout::PerSlot => {
+                "redis_fused_slots off and redis_fused_row off (TFRA's one table per slot)"
+            }
             SlotLayout::Fused => "redis_fused_slots on (one table holding every slot)",
+            SlotLayout::FusedRow => {
+                "redis_fused_row on (the slots after each row in the embedding's own table)"
+            }
         }
+    }
+
+    /// The config field that picks between `self` and `other`.
+    fn field(self, other: SlotLayout) -> &'static str {
+        if self == SlotLayout::FusedRow || other == SlotLayout::FusedRow {
+            "redis_fused_row"
+        } else {
+            "redis_fused_slots"
+        }
+    }
+
+    /// The config a layout's tables are opened with: `redis_fused_row` decides whether a
+    /// value longer than a row is a row and its slots (the embedding's table in the fused-row
+    /// layout) or bad data (a slot table's row), so it is set for exactly that layout.
+    fn table_config(self, config: &RedisConfig) -> RedisConfig {
+        let mut config = config.clone();
+        config.redis_fused_row = self == SlotLayout::FusedRow;
+        config.redis_fused_slots = self == SlotLayout::Fused;
+        config
     }
 }
 
@@ -156,16 +201,19 @@ impl SlotNames {
         }
     }
 
-    /// The table names of `layout`: one per slot, or the one fused table.
+    /// The table names of `layout`: one per slot, the one fused table, or the embedding's
+    /// own table (fused-row).
     pub fn table_names(&self, layout: SlotLayout) -> Vec<String> {
         match layout {
             SlotLayout::PerSlot => self.slots.iter().map(|s| self.table_name(s)).collect(),
             SlotLayout::Fused => vec![self.table_name(FUSED_SLOTS)],
+            SlotLayout::FusedRow => vec![self.params.replace('/', "_")],
         }
     }
 
-    /// The `tfra-redis` command converting these slots to `to` (run with the same config).
-    pub fn convert_command(&self, to: SlotLayout, shape: SlotShape) -> String {
+    /// The `tfra-redis` command converting these slots from `from` to `to` (run with the
+    /// same config).
+    pub fn convert_command(&self, from: SlotLayout, to: SlotLayout, shape: SlotShape) -> String {
         let wrapper = match &self.wrapper {
             Some(w) => format!("--wrapper {}", shell_word(w)),
             None => "--short-file-name".to_string(),
@@ -178,10 +226,12 @@ impl SlotNames {
             dtypes += &format!(" --key-dtype {}", shape.key_dtype.name());
         }
         format!(
-            "tfra-redis convert-slots --params {} {wrapper} --slots {} --dim {}{dtypes} --to {}",
+            "tfra-redis convert-slots --params {} {wrapper} --slots {} --dim {}{dtypes} \
+             --from {} --to {}",
             shell_word(&self.params),
             shell_word(&self.slots.join(",")),
             shape.dim,
+            from.name(),
             to.name()
         )
     }
@@ -234,9 +284,10 @@ impl SlotTables {
         rebucket: bool,
     ) -> Result<SlotTables> {
         let width = match layout {
-            SlotLayout::PerSlot => shape.dim,
+            SlotLayout::PerSlot | SlotLayout::FusedRow => shape.dim,
             SlotLayout::Fused => shape.dim * names.slots.len(),
         };
+        let config = &layout.table_config(config);
         let options = OpenOptions {
             persist: false,
             rebucket,
@@ -278,7 +329,53 @@ impl SlotTables {
         self.tables.iter().map(Table::size).collect()
     }
 
+    /// Whether this layout holds slots of any id. For the slot tables, whether any holds a
+    /// row (one `HLEN` per bucket); for fused-row, whether an id in a one-page `HSCAN` sample
+    /// of some bucket stores more than its row. A sample, so an embedding whose trained ids
+    /// are a small minority may look untrained: cheap enough for every optimizer build.
+    ///
+    /// # Errors
+    ///
+    /// As [`Table::size`].
+    pub fn holds_slots(&self) -> Result<bool> {
+        if self.layout != SlotLayout::FusedRow {
+            return Ok(self.sizes()?.iter().any(|&n| n > 0));
+        }
+        let table = &self.tables[0];
+        let backend = table.backend()?;
+        for bucket in table.buckets() {
+            let cmd = redis::cmd("HSCAN")
+                .arg(bucket.as_bytes())
+                .arg(0)
+                .arg("COUNT")
+                .arg(SAMPLE)
+                .clone();
+            let reply = backend
+                .run_values(&[cmd], Role::Write, Retry::Idempotent)?
+                .pop()
+                .unwrap_or(Value::Nil);
+            let (_, items) = crate::backend::parse_scan_reply(reply).map_err(|_| Error::Data {
+                bucket: bucket.to_string(),
+                message: "HSCAN answered with an unexpected shape".into(),
+            })?;
+            if items
+                .chunks(2)
+                .any(|pair| pair.get(1).is_some_and(|v| v.len() > table.row_bytes()))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn describe(&self, sizes: &[u64]) -> String {
+        if self.layout == SlotLayout::FusedRow {
+            let n = sizes.first().copied().unwrap_or(0);
+            return format!(
+                "the embedding's table {} ({n} ids)",
+                self.tables[0].spec().name
+            );
+        }
         self.tables
             .iter()
             .zip(sizes)
@@ -305,6 +402,38 @@ impl SlotTables {
         let k = self.names.slots.len();
         let sb = self.slot_bytes;
         match self.layout {
+            SlotLayout::FusedRow => {
+                let table = &self.tables[0];
+                let bucket_key = table.buckets()[bucket].as_bytes();
+                table.scan_bucket(bucket_key, page, true, |ids, values, width| {
+                    // An id stored with its row alone has no slots here: it is skipped, and
+                    // the destination, not holding it either, starts it from fresh slots as
+                    // this layout would have.
+                    if width == sb {
+                        return Ok(());
+                    }
+                    if width != sb * (k + 1) {
+                        return Err(Error::Data {
+                            bucket: crate::layout::printable(bucket_key),
+                            message: format!(
+                                "id {} stores {} slot rows after its row, but the optimizer \
+                                 has {k} slots ({}); its slots were trained by another \
+                                 optimizer",
+                                ids.label(0),
+                                width / sb - 1,
+                                self.names.slots.join(",")
+                            ),
+                        });
+                    }
+                    let mut slots = vec![Vec::with_capacity(ids.len() * sb); k];
+                    for value in values.chunks_exact(width) {
+                        for (s, part) in slots.iter_mut().zip(value[sb..].chunks_exact(sb)) {
+                            s.extend_from_slice(part);
+                        }
+                    }
+                    sink(ids, &slots)
+                })
+            }
             SlotLayout::Fused => {
                 let table = &self.tables[0];
                 table.scan_bucket(
@@ -378,18 +507,26 @@ impl SlotTables {
         }
     }
 
-    /// Upserts a page: `slots[s]` holds `ids.len()` rows of slot `s`.
+    /// Upserts a page: `slots[s]` holds `ids.len()` rows of slot `s`. Fused-row replaces
+    /// the slots after each stored row and skips ids without a row: slots of an id the
+    /// embedding no longer holds cannot be stored without making up its row, and the
+    /// optimizer would start such an id from fresh slots in the per-slot layout only by
+    /// chance of an old slot row (TFRA keeps orphaned slot rows until `restrict`).
     fn write(&self, ids: Keys<'_>, slots: &[Vec<u8>]) -> Result<()> {
-        match self.layout {
-            SlotLayout::Fused => {
-                let sb = self.slot_bytes;
-                let mut rows = Vec::with_capacity(ids.len() * sb * slots.len());
-                for r in 0..ids.len() {
-                    for s in slots {
-                        rows.extend_from_slice(&s[r * sb..(r + 1) * sb]);
-                    }
+        let sb = self.slot_bytes;
+        let side_by_side = || {
+            let mut rows = Vec::with_capacity(ids.len() * sb * slots.len());
+            for r in 0..ids.len() {
+                for s in slots {
+                    rows.extend_from_slice(&s[r * sb..(r + 1) * sb]);
                 }
-                self.tables[0].insert(ids, &rows)
+            }
+            rows
+        };
+        match self.layout {
+            SlotLayout::Fused => self.tables[0].insert(ids, &side_by_side()),
+            SlotLayout::FusedRow => {
+                self.tables[0].set_row_tails(ids, &side_by_side(), sb * slots.len())
             }
             SlotLayout::PerSlot => {
                 let writes: Vec<(&Table, Keys<'_>, &[u8])> = self
@@ -403,19 +540,35 @@ impl SlotTables {
         }
     }
 
-    /// Deletes this layout's slots of every id, once they were copied elsewhere. A layout
-    /// that shares its tables with other data (slots inside the params rows, say) would strip
-    /// its slot columns here instead of deleting tables.
+    /// Deletes this layout's slots of every id, once they were copied elsewhere: the slot
+    /// tables are cleared; fused-row strips what follows each row and keeps the rows.
     fn delete(&self) -> Result<()> {
         match self.layout {
             SlotLayout::Fused | SlotLayout::PerSlot => {
                 self.tables.iter().try_for_each(Table::clear)
             }
+            SlotLayout::FusedRow => {
+                let table = &self.tables[0];
+                for bucket in table.buckets() {
+                    table.scan_bucket(bucket.as_bytes(), DEFAULT_PAGE, true, |ids, _, width| {
+                        if width > self.slot_bytes {
+                            table.set_row_tails(ids, &[], 0)?;
+                        }
+                        Ok(())
+                    })?;
+                }
+                Ok(())
+            }
         }
     }
 
-    /// Fails unless every id of the page is stored in every table of this layout.
-    fn check_stored(&self, ids: Keys<'_>, bucket: &str) -> Result<()> {
+    /// Fails unless every id of the page is stored in every table of this layout. In the
+    /// fused-row layout, ids without a row were skipped by [`SlotTables::write`]: their count
+    /// is returned, and every other id must read back exactly `slots`.
+    fn check_stored(&self, ids: Keys<'_>, slots: &[Vec<u8>], bucket: &str) -> Result<u64> {
+        if self.layout == SlotLayout::FusedRow {
+            return self.check_row_tails(ids, slots, bucket);
+        }
         for table in &self.tables {
             let n = ids.len();
             let zero = vec![0u8; table.row_bytes()];
@@ -434,7 +587,61 @@ impl SlotTables {
                 });
             }
         }
-        Ok(())
+        Ok(0)
+    }
+
+    fn check_row_tails(&self, ids: Keys<'_>, slots: &[Vec<u8>], bucket: &str) -> Result<u64> {
+        let table = &self.tables[0];
+        let (n, sb) = (ids.len(), self.slot_bytes);
+        let width = sb * slots.len();
+        let written = |i: usize| slots.iter().flat_map(move |s| &s[i * sb..(i + 1) * sb]);
+        let zero = vec![0u8; sb];
+        let mut rows = vec![0u8; n * sb];
+        let mut exists = vec![false; n];
+        table.find(ids, Defaults::Row(&zero), &mut rows, Some(&mut exists))?;
+        // An id stored without slots reads `sentinel`; an id whose copied slots happen to be
+        // the sentinel is read again with another one.
+        let mut todo: Vec<usize> = (0..n).filter(|&i| exists[i]).collect();
+        let skipped = (n - todo.len()) as u64;
+        for sentinel in [0xa5u8, 0x5a] {
+            if todo.is_empty() {
+                break;
+            }
+            let mut keys = KeyBuf::new(table.spec().key_dtype);
+            for &i in &todo {
+                keys.push_key(ids, i);
+            }
+            let defaults = vec![sentinel; width];
+            let mut got = vec![0u8; todo.len() * width];
+            let mut out = vec![0u8; todo.len() * sb];
+            table.find_with_slots(
+                keys.keys(),
+                Defaults::Row(&zero),
+                &mut out,
+                &defaults,
+                &mut got,
+            )?;
+            let mut again = Vec::new();
+            for (&i, tail) in todo.iter().zip(got.chunks_exact(width)) {
+                if tail.iter().eq(written(i)) {
+                    if tail == defaults.as_slice() {
+                        again.push(i);
+                    }
+                    continue;
+                }
+                return Err(Error::Data {
+                    bucket: bucket.to_string(),
+                    message: format!(
+                        "slot conversion stopped: the slots of id {} were copied but do not \
+                         read back from {}; the source is kept, run the conversion again",
+                        ids.label(i),
+                        table.spec().name
+                    ),
+                });
+            }
+            todo = again;
+        }
+        Ok(skipped)
     }
 }
 
@@ -517,11 +724,13 @@ fn write_marker(table: &Table, key: &[u8], marker: Option<&Marker>) -> Result<()
     Ok(())
 }
 
-/// Fails when `chosen`'s slot tables of an embedding hold nothing while another layout's do,
-/// or while a conversion of them is unfinished: training would otherwise restart the
-/// optimizer from fresh slots without a word. The error ([`Error::ConfigField`] on
-/// `redis_fused_slots`) names both layouts, the tables and the command that converts them.
-/// Costs one `HLEN` per bucket of each table and one `GET`; changes nothing.
+/// Fails when `chosen`'s slots of an embedding are empty while another layout's are not
+/// (see [`SlotTables::holds_slots`]), or while a conversion of them is unfinished: training
+/// would otherwise restart the optimizer from fresh slots without a word. The error
+/// ([`Error::ConfigField`] on `redis_fused_slots`, or `redis_fused_row` when fused-row is
+/// one of the two layouts) names both layouts, the tables and the command that converts
+/// them. Costs one `HLEN` per bucket of each slot table, one one-page `HSCAN` per bucket of
+/// the embedding's table, and one `GET`; changes nothing.
 ///
 /// # Errors
 ///
@@ -536,48 +745,101 @@ pub fn check_slot_layout(
     let mine = open(chosen)?;
     let marker_key = names.marker_key(config);
     if let Some((text, marker)) = read_marker(&mine.tables[0], &marker_key)? {
-        let to = marker.map_or(chosen, |m| m.to);
+        let (field, how) = match marker {
+            Some(m) => (
+                chosen.field(m.from),
+                format!(
+                    "run `{}` again to finish it",
+                    names.convert_command(m.from, m.to, shape)
+                ),
+            ),
+            // Not a marker this version writes: no command can finish it.
+            None => (
+                chosen.field(chosen),
+                "delete the key if you are sure no conversion is running".to_string(),
+            ),
+        };
         return Err(Error::ConfigField {
-            field: "redis_fused_slots".into(),
+            field: field.into(),
             message: format!(
                 "cannot be used yet for the optimizer slots of {:?}: a conversion of their \
-                 layout is unfinished (marker key {} = {text:?}); run `{}` again to finish it \
-                 before training",
+                 layout is unfinished (marker key {} = {text:?}); {how} before training",
                 names.params,
                 crate::layout::printable(&marker_key),
-                names.convert_command(to, shape)
             ),
         });
     }
-    let my_sizes = mine.sizes()?;
-    if my_sizes.iter().any(|&n| n > 0) {
+    if mine.holds_slots()? {
         return Ok(());
     }
-    for other in [SlotLayout::PerSlot, SlotLayout::Fused] {
+    for other in SlotLayout::ALL {
         if other == chosen {
             continue;
         }
         let theirs = open(other)?;
-        let sizes = theirs.sizes()?;
-        if sizes.iter().any(|&n| n > 0) {
+        if theirs.holds_slots()? {
             return Err(Error::ConfigField {
-                field: "redis_fused_slots".into(),
+                field: chosen.field(other).into(),
                 message: format!(
                     "does not match the stored optimizer slots of {:?}: the config asks for \
-                     {} and those tables hold nothing ({}), but the slots were trained in the \
-                     other layout, {} ({}). Training on would restart the optimizer from fresh \
-                     slots. Convert them with `{}`, or set redis_fused_slots back",
+                     {}, which holds none ({}), but the slots were trained in another \
+                     layout, {} ({}). Training on would restart the optimizer from fresh \
+                     slots. Convert them with `{}`, or go back to the {} layout's setting",
                     names.params,
                     chosen.setting(),
-                    mine.describe(&my_sizes),
+                    mine.describe(&mine.sizes()?),
                     other.setting(),
-                    theirs.describe(&sizes),
-                    names.convert_command(chosen, shape)
+                    theirs.describe(&theirs.sizes()?),
+                    names.convert_command(other, chosen, shape),
+                    other.name()
                 ),
             });
         }
     }
     Ok(())
+}
+
+/// The layout an embedding's slots are stored in, other than `to`: the source of the
+/// unfinished conversion to `to` if there is one, else the one other layout holding slots
+/// (see [`SlotTables::holds_slots`]); `None` when no other layout holds any.
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] when several other layouts hold slots (name the source);
+/// otherwise as [`Table::size`].
+pub fn find_slot_source(
+    config: &RedisConfig,
+    names: &SlotNames,
+    to: SlotLayout,
+    shape: SlotShape,
+) -> Result<Option<SlotLayout>> {
+    let dest = SlotTables::open(config, names, to, shape, false)?;
+    if let Some((_, Some(m))) = read_marker(&dest.tables[0], &names.marker_key(config))?
+        && m.to == to
+    {
+        return Ok(Some(m.from));
+    }
+    let mut found = Vec::new();
+    for other in SlotLayout::ALL {
+        if other != to && SlotTables::open(config, names, other, shape, false)?.holds_slots()? {
+            found.push(other);
+        }
+    }
+    if found.len() > 1 {
+        return Err(Error::invalid(
+            ArgumentKind::Config,
+            format!(
+                "the slots of {:?} are stored in several layouts ({}); name the one to convert",
+                names.params,
+                found
+                    .iter()
+                    .map(|l| l.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    Ok(found.pop())
 }
 
 /// What [`convert_slots`] should do besides copying.
@@ -639,6 +901,10 @@ pub struct ConvertReport {
     pub destination_after: Vec<(String, u64)>,
     /// Ids copied in this run (an id HSCAN reported twice counts twice).
     pub ids_copied: u64,
+    /// Of those, ids whose slots were not copied to the fused-row layout because the
+    /// embedding holds no row for them (slots left behind by a removed id); the optimizer
+    /// starts such an id from fresh slots if it comes back.
+    pub ids_without_row: u64,
     /// An earlier, interrupted run of this conversion was found and finished.
     pub resumed: bool,
     /// The source tables were deleted.
@@ -716,6 +982,7 @@ pub fn convert_slots(
         destination_before: named(&dest, &dest_sizes),
         destination_after: named(&dest, &dest_sizes),
         ids_copied: 0,
+        ids_without_row: 0,
         resumed: false,
         source_deleted: false,
         dry_run: options.dry_run,
@@ -735,12 +1002,11 @@ pub fn convert_slots(
             )));
         }
         None => {
-            let source_rows = source_sizes.iter().sum::<u64>();
-            let dest_rows = dest_sizes.iter().sum::<u64>();
-            if source_rows == 0 {
+            // A fused-row source with rows but no slots is scanned and yields nothing.
+            if source_sizes.iter().all(|&n| n == 0) {
                 return Ok(report);
             }
-            if dest_rows > 0 && !options.overwrite {
+            if dest.holds_slots()? && !options.overwrite {
                 return Err(refuse(format!(
                     "the destination ({} layout) already holds rows: {}; converting would mix \
                      them with the source's ({}). Delete them, or pass overwrite to upsert the \
@@ -767,6 +1033,7 @@ pub fn convert_slots(
         marker.copied_buckets = 0;
         marker.buckets = buckets;
     }
+    let mut without_row = 0;
     let mut state = ConvertProgress {
         phase: "copying",
         buckets_done: marker.copied_buckets.min(buckets),
@@ -781,7 +1048,7 @@ pub fn convert_slots(
             let label = source.tables[0].bucket_names()[b].clone();
             source.read_bucket(b, options.page.max(1), &initial, |ids, slots| {
                 dest.write(ids, slots)?;
-                dest.check_stored(ids, &label)?;
+                without_row += dest.check_stored(ids, slots, &label)?;
                 state.ids_copied += ids.len() as u64;
                 progress(&state)
             })?;
@@ -792,9 +1059,17 @@ pub fn convert_slots(
         }
         // A cheap last check before anything is deleted: every destination table holds at
         // least as many ids as the largest source table (each source id was read back above).
+        // The embedding's table counts ids without slots too, so with fused-row on either
+        // side the per-id read-back is the check.
         let copied = dest.sizes()?;
         let needed = source.sizes()?.into_iter().max().unwrap_or(0);
-        if let Some((table, n)) = dest.tables.iter().zip(&copied).find(|(_, n)| **n < needed) {
+        let countable = from != SlotLayout::FusedRow && to != SlotLayout::FusedRow;
+        if let Some((table, n)) = dest
+            .tables
+            .iter()
+            .zip(&copied)
+            .find(|(_, n)| countable && **n < needed)
+        {
             return Err(Error::Data {
                 bucket: table.bucket_names().join(","),
                 message: format!(
@@ -808,6 +1083,7 @@ pub fn convert_slots(
         write_marker(anchor, &marker_key, Some(&marker))?;
     }
     report.ids_copied = state.ids_copied;
+    report.ids_without_row = without_row;
     if !options.keep_source {
         state.phase = "deleting";
         state.buckets_done = 0;
@@ -833,6 +1109,11 @@ mod tests {
         assert_eq!(names.table_names(SlotLayout::Fused), ["p_w_slots"]);
         let short = SlotNames::new("a/p", None, &["m"]).unwrap();
         assert_eq!(short.table_names(SlotLayout::PerSlot), ["a_p_m"]);
+        assert_eq!(short.table_names(SlotLayout::FusedRow), ["a_p"]);
+        for layout in SlotLayout::ALL {
+            assert_eq!(SlotLayout::parse(layout.name()).unwrap(), layout);
+        }
+        assert_eq!(SlotLayout::parse("row").unwrap(), SlotLayout::FusedRow);
         assert!(SlotNames::new("p", Some("w"), &["m", "m"]).is_err());
         assert!(SlotNames::new("p", Some("w"), &["slots"]).is_err());
         assert!(SlotNames::new("p", Some("w"), &[] as &[&str]).is_err());
@@ -857,8 +1138,9 @@ mod tests {
     fn the_command_quotes_odd_names() {
         let names = SlotNames::new("my emb", Some("w"), &["m", "v"]).unwrap();
         assert_eq!(
-            names.convert_command(SlotLayout::Fused, SlotShape::f32(8)),
-            "tfra-redis convert-slots --params 'my emb' --wrapper w --slots m,v --dim 8 --to fused"
+            names.convert_command(SlotLayout::PerSlot, SlotLayout::Fused, SlotShape::f32(8)),
+            "tfra-redis convert-slots --params 'my emb' --wrapper w --slots m,v --dim 8 \
+             --from per-slot --to fused"
         );
         let shape = SlotShape {
             key_dtype: KeyDtype::Str,
@@ -867,8 +1149,10 @@ mod tests {
         };
         assert!(
             names
-                .convert_command(SlotLayout::PerSlot, shape)
-                .ends_with("--dim 4 --dtype float16 --key-dtype string --to per-slot")
+                .convert_command(SlotLayout::FusedRow, SlotLayout::PerSlot, shape)
+                .ends_with(
+                    "--dim 4 --dtype float16 --key-dtype string --from fused-row --to per-slot"
+                )
         );
     }
 }

@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::json;
-use support::{Cluster, Standalone};
+use support::{Cluster, Standalone, redis_cli};
 use tfra_redis::config::RedisConfig;
 use tfra_redis::slot_layout::{
     ConvertOptions, SlotLayout, SlotNames, SlotShape, SlotTables, check_slot_layout, convert_slots,
@@ -289,4 +289,274 @@ fn a_rerun_with_another_bucket_layout_copies_everything() {
         );
     }
     fused.tables()[0].clear().unwrap();
+}
+
+// -- the fused-row layout: slots after each row in the embedding's own table ---------------
+
+const NO_ROW: i64 = 10;
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn embedding_row(id: i64) -> Vec<f32> {
+    (0..DIM).map(|j| -(id as f32) - j as f32 / 100.0).collect()
+}
+
+/// Per id: its row (or None when the embedding holds none) and what it stores after the row
+/// (empty when nothing), read with the raw value length.
+fn fused_row_values(params: &Table, ids: &[i64]) -> Vec<Option<(Vec<f32>, Vec<f32>)>> {
+    let (rows, exists) = rows(params, ids);
+    let sentinel = vec![f32::MAX; 2 * DIM];
+    let mut slots = vec![0u8; ids.len() * 2 * DIM * 4];
+    let mut out = vec![0u8; ids.len() * DIM * 4];
+    params
+        .find_with_slots(
+            ids,
+            Defaults::Row(&[0u8; DIM * 4]),
+            &mut out,
+            &f32_bytes(&sentinel),
+            &mut slots,
+        )
+        .unwrap();
+    let slots: Vec<f32> = slots
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (0..ids.len())
+        .map(|i| {
+            exists[i].then(|| {
+                let tail = slots[i * 2 * DIM..(i + 1) * 2 * DIM].to_vec();
+                let row = rows[i * DIM..(i + 1) * DIM].to_vec();
+                (row, if tail == sentinel { Vec::new() } else { tail })
+            })
+        })
+        .collect()
+}
+
+fn check_fused_row_round_trip(config: &RedisConfig, prefix: &str) {
+    let names = SlotNames::new(&format!("{prefix}/row-params"), Some("w"), &["m", "v"]).unwrap();
+    let per_slot = open(config, &names, SlotLayout::PerSlot);
+    let fused = open(config, &names, SlotLayout::Fused);
+    let row_layout = open(config, &names, SlotLayout::FusedRow);
+    let params = &row_layout.tables()[0];
+    assert_eq!(params.spec().name, format!("{prefix}_row-params"));
+    let ids = fill_per_slot(&per_slot);
+    // The embedding holds a row for every id but the last NO_ROW (slots left behind by ids
+    // removed from the embedding).
+    let with_row = &ids[..(IDS - NO_ROW) as usize];
+    let values: Vec<f32> = with_row.iter().flat_map(|&k| embedding_row(k)).collect();
+    params.insert_rows(with_row, &values).unwrap();
+    let shape = SlotShape::f32(DIM);
+    // Per-slot holds the slots, fused-row none: training with redis_fused_row is refused.
+    let err = check_slot_layout(config, &names, SlotLayout::FusedRow, shape).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("redis_fused_row does not match"), "{text}");
+    assert!(text.contains("--from per-slot --to fused-row"), "{text}");
+    let mut options = ConvertOptions::default();
+    options.page = 256;
+    options.initial = vec![vec![0u8; DIM * 4], 0.5f32.to_le_bytes().repeat(DIM)];
+
+    // Per-slot -> fused-row, stopped half-way: nothing lost, both layouts refused.
+    let err = convert(
+        config,
+        &names,
+        SlotLayout::PerSlot,
+        SlotLayout::FusedRow,
+        &options,
+        Some(("copying", 1000)),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    assert_eq!(per_slot.sizes().unwrap(), [3000, 2995]);
+    for layout in SlotLayout::ALL {
+        let err = check_slot_layout(config, &names, layout, shape).unwrap_err();
+        assert!(err.to_string().contains("is unfinished"), "{err}");
+    }
+    let report = convert(
+        config,
+        &names,
+        SlotLayout::PerSlot,
+        SlotLayout::FusedRow,
+        &options,
+        None,
+    )
+    .unwrap();
+    assert!(report.resumed && report.source_deleted, "{report:?}");
+    assert_eq!(per_slot.sizes().unwrap(), [0, 0]);
+    let stored = fused_row_values(params, &ids);
+    for (&id, value) in ids.iter().zip(&stored) {
+        if id >= IDS - NO_ROW {
+            assert!(value.is_none(), "no row was made up for {id}");
+            continue;
+        }
+        let (row, tail) = value.as_ref().unwrap();
+        assert_eq!(row, &embedding_row(id), "the row of {id} is kept");
+        let v = if id < 5 {
+            vec![0.5; DIM]
+        } else {
+            slot_row(id, 1)
+        };
+        assert_eq!(tail, &[slot_row(id, 0), v].concat(), "slots of {id}");
+    }
+    check_slot_layout(config, &names, SlotLayout::FusedRow, shape).unwrap();
+    for other in [SlotLayout::PerSlot, SlotLayout::Fused] {
+        let err = check_slot_layout(config, &names, other, shape).unwrap_err();
+        assert!(matches!(err, Error::ConfigField { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.starts_with("redis_fused_row does not match"), "{text}");
+        assert!(
+            text.contains(&format!("--from fused-row --to {}", other.name())),
+            "{text}"
+        );
+    }
+
+    // Fused-row -> fused, stopped before the slots are stripped: the rerun only strips.
+    let err = convert(
+        config,
+        &names,
+        SlotLayout::FusedRow,
+        SlotLayout::Fused,
+        &options,
+        Some(("deleting", 0)),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    assert_eq!(fused.sizes().unwrap(), [(IDS - NO_ROW) as u64]);
+    assert_eq!(fused_row_values(params, &ids), stored);
+    let report = convert(
+        config,
+        &names,
+        SlotLayout::FusedRow,
+        SlotLayout::Fused,
+        &options,
+        None,
+    )
+    .unwrap();
+    assert!(report.resumed && report.source_deleted, "{report:?}");
+    for (&id, value) in ids.iter().zip(fused_row_values(params, &ids)) {
+        if id < IDS - NO_ROW {
+            assert_eq!(value, Some((embedding_row(id), Vec::new())), "{id}");
+        }
+    }
+    let (got, exists) = rows(&fused.tables()[0], with_row);
+    assert!(exists.iter().all(|e| *e));
+    for (i, (_, tail)) in stored.iter().flatten().enumerate() {
+        assert_eq!(&got[i * 2 * DIM..(i + 1) * 2 * DIM], &tail[..]);
+    }
+    check_slot_layout(config, &names, SlotLayout::Fused, shape).unwrap();
+    let err = check_slot_layout(config, &names, SlotLayout::FusedRow, shape).unwrap_err();
+    assert!(
+        err.to_string().contains("--from fused --to fused-row"),
+        "{err}"
+    );
+
+    // Back into the rows, where an id missing from the embedding is counted, not made up.
+    fused.tables()[0]
+        .insert_rows(&[IDS + 1], &[7.0f32; 2 * DIM])
+        .unwrap();
+    let report = convert(
+        config,
+        &names,
+        SlotLayout::Fused,
+        SlotLayout::FusedRow,
+        &options,
+        None,
+    )
+    .unwrap();
+    assert_eq!(report.ids_without_row, 1, "{report:?}");
+    assert_eq!(fused.sizes().unwrap(), [0]);
+    assert_eq!(fused_row_values(params, &ids), stored);
+
+    // A fused-row destination already holding slots is refused.
+    fill_per_slot(&per_slot);
+    let err = convert(
+        config,
+        &names,
+        SlotLayout::PerSlot,
+        SlotLayout::FusedRow,
+        &options,
+        None,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("already holds rows"), "{err}");
+    for table in per_slot.tables().iter().chain(row_layout.tables()) {
+        table.clear().unwrap();
+    }
+}
+
+#[test]
+fn converts_to_and_from_fused_rows_in_standalone() {
+    let server = Standalone::start();
+    let config = config(&server.config_json(json!({"storage_slice": 3})));
+    check_fused_row_round_trip(&config, "standalone");
+}
+
+#[test]
+fn converts_to_and_from_fused_rows_in_a_cluster() {
+    let cluster = Cluster::start();
+    let config = config(&cluster.config_json(json!({"storage_slice": 4})));
+    check_fused_row_round_trip(&config, "cluster");
+}
+
+/// A rows-only write racing the conversion into fused rows keeps both: the row written
+/// meanwhile and the slots the conversion adds after it (the write is a server script).
+#[test]
+fn a_row_written_during_the_conversion_keeps_its_new_value() {
+    let server = Standalone::start();
+    let config = config(&server.config_json(json!({"storage_slice": 1})));
+    let names = SlotNames::new("race-params", Some("w"), &["m", "v"]).unwrap();
+    let per_slot = open(&config, &names, SlotLayout::PerSlot);
+    let row_layout = open(&config, &names, SlotLayout::FusedRow);
+    let params = &row_layout.tables()[0];
+    let ids = fill_per_slot(&per_slot);
+    let values: Vec<f32> = ids.iter().flat_map(|&k| embedding_row(k)).collect();
+    params.insert_rows(&ids[..], &values).unwrap();
+    let mut options = ConvertOptions::default();
+    options.page = 100;
+    let mut once = true;
+    convert_slots(
+        &config,
+        &names,
+        SlotLayout::PerSlot,
+        SlotLayout::FusedRow,
+        SlotShape::f32(DIM),
+        &options,
+        |_| {
+            // After the first page: every id gets a new row, as a training job would write.
+            if once {
+                once = false;
+                let newer: Vec<f32> = ids.iter().flat_map(|&k| slot_row(k, 9)).collect();
+                params.insert_rows(&ids[..], &newer).unwrap();
+            }
+            Ok(())
+        },
+    )
+    .unwrap();
+    for (&id, value) in ids.iter().zip(fused_row_values(params, &ids)) {
+        let (row, tail) = value.unwrap();
+        assert_eq!(row, slot_row(id, 9), "{id}");
+        assert_eq!(tail.len(), 2 * DIM, "{id}");
+    }
+    params.clear().unwrap();
+}
+
+/// A marker key this version did not write (garbage, or a future format) still stops training,
+/// and the error says what to do instead of printing a command that cannot finish it.
+#[test]
+fn an_unknown_marker_is_refused_with_a_way_out() {
+    let server = Standalone::start();
+    let config = config(&server.config_json(json!({})));
+    let names = SlotNames::new("marker-params", Some("w"), &["m"]).unwrap();
+    let key = "test:tfra-redis-convert-slots:marker-params_w_slots";
+    redis_cli(server.port(), &["SET", key, "something else"]);
+    let err =
+        check_slot_layout(&config, &names, SlotLayout::FusedRow, SlotShape::f32(DIM)).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("redis_fused_row cannot be used yet"),
+        "{text}"
+    );
+    assert!(text.contains("delete the key if you are sure"), "{text}");
+    assert!(!text.contains("convert-slots --"), "{text}");
 }

@@ -430,13 +430,22 @@ impl Table {
                 self.spec.value_dtype.numpy_name()
             );
         }
-        format!(
+        let mut message = format!(
             "key {key} holds {len} bytes, but rows of this table are {} bytes (dim {} x {}); \
              the stored data was written with another dim or dtype",
             self.row_bytes,
             self.spec.dim.get(),
             self.spec.value_dtype.numpy_name()
-        )
+        );
+        if len > self.row_bytes && len.is_multiple_of(self.row_bytes) {
+            message += &format!(
+                ", or it is a row followed by {} optimizer slot rows as redis_fused_row \
+                 stores them: set redis_fused_row, or move the slots out of the rows with \
+                 `tfra-redis convert-slots --from fused-row ...` first",
+                len / self.row_bytes - 1
+            );
+        }
+        message
     }
 
     fn slots_len_error(&self, bucket: usize, key: &str, len: usize) -> Error {

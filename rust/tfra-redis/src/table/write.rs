@@ -28,6 +28,19 @@ for i = 2, #ARGV, 2 do \
   redis.call('HSET', KEYS[1], ARGV[i], v) \
 end return 0";
 
+/// Replaces what a `redis_fused_row` table stores after each row (the id's optimizer slots)
+/// and keeps the row as the server holds it: KEYS[1] = bucket, ARGV[1] = row bytes, then
+/// field, tail pairs. An id without a stored value is left alone (a slot conversion never
+/// makes up a row), and an empty tail strips the slots. On the server, so a row written
+/// meanwhile is never replaced by an older copy.
+const SET_TAILS_LUA: &str = "local n = tonumber(ARGV[1]) \
+for i = 2, #ARGV, 2 do \
+  local old = redis.call('HGET', KEYS[1], ARGV[i]) \
+  if old and (#old > n or #ARGV[i + 1] > 0) then \
+    redis.call('HSET', KEYS[1], ARGV[i], string.sub(old, 1, n) .. ARGV[i + 1]) \
+  end \
+end return 0";
+
 /// One window of a write, encoded where the backend sends it: command `i` writes the keys at
 /// `window[i].1` to bucket `window[i].0`, as `make` encodes it.
 struct WindowWrites<'w, F> {
@@ -172,6 +185,46 @@ impl Table {
                     &slots[i * width..(i + 1) * width],
                 ]);
             }
+        })
+    }
+
+    /// On a `redis_fused_row` table, replaces what each stored id keeps after its row with
+    /// its tail (`width` bytes per id, a whole number of rows; 0 strips the slots), keeping
+    /// the row; ids without a stored value are skipped. The slot converter's write and delete.
+    pub(crate) fn set_row_tails<'k>(
+        &self,
+        keys: impl Into<Keys<'k>>,
+        tails: &[u8],
+        width: usize,
+    ) -> Result<()> {
+        let keys = keys.into();
+        self.check_keys(keys)?;
+        if !self.config.redis_fused_row
+            || !width.is_multiple_of(self.row_bytes)
+            || tails.len() != keys.len() * width
+        {
+            return Err(Error::invalid(
+                crate::error::ArgumentKind::Shape,
+                format!(
+                    "row tails of {} bytes for {} keys of {width} bytes on table {:?} \
+                     (redis_fused_row {})",
+                    tails.len(),
+                    keys.len(),
+                    self.spec.name,
+                    self.config.redis_fused_row
+                ),
+            ));
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.write_windows(keys, Retry::Idempotent, "EVAL", |batch, b, pos| {
+            batch.command("EVAL", 4 + 2 * pos.len());
+            batch.arg(SET_TAILS_LUA.as_bytes());
+            batch.arg(b"1");
+            batch.key(self.buckets[b].as_bytes());
+            batch.arg(self.row_bytes.to_string().as_bytes());
+            self.push_values(batch, keys, tails, width, pos);
         })
     }
 
