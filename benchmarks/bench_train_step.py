@@ -228,6 +228,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the redis+prefetch runs (a shorter run on a busy machine)",
     )
     p.add_argument(
+        "--redis-only",
+        action="store_true",
+        help="skip the in-memory and dense-only runs (a shorter run on a busy machine)",
+    )
+    p.add_argument(
         "--tfra-venv",
         default=str(ROOT / "benchmarks" / ".tfra-venv"),
         help="venv with TFRA 0.8.1 (benchmarks/setup_tfra_baseline.sh); its training step is "
@@ -439,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
                         run_redis(opt, False, fused="row")
                     if tfra_note is None:
                         run_tfra(opt)
+                    if args.redis_only:
+                        continue
                     run_memory(
                         "memory-fair",
                         lambda o=opt: memory_model(fair_vocab, o),
@@ -449,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                     run_memory(
                         "dense-only", lambda o=opt: dense_only(o), dense_rows, args.steps, opt
                     )
-                if "adam" in args.optimizers:
+                if "adam" in args.optimizers and not args.redis_only:
                     run_memory(
                         "memory-big",
                         lambda: memory_model(spec.features, "adam"),
