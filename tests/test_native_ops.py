@@ -356,7 +356,7 @@ def _python(script: str, tmp_path: Path, **env: str) -> subprocess.CompletedProc
     )
 
 
-@pytest.mark.parametrize("threads", ["0", "lots", "100000"])
+@pytest.mark.parametrize("threads", ["-1", "lots", "100000"])
 def test_a_bad_lookup_thread_count_is_named(tmp_path, standalone_server, make_config, threads):
     """TFRA_REDIS_OPS_THREADS sizes the op's thread pool once per process: a value that is
     not a thread count fails the lookup with an error naming the variable, not a crash."""
@@ -373,9 +373,28 @@ except tf.errors.InvalidArgumentError as err:
 """
     done = _python(script, tmp_path, TFRA_REDIS_OPS_THREADS=threads, **{native_ops.ENABLE_ENV: "1"})
     assert "REFUSED" in done.stdout, done.stderr[-3000:]
-    assert f"TFRA_REDIS_OPS_THREADS must be a whole number from 1 to 1024, got '{threads}'" in (
-        done.stdout
-    )
+    want = "TFRA_REDIS_OPS_THREADS must be a whole number from 0 (no pool) to 1024"
+    assert f"{want}, got '{threads}'" in done.stdout
+
+
+def test_no_lookup_pool_runs_lookups_inline(tmp_path, standalone_server, make_config, unique_name):
+    """TFRA_REDIS_OPS_THREADS=0: no pool, the lookup runs on TensorFlow's thread; same rows."""
+    config = make_config(tmp_path, standalone_server, table_store_mode=2)
+    script = f"""
+import numpy as np, tensorflow as tf, tfra_redis as tfra
+table = tfra.dynamic_embedding.RedisTable(tf.int64, tf.float32, tf.fill([{DIM}], -1.0),
+    name="{unique_name}_mht_1of1", config={str(config)!r})
+table.insert(tf.constant([1, 2], tf.int64), tf.constant([[1.0] * {DIM}, [2.0] * {DIM}]))
+serve = tf.function(lambda ids: table.lookup(ids, return_exists=True),
+    input_signature=[tf.TensorSpec([None], tf.int64)])
+ops = {{op.type for op in serve.get_concrete_function().graph.get_operations()}}
+values, exists = serve(tf.constant([2, 1, 3], tf.int64))
+print("OPS", sorted(ops))
+print("ROWS", values.numpy()[:, 0].tolist(), exists.numpy().tolist())
+"""
+    done = _python(script, tmp_path, TFRA_REDIS_OPS_THREADS="0", **{native_ops.ENABLE_ENV: "1"})
+    assert "TfraRedisLookup" in done.stdout, done.stderr[-3000:]
+    assert "ROWS [2.0, 1.0, -1.0] [True, True, False]" in done.stdout, done.stderr[-3000:]
 
 
 def test_redis_errors_become_tensorflow_error_classes(tmp_path, make_config, unique_name):

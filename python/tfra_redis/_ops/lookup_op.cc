@@ -12,6 +12,8 @@
 // (TFRA_REDIS_OPS_THREADS threads, default 16), not on one of TensorFlow's inter-op threads,
 // of which there are as many as cores. A synchronous kernel would cap the lookups in flight at
 // that number however many callers there are: 2 on a 2-core machine, 2 per round trip.
+// TFRA_REDIS_OPS_THREADS=0 runs the lookup on the inter-op thread instead, with no hand-off:
+// cheaper when Redis is on the same host and the cores, not the round trips, are the limit.
 
 #include <atomic>
 #include <cstdint>
@@ -80,6 +82,7 @@ constexpr int kMaxThreads = 1024;
 // which at process exit could wait on a lookup that still runs.
 struct LookupPool {
   absl::Status status;
+  // Null with an OK status for TFRA_REDIS_OPS_THREADS=0: lookups run inline.
   tensorflow::thread::ThreadPool* pool = nullptr;
 };
 
@@ -90,14 +93,15 @@ const LookupPool& lookup_pool() {
     if (const char* text = std::getenv(kThreadsEnv); text != nullptr && *text != 0) {
       char* end = nullptr;
       const long parsed = std::strtol(text, &end, 10);
-      if (*end != 0 || parsed < 1 || parsed > kMaxThreads) {
+      if (*end != 0 || parsed < 0 || parsed > kMaxThreads) {
         made->status = absl::InvalidArgumentError(
-            absl::StrCat(kThreadsEnv, " must be a whole number from 1 to ", kMaxThreads,
-                         ", got '", text, "'"));
+            absl::StrCat(kThreadsEnv, " must be a whole number from 0 (no pool) to ",
+                         kMaxThreads, ", got '", text, "'"));
         return made;
       }
       threads = static_cast<int>(parsed);
     }
+    if (threads == 0) return made;
     made->pool = new tensorflow::thread::ThreadPool(tensorflow::Env::Default(),
                                                     "tfra_redis_lookup", threads);
     return made;
@@ -220,8 +224,7 @@ class TfraRedisLookupOp : public AsyncOpKernel {
                       done);
 
     // ctx and the outputs stay valid until done() is called; the kernel (this) outlives it.
-    lookup_pool().pool->Schedule([this, ctx, find, keys, defaults, n, values, exists,
-                                  done = std::move(done)]() {
+    auto run = [this, ctx, find, keys, defaults, n, values, exists, done = std::move(done)]() {
       const int32_t key_kind = keys.dtype() == tensorflow::DT_INT64 ? 0 : 1;
       uint8_t message[1024];
       message[0] = 0;
@@ -232,7 +235,12 @@ class TfraRedisLookupOp : public AsyncOpKernel {
           return_exists_ ? mutable_bytes_of(exists) : nullptr, message, sizeof message);
       if (rc != kOk) ctx->SetStatus(status_of(rc, table_name_, message));
       done();
-    });
+    };
+    if (tensorflow::thread::ThreadPool* pool = lookup_pool().pool) {
+      pool->Schedule(std::move(run));
+    } else {
+      run();
+    }
   }
 
  private:
