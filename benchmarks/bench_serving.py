@@ -9,6 +9,7 @@ and the latency percentiles of the calls. Per cell the round with the most calls
 
     python benchmarks/bench_serving.py            # ~10 minutes
     python benchmarks/bench_serving.py --quick    # ~1 minute: 200k ids, shorter windows
+    python benchmarks/bench_serving.py --delay-ms 0.25   # through delay_proxy.py: 0.5 ms RTT
 
 TFRA runs from ``benchmarks/.tfra-venv`` (``benchmarks/setup_tfra_baseline.sh``; ``--tfra-venv``
 or ``TFRA_VENV`` to point elsewhere); without it the TFRA column says "not installed". Prints a
