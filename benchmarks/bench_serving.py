@@ -9,6 +9,7 @@ and the latency percentiles of the calls. Per cell the round with the most calls
 
     python benchmarks/bench_serving.py            # ~10 minutes
     python benchmarks/bench_serving.py --quick    # ~1 minute: 200k ids, shorter windows
+    python benchmarks/bench_serving.py --delay-ms 0.25   # through delay_proxy.py: 0.5 ms RTT
 
 TFRA runs from ``benchmarks/.tfra-venv`` (``benchmarks/setup_tfra_baseline.sh``; ``--tfra-venv``
 or ``TFRA_VENV`` to point elsewhere); without it the TFRA column says "not installed". Prints a
@@ -18,6 +19,7 @@ table and writes ``benchmarks/results/serving-<timestamp>.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_store import delay_proxy
 from json_lines import JsonLineProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +66,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run our client as NAME with these environment variables: PYTHONPATH=DIR to "
         "measure another checkout's python/ beside this one, PYTHON=EXE for another interpreter "
         "(the TFRA venv's, for ours on TFRA's TensorFlow); repeatable",
+    )
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="clients reach the server through delay_proxy.py with this one-way delay (a "
+        "remote Redis: 0.25 is a 0.5 ms round trip); the fill goes direct",
     )
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
@@ -219,58 +229,69 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     started = time.time()
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in args.clients}
-    with tempfile.TemporaryDirectory(prefix="tfra-bench-serving-") as tmp:
-        with testing.standalone() as server:
-            config = testing.write_config_file(
-                Path(tmp) / "redis_config.json",
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="tfra-bench-serving-"))
+        server = stack.enter_context(testing.standalone())
+        table_settings: dict[str, Any] = {
+            "model_tag_runtime": "serving",
+            "model_tag_import": "serving",
+            "expire_model_tag_in_seconds": -1,
+            "table_store_mode": 2,
+        }
+        config = testing.write_config_file(
+            Path(tmp) / "redis_config.json", server, **table_settings
+        )
+        client_config = config
+        if args.delay_ms > 0:
+            proxy_port = stack.enter_context(delay_proxy(server.port, args.delay_ms))
+            client_config = testing.write_config_file(
+                Path(tmp) / "redis_config_proxied.json",
                 server,
-                model_tag_runtime="serving",
-                model_tag_import="serving",
-                expire_model_tag_in_seconds=-1,
-                table_store_mode=2,
+                redis_host_port=[proxy_port],
+                **table_settings,
             )
-            print(f"filling {args.rows:,} ids of dim {args.dim} ...", flush=True)
-            store = tfra_redis.RedisStore(str(config), TABLE, args.dim)
-            fill(store, args.rows, args.dim, rng)
-            ids_path = Path(tmp) / "ids.npz"
-            np.savez(
-                ids_path,
-                **{
-                    f"b{b}": zipf_batches(rng, args.rows, b, 512 if b < 4096 else 64, args.zipf)
-                    for b in args.batches
-                },
-            )
-            request = {
-                "config": str(config),
-                "ids": str(ids_path),
-                "table": TABLE,
-                "dim": args.dim,
-                "batches": args.batches,
-            }
-            clients = []
-            try:
-                for name in args.clients:
-                    print(f"starting {name} ...", flush=True)
-                    python = pythons.get(name, sys.executable)
-                    clients.append(Client(name, python, request, variants.get(name, {})))
-                    print(f"  {name} looks up with {clients[-1].info['lookup_ops']}", flush=True)
-                cells = [(b, t) for b in args.batches for t in args.threads]
-                for round_ in range(args.rounds):
-                    print(f"round {round_ + 1}/{args.rounds} ...", flush=True)
-                    for k, (batch, threads) in enumerate(cells):
-                        # Cell by cell, each client first in turn.
-                        turn = clients if (round_ + k) % 2 == 0 else clients[::-1]
-                        for client in turn:
-                            runs[client.name].append(
-                                client.cell(
-                                    batch=batch, threads=threads, seconds=args.seconds, warmup=5
-                                )
+        print(f"filling {args.rows:,} ids of dim {args.dim} ...", flush=True)
+        store = tfra_redis.RedisStore(str(config), TABLE, args.dim)
+        fill(store, args.rows, args.dim, rng)
+        ids_path = Path(tmp) / "ids.npz"
+        np.savez(
+            ids_path,
+            **{
+                f"b{b}": zipf_batches(rng, args.rows, b, 512 if b < 4096 else 64, args.zipf)
+                for b in args.batches
+            },
+        )
+        request = {
+            "config": str(client_config),
+            "ids": str(ids_path),
+            "table": TABLE,
+            "dim": args.dim,
+            "batches": args.batches,
+        }
+        clients = []
+        try:
+            for name in args.clients:
+                print(f"starting {name} ...", flush=True)
+                python = pythons.get(name, sys.executable)
+                clients.append(Client(name, python, request, variants.get(name, {})))
+                print(f"  {name} looks up with {clients[-1].info['lookup_ops']}", flush=True)
+            cells = [(b, t) for b in args.batches for t in args.threads]
+            for round_ in range(args.rounds):
+                print(f"round {round_ + 1}/{args.rounds} ...", flush=True)
+                for k, (batch, threads) in enumerate(cells):
+                    # Cell by cell, each client first in turn.
+                    turn = clients if (round_ + k) % 2 == 0 else clients[::-1]
+                    for client in turn:
+                        runs[client.name].append(
+                            client.cell(
+                                batch=batch, threads=threads, seconds=args.seconds, warmup=5
                             )
-            finally:
-                for client in clients:
-                    client.close()
-            infos = {c.name: c.info for c in clients}
-            server_cpu = testing.parse_info(server.execute("INFO", "cpu"))
+                        )
+        finally:
+            for client in clients:
+                client.close()
+        infos = {c.name: c.info for c in clients}
+        server_cpu = testing.parse_info(server.execute("INFO", "cpu"))
     checks = {name: info["checksums"] for name, info in infos.items()}
     if len({json.dumps(c, sort_keys=True) for c in checks.values()}) > 1:
         print(f"WARNING: the clients read different rows: {checks}", file=sys.stderr)

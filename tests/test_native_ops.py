@@ -186,6 +186,62 @@ def test_concurrent_callers_get_exact_rows(tmp_path, standalone_server, make_con
         raise errors[0]
 
 
+def _clients(server: testing.RedisServer) -> int:
+    """Connections the server holds, not counting the one that asks."""
+    return len(server.execute("CLIENT", "LIST").splitlines()) - 1
+
+
+def test_lookups_in_flight_are_not_capped_by_tensorflows_inter_op_threads(
+    tmp_path, make_config, unique_name
+):
+    # A synchronous kernel holds one of TensorFlow's inter-op threads (one per core: 2 here)
+    # for its whole round trip, so at most 2 lookups reach Redis at once, whatever the number
+    # of callers. The server is paused while 8 callers start: each lookup in flight then holds
+    # its own pooled connection (the pool opens one only when all are busy), so the server's
+    # connections after the pause count the lookups that were in flight together. A fresh
+    # server, so no connection of another test's table is in the count.
+    callers = 8
+    with testing.standalone() as server:
+        config = make_config(tmp_path, server, table_store_mode=2)
+        table = _table(config, f"{unique_name}_mht_1of1")
+        rows = np.random.default_rng(3).standard_normal((1000, DIM)).astype(np.float32)
+        table.insert(np.arange(1000, dtype=np.int64), rows)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
+        def serve(ids):
+            return table.lookup(ids, return_exists=True)
+
+        assert "TfraRedisLookup" in _op_types(serve)
+        before = _clients(server)
+        results: dict[int, Any] = {}
+        errors: list[BaseException] = []
+
+        def work(t: int) -> None:
+            try:
+                ids = np.arange(t * 150, t * 150 + 150, dtype=np.int64)  # the last ones missing
+                results[t] = (ids, *(x.numpy() for x in serve(tf.constant(ids))))
+            except BaseException as error:
+                errors.append(error)
+
+        server.execute("CLIENT", "PAUSE", 500, "ALL")
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in threads)
+        if errors:
+            raise errors[0]
+        in_flight = _clients(server) - before
+        assert in_flight > 2, f"only {in_flight} lookups reached Redis at once"
+        for ids, values, exists in results.values():
+            found = ids < 1000
+            want = np.where(found[:, None], rows[np.minimum(ids, 999)], -1.0)
+            np.testing.assert_array_equal(values, want)
+            np.testing.assert_array_equal(exists, found)
+        assert len(results) == callers
+
+
 def _raw_lookup(handle: int, token: int, keys: Any = (1, 2)) -> Any:
     return native_ops.load().tfra_redis_lookup(
         keys=tf.constant(keys, tf.int64),
@@ -298,6 +354,47 @@ def _python(script: str, tmp_path: Path, **env: str) -> subprocess.CompletedProc
         timeout=300,
         cwd=tmp_path,
     )
+
+
+@pytest.mark.parametrize("threads", ["-1", "lots", "100000"])
+def test_a_bad_lookup_thread_count_is_named(tmp_path, standalone_server, make_config, threads):
+    """TFRA_REDIS_OPS_THREADS sizes the op's thread pool once per process: a value that is
+    not a thread count fails the lookup with an error naming the variable, not a crash."""
+    config = make_config(tmp_path, standalone_server, table_store_mode=2)
+    script = f"""
+import tensorflow as tf, tfra_redis as tfra
+table = tfra.dynamic_embedding.RedisTable(tf.int64, tf.float32, tf.zeros([{DIM}]),
+    name="threads_mht_1of1", config={str(config)!r})
+serve = tf.function(table.lookup, input_signature=[tf.TensorSpec([None], tf.int64)])
+try:
+    serve(tf.constant([1], tf.int64))
+except tf.errors.InvalidArgumentError as err:
+    print("REFUSED", err.message)
+"""
+    done = _python(script, tmp_path, TFRA_REDIS_OPS_THREADS=threads, **{native_ops.ENABLE_ENV: "1"})
+    assert "REFUSED" in done.stdout, done.stderr[-3000:]
+    want = "TFRA_REDIS_OPS_THREADS must be a whole number from 0 (no pool) to 1024"
+    assert f"{want}, got '{threads}'" in done.stdout
+
+
+def test_no_lookup_pool_runs_lookups_inline(tmp_path, standalone_server, make_config, unique_name):
+    """TFRA_REDIS_OPS_THREADS=0: no pool, the lookup runs on TensorFlow's thread; same rows."""
+    config = make_config(tmp_path, standalone_server, table_store_mode=2)
+    script = f"""
+import numpy as np, tensorflow as tf, tfra_redis as tfra
+table = tfra.dynamic_embedding.RedisTable(tf.int64, tf.float32, tf.fill([{DIM}], -1.0),
+    name="{unique_name}_mht_1of1", config={str(config)!r})
+table.insert(tf.constant([1, 2], tf.int64), tf.constant([[1.0] * {DIM}, [2.0] * {DIM}]))
+serve = tf.function(lambda ids: table.lookup(ids, return_exists=True),
+    input_signature=[tf.TensorSpec([None], tf.int64)])
+ops = {{op.type for op in serve.get_concrete_function().graph.get_operations()}}
+values, exists = serve(tf.constant([2, 1, 3], tf.int64))
+print("OPS", sorted(ops))
+print("ROWS", values.numpy()[:, 0].tolist(), exists.numpy().tolist())
+"""
+    done = _python(script, tmp_path, TFRA_REDIS_OPS_THREADS="0", **{native_ops.ENABLE_ENV: "1"})
+    assert "TfraRedisLookup" in done.stdout, done.stderr[-3000:]
+    assert "ROWS [2.0, 1.0, -1.0] [True, True, False]" in done.stdout, done.stderr[-3000:]
 
 
 def test_redis_errors_become_tensorflow_error_classes(tmp_path, make_config, unique_name):

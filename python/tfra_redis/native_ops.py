@@ -25,6 +25,11 @@ is open: a graph whose table was dropped fails with ``FailedPreconditionError``,
 graph traced in another process (a SavedModel loaded elsewhere). Redis errors surface as
 TensorFlow errors: ``UnavailableError`` for transient ones (unreachable, timeouts),
 ``InvalidArgumentError``, ``PermissionDeniedError`` (ACL) and ``InternalError`` for the rest.
+
+The kernel is asynchronous: the Redis round trip runs on a thread pool of the op library
+(``$TFRA_REDIS_OPS_THREADS`` threads, default 16, read once per process), so the lookups in
+flight are not capped by TensorFlow's inter-op threads (one per core). ``TFRA_REDIS_OPS_THREADS=0``
+runs it on the inter-op thread instead, which is cheaper with Redis on the same host.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ __all__ = [
 OPS_DIR_ENV = "TFRA_REDIS_OPS_DIR"
 #: ``0``: never use the native op; ``1``: always, failing when it is not built; unset: when built.
 ENABLE_ENV = "TFRA_REDIS_NATIVE_OPS"
+#: Threads of the op's lookup pool (default 16); ``0``: look up on TensorFlow's inter-op thread.
+THREADS_ENV = "TFRA_REDIS_OPS_THREADS"
 
 
 class NativeOpsError(RuntimeError):

@@ -7,10 +7,19 @@
 // rust/tfra-redis-py/src/native_op.rs) once, through tfra_redis_ops_bind. A graph names its
 // table by a registry handle plus the process's token, never by an address, so a graph whose
 // table is gone, or that was traced in another process, fails with an error.
+//
+// The kernel is asynchronous: the Redis round trip runs on the op library's own thread pool
+// (TFRA_REDIS_OPS_THREADS threads, default 16), not on one of TensorFlow's inter-op threads,
+// of which there are as many as cores. A synchronous kernel would cap the lookups in flight at
+// that number however many callers there are: 2 on a 2-core machine, 2 per round trip.
+// TFRA_REDIS_OPS_THREADS=0 runs the lookup on the inter-op thread instead, with no hand-off:
+// cheaper when Redis is on the same host and the cores, not the round trips, are the limit.
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -18,11 +27,13 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/platform/env.h"
+#include "tensorflow/core/platform/threadpool.h"
 
 namespace {
 
+using tensorflow::AsyncOpKernel;
 using tensorflow::DataType;
-using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
@@ -57,6 +68,62 @@ const uint8_t* bytes_of(const Tensor& t) {
 uint8_t* mutable_bytes_of(Tensor* t) {
   // The output tensors are freshly allocated by this kernel and not shared yet.
   return reinterpret_cast<uint8_t*>(const_cast<char*>(t->tensor_data().data()));
+}
+
+// The variable naming the lookup thread pool's size, and its default. The default stays below
+// the Rust core's default redis_conn_pool_size (20 connections per pool), so the threads do not
+// queue for a connection; more threads than connections only wait for one.
+constexpr char kThreadsEnv[] = "TFRA_REDIS_OPS_THREADS";
+constexpr int kDefaultThreads = 16;
+constexpr int kMaxThreads = 1024;
+
+// The threads the lookups run on, one pool per process, created by the first kernel and sized
+// by TFRA_REDIS_OPS_THREADS then. Never destroyed: a pool joins its threads when destroyed,
+// which at process exit could wait on a lookup that still runs.
+struct LookupPool {
+  absl::Status status;
+  // Null with an OK status for TFRA_REDIS_OPS_THREADS=0: lookups run inline.
+  tensorflow::thread::ThreadPool* pool = nullptr;
+};
+
+const LookupPool& lookup_pool() {
+  static const LookupPool* const shared = [] {
+    auto* made = new LookupPool;
+    int threads = kDefaultThreads;
+    if (const char* text = std::getenv(kThreadsEnv); text != nullptr && *text != 0) {
+      char* end = nullptr;
+      const long parsed = std::strtol(text, &end, 10);
+      if (*end != 0 || parsed < 0 || parsed > kMaxThreads) {
+        made->status = absl::InvalidArgumentError(
+            absl::StrCat(kThreadsEnv, " must be a whole number from 0 (no pool) to ",
+                         kMaxThreads, ", got '", text, "'"));
+        return made;
+      }
+      threads = static_cast<int>(parsed);
+    }
+    if (threads == 0) return made;
+    made->pool = new tensorflow::thread::ThreadPool(tensorflow::Env::Default(),
+                                                    "tfra_redis_lookup", threads);
+    return made;
+  }();
+  return *shared;
+}
+
+absl::Status status_of(int32_t rc, const std::string& table_name, const uint8_t* message) {
+  const std::string text = absl::StrCat("lookup in RedisTable '", table_name,
+                                        "': ", reinterpret_cast<const char*>(message));
+  switch (rc) {
+    case kInvalidArgument:
+      return absl::InvalidArgumentError(text);
+    case kUnavailable:
+      return absl::UnavailableError(text);
+    case kFailedPrecondition:
+      return absl::FailedPreconditionError(text);
+    case kPermissionDenied:
+      return absl::PermissionDeniedError(text);
+    default:
+      return absl::InternalError(text);
+  }
 }
 
 }  // namespace
@@ -110,9 +177,9 @@ Rows of a tfra-redis RedisTable for `keys`, shaped keys.shape + [dim]. Missing k
 `exists` says which keys were stored (else it is empty).
 )doc");
 
-class TfraRedisLookupOp : public OpKernel {
+class TfraRedisLookupOp : public AsyncOpKernel {
  public:
-  explicit TfraRedisLookupOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit TfraRedisLookupOp(OpKernelConstruction* ctx) : AsyncOpKernel(ctx) {
     int64_t handle, token;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("table_handle", &handle));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("process_token", &token));
@@ -120,60 +187,59 @@ class TfraRedisLookupOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("dim", &dim_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("return_exists", &return_exists_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("value_dtype", &value_dtype_));
+    OP_REQUIRES_OK(ctx, lookup_pool().status);
     handle_ = static_cast<uint64_t>(handle);
     token_ = static_cast<uint64_t>(token);
   }
 
-  void Compute(OpKernelContext* ctx) override {
+  void ComputeAsync(OpKernelContext* ctx, DoneCallback done) override {
     FindV1 find = g_find.load(std::memory_order_acquire);
-    OP_REQUIRES(ctx, find != nullptr,
-                absl::FailedPreconditionError(
-                    "the tfra-redis op library is loaded but not bound to tfra_redis._native; "
-                    "load it with tfra_redis.native_ops.load(), not tf.load_op_library alone"));
-    const Tensor& keys = ctx->input(0);
-    const Tensor& defaults = ctx->input(1);
+    OP_REQUIRES_ASYNC(
+        ctx, find != nullptr,
+        absl::FailedPreconditionError(
+            "the tfra-redis op library is loaded but not bound to tfra_redis._native; "
+            "load it with tfra_redis.native_ops.load(), not tf.load_op_library alone"),
+        done);
+    // Tensors share their buffers: these copies keep the inputs alive on the pool's thread.
+    const Tensor keys = ctx->input(0);
+    const Tensor defaults = ctx->input(1);
     const int64_t n = keys.NumElements();
     TensorShape values_shape = keys.shape();
-    OP_REQUIRES_OK(ctx, values_shape.AddDimWithStatus(dim_));
+    OP_REQUIRES_OK_ASYNC(ctx, values_shape.AddDimWithStatus(dim_), done);
     Tensor* values = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, values_shape, &values));
+    OP_REQUIRES_OK_ASYNC(ctx, ctx->allocate_output(0, values_shape, &values), done);
     Tensor* exists = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, return_exists_ ? keys.shape() : TensorShape({0}),
-                                             &exists));
-    if (n == 0) return;  // any defaults fit no keys, per-key ones of shape [0, dim] too
-    OP_REQUIRES(ctx, defaults.NumElements() == dim_ || defaults.NumElements() == n * dim_,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "lookup in RedisTable '", table_name_, "': defaults must hold one row of ",
-                    dim_, " values or one row per key (", n, " keys), got shape ",
-                    defaults.shape().DebugString())));
+    OP_REQUIRES_OK_ASYNC(
+        ctx, ctx->allocate_output(1, return_exists_ ? keys.shape() : TensorShape({0}), &exists),
+        done);
+    if (n == 0) {  // any defaults fit no keys, per-key ones of shape [0, dim] too
+      done();
+      return;
+    }
+    OP_REQUIRES_ASYNC(ctx, defaults.NumElements() == dim_ || defaults.NumElements() == n * dim_,
+                      absl::InvalidArgumentError(absl::StrCat(
+                          "lookup in RedisTable '", table_name_, "': defaults must hold one row of ",
+                          dim_, " values or one row per key (", n, " keys), got shape ",
+                          defaults.shape().DebugString())),
+                      done);
 
-    const int32_t key_kind = keys.dtype() == tensorflow::DT_INT64 ? 0 : 1;
-    uint8_t message[1024];
-    message[0] = 0;
-    const int32_t rc = find(
-        handle_, token_, key_kind, bytes_of(keys), static_cast<uint64_t>(n),
-        static_cast<int32_t>(value_dtype_), bytes_of(defaults), defaults.tensor_data().size(),
-        mutable_bytes_of(values), values->tensor_data().size(),
-        return_exists_ ? mutable_bytes_of(exists) : nullptr, message, sizeof message);
-    if (rc == kOk) return;
-    const char* text = reinterpret_cast<const char*>(message);
-    const std::string where = "lookup in RedisTable '" + table_name_ + "': ";
-    switch (rc) {
-      case kInvalidArgument:
-        ctx->SetStatus(absl::InvalidArgumentError(absl::StrCat(where, text)));
-        break;
-      case kUnavailable:
-        ctx->SetStatus(absl::UnavailableError(absl::StrCat(where, text)));
-        break;
-      case kFailedPrecondition:
-        ctx->SetStatus(absl::FailedPreconditionError(absl::StrCat(where, text)));
-        break;
-      case kPermissionDenied:
-        ctx->SetStatus(absl::PermissionDeniedError(absl::StrCat(where, text)));
-        break;
-      default:
-        ctx->SetStatus(absl::InternalError(absl::StrCat(where, text)));
-        break;
+    // ctx and the outputs stay valid until done() is called; the kernel (this) outlives it.
+    auto run = [this, ctx, find, keys, defaults, n, values, exists, done = std::move(done)]() {
+      const int32_t key_kind = keys.dtype() == tensorflow::DT_INT64 ? 0 : 1;
+      uint8_t message[1024];
+      message[0] = 0;
+      const int32_t rc = find(
+          handle_, token_, key_kind, bytes_of(keys), static_cast<uint64_t>(n),
+          static_cast<int32_t>(value_dtype_), bytes_of(defaults), defaults.tensor_data().size(),
+          mutable_bytes_of(values), values->tensor_data().size(),
+          return_exists_ ? mutable_bytes_of(exists) : nullptr, message, sizeof message);
+      if (rc != kOk) ctx->SetStatus(status_of(rc, table_name_, message));
+      done();
+    };
+    if (tensorflow::thread::ThreadPool* pool = lookup_pool().pool) {
+      pool->Schedule(std::move(run));
+    } else {
+      run();
     }
   }
 
