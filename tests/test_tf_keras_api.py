@@ -379,3 +379,86 @@ def test_several_steps_per_execution_train_as_single_steps(creator, unique_name)
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+LAYOUTS = {
+    "tfra": {},
+    "fused_slots": {"redis_fused_slots": True},
+    "fused_row": {"redis_fused_row": True},
+}
+
+
+def _every_id_once_per_batch(batches: int, vocab: int, seed: int = 3):
+    """Batches of ``vocab // 2`` rows of two ids, holding every id of ``range(vocab)`` exactly
+    once. Every id in every step: Keras' dense Adam moves the same rows as the sparse one (a
+    missing id would still move under the dense optimizer's decaying moments). Each id once:
+    Keras squares an ``IndexedSlices`` gradient's values before summing repeated indices, so
+    with repeats its dense reference would not be Keras' math on the summed gradient."""
+    rng = np.random.default_rng(seed)
+    ids = np.concatenate([rng.permutation(vocab).reshape(-1, 2) for _ in range(batches)])
+    labels = rng.integers(0, 2, size=(len(ids), 1)).astype(np.float32)
+    return ids.astype(np.int64), labels
+
+
+@pytest.mark.parametrize("loop", ["fit", "tape"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_plain_keras_model_trains_as_keras_does(
+    tmp_path, standalone_server, make_config, unique_name, layout, loop
+):
+    """A plain keras.Model with de.keras.layers.Embedding and DynamicEmbeddingOptimizer(Adam),
+    trained by fit or by a GradientTape loop, gives Keras' own numbers: the same model with a
+    dense keras.layers.Embedding holding the same rows, on the same batches (rtol 1e-5)."""
+    vocab, batch = 16, 8
+    ids, labels = _every_id_once_per_batch(6, vocab)
+    initial = np.random.default_rng(5).normal(0.0, 0.1, size=(vocab, DIM)).astype(np.float32)
+    kernel = np.random.default_rng(6).normal(0.0, 0.5, size=(2 * DIM, 1)).astype(np.float32)
+
+    def model_with(embedding):
+        inputs = keras.Input(shape=(2,), dtype="int64")
+        x = keras.layers.Flatten()(embedding(inputs))
+        dense = keras.layers.Dense(
+            1, "sigmoid", kernel_initializer=keras.initializers.Constant(kernel)
+        )
+        return keras.Model(inputs, dense(x))
+
+    path = make_config(tmp_path, standalone_server, table_store_mode=0, **LAYOUTS[layout])
+    creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
+    layer = de.keras.layers.Embedding(DIM, name=unique_name, kv_creator=creator)
+    layer.params.upsert(tf.constant(np.arange(vocab, dtype=np.int64)), initial)
+    ours = model_with(layer)
+    reference = model_with(
+        keras.layers.Embedding(
+            vocab, DIM, embeddings_initializer=keras.initializers.Constant(initial)
+        )
+    )
+
+    def train(model, optimizer):
+        if loop == "fit":
+            model.compile(optimizer=optimizer, loss="binary_crossentropy")
+            return model.fit(ids, labels, batch_size=batch, shuffle=False, verbose=0).history[
+                "loss"
+            ]
+        loss_fn = keras.losses.BinaryCrossentropy()
+
+        @tf.function
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss
+
+        return [
+            float(step(ids[s : s + batch], labels[s : s + batch]))
+            for s in range(0, len(ids), batch)
+        ]
+
+    got = train(ours, de.DynamicEmbeddingOptimizer(keras.optimizers.Adam(0.05)))
+    want = train(reference, keras.optimizers.Adam(0.05))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    rows = layer.params.lookup(tf.constant(np.arange(vocab, dtype=np.int64))).numpy()
+    np.testing.assert_allclose(rows, reference.layers[1].embeddings.numpy(), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(rows, initial)  # the rows did train
+    np.testing.assert_allclose(
+        ours.layers[-1].kernel.numpy(), reference.layers[-1].kernel.numpy(), rtol=1e-5, atol=1e-7
+    )
