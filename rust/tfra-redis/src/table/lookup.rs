@@ -15,6 +15,14 @@ struct SlotsOut<'a> {
 }
 
 impl SlotsOut<'_> {
+    /// The same buffers, borrowed again for one reply.
+    fn reborrow(&mut self) -> SlotsOut<'_> {
+        SlotsOut {
+            defaults: self.defaults,
+            out: &mut *self.out,
+        }
+    }
+
     /// Copies the slots stored after id `i`'s row (`stored`, maybe empty), or the defaults
     /// when it is empty; `Err(len)` when `stored` is of another size.
     fn copy(&mut self, i: usize, stored: &[u8]) -> std::result::Result<(), usize> {
@@ -65,7 +73,7 @@ impl Table {
         if n == 0 {
             return Ok(());
         }
-        let result = self.find_inner(keys, defaults, out, exists.as_deref_mut());
+        let result = self.find_inner(keys, defaults, out, exists.as_deref_mut(), None);
         match result {
             Err(e) if self.config.redis_lookup_defaults_on_error && e.is_transient() => {
                 // Once per call would flood the log (and the Python bridge) while a server
@@ -103,12 +111,15 @@ impl Table {
         out[i * rb..(i + 1) * rb].copy_from_slice(src);
     }
 
+    /// The round trips of a lookup: rows into `out`, found flags into `exists`, and with
+    /// `slots` (a `redis_fused_row` table) what is stored after each row.
     fn find_inner(
         &self,
         keys: Keys<'_>,
         defaults: Defaults<'_>,
         out: &mut [u8],
         mut exists: Option<&mut [bool]>,
+        mut slots: Option<SlotsOut<'_>>,
     ) -> Result<()> {
         let backend = self.backend()?;
         self.by_window(
@@ -125,7 +136,7 @@ impl Table {
                         keys,
                         (defaults, out),
                         exists.as_deref_mut(),
-                        None,
+                        slots.as_mut().map(SlotsOut::reborrow),
                     )
                 })
             },
@@ -259,21 +270,11 @@ impl Table {
         if keys.is_empty() {
             return Ok(());
         }
-        let backend = self.backend()?;
-        self.by_window(
-            keys,
-            |batch, b, pos| self.fields_cmd(batch, "HMGET", b, keys, pos),
-            |batch, window| {
-                backend.run_each(batch, Role::Read, &mut |i, reply| {
-                    let (b, pos) = &window[i];
-                    let slots = SlotsOut {
-                        defaults: slot_defaults,
-                        out: &mut *slots,
-                    };
-                    self.copy_rows(*b, pos, reply, keys, (defaults, out), None, Some(slots))
-                })
-            },
-        )
+        let slots = SlotsOut {
+            defaults: slot_defaults,
+            out: slots,
+        };
+        self.find_inner(keys, defaults, out, None, Some(slots))
     }
 
     /// Looks several tables up with one pipeline, as [`Table::find`] does one (without its
@@ -292,7 +293,7 @@ impl Table {
         }
         let Some(backend) = shared_backend(lookups.iter().map(|l| l.table))? else {
             for l in lookups.iter_mut() {
-                l.table.find_inner(l.keys, l.defaults, l.out, None)?;
+                l.table.find_inner(l.keys, l.defaults, l.out, None, None)?;
             }
             return Ok(());
         };
