@@ -116,7 +116,14 @@ class RedisStore:
         # expire_model_tag_in_seconds when it closes; here "closes" is close(), garbage
         # collection or interpreter exit, whichever comes first.
         self._closer = weakref.finalize(self, _close_quietly, self._table) if manage_ttl else None
-        self._fused_row = bool(json.loads(self.config.to_json()).get("redis_fused_row"))
+        settings = json.loads(self.config.to_json())
+        self._slot_layout = (
+            "fused-row"
+            if settings.get("redis_fused_row")
+            else "fused"
+            if settings.get("redis_fused_slots")
+            else "per-slot"
+        )
         self._writes = WriteLog()
         self._prefetcher = RowPrefetcher(self._read, self._writes)
 
@@ -334,10 +341,18 @@ class RedisStore:
         return out
 
     @property
+    def slot_layout(self) -> str:
+        """Where the config keeps optimizer slots, by ``tfra-redis convert-slots``' names:
+        ``per-slot`` (TFRA's table per slot), ``fused`` (``redis_fused_slots``: one table,
+        all slots side by side) or ``fused-row`` (``redis_fused_row``: after each row, in the
+        row's own field)."""
+        return self._slot_layout
+
+    @property
     def fused_row(self) -> bool:
         """Whether the config sets ``redis_fused_row``: each id's optimizer slots are stored
         after its row, in the row's own field."""
-        return self._fused_row
+        return self._slot_layout == "fused-row"
 
     def find_with_slots(
         self, keys: Any, default: Any, slot_default: np.ndarray

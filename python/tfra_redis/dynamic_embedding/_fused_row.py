@@ -96,9 +96,8 @@ class FusedRowSlots(RedisTable):
         self._device = params_table.device
         self._shard_saveable_object_fn = None
         self._config = params_table.config
-        settings = json.loads(self._store.config.to_json())
-        self._store_mode = int(settings.get("table_store_mode", 1))
-        self._model_tag = settings.get("model_tag_runtime", "")
+        self._store_mode = params_table._store_mode
+        self._model_tag = params_table._model_tag
         self._np_default = np.concatenate(
             [np.asarray(params_table._np_default, self._store.np_value_dtype), self._slot_default]
         )

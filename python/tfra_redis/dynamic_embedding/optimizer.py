@@ -35,7 +35,6 @@ Slot tables are named as TFRA names them: ``<params>/<wrapper>/<slot>`` with ``/
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -158,7 +157,7 @@ def _slot_variable_name(params: Variable, wrapper: TrainableWrapper, slot: str) 
 
 def _fused_slots(params: Variable) -> bool:
     """Whether the config of ``params`` keeps all its optimizer slots in one table."""
-    return bool(json.loads(params.table.store.config.to_json()).get("redis_fused_slots"))
+    return params.table.store.slot_layout == "fused"
 
 
 def _check_slot_layout(wrapper: TrainableWrapper, slots: list[_Slot]) -> None:
@@ -174,7 +173,7 @@ def _check_slot_layout(wrapper: TrainableWrapper, slots: list[_Slot]) -> None:
         params.name,
         None if params.short_file_name else wrapper.wrapper_name,
         [slot.tfra_name for slot in slots],
-        "fused-row" if _fused_row(params) else "fused" if _fused_slots(params) else "per-slot",
+        params.table.store.slot_layout,
         params.table.store.key_dtype,
         params.table.store.value_dtype,
         params.dim,
