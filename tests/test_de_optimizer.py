@@ -495,3 +495,48 @@ def test_layouts_agree_when_a_layer_is_called_twice_per_step(
     # Two lookups, one write; the optimizer read nothing (fused slots: one more read).
     assert results["row"][2] == {"hmget": 2, "hset": 1}
     assert results["slots"][2] == {"hmget": 3, "hset": 2}
+
+
+@pytest.mark.parametrize("fused", ["row", "none"])
+def test_with_write_behind_a_steps_write_rides_with_the_next_lookup(
+    tmp_path, standalone_server, make_config, unique_name, fused
+):
+    """redis_write_behind_ms: a step's HSETs do not reach Redis with the step; the next
+    step's lookup carries them (in its own pipeline), and a flush sends the last ones."""
+    settings = {"redis_write_behind_ms": 600_000}
+    if fused == "row":
+        settings["redis_fused_row"] = True
+    path = make_config(tmp_path, standalone_server, table_store_mode=0, **settings)
+    creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
+    batches = _batches(seed=4)
+    layer, optimizer = _train_redis(
+        creator, unique_name, OPTIMIZERS["adam"], batches[:1], graph=True
+    )
+
+    @tf.function
+    def step(ids, upstream):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(ids) * upstream)
+        grads = tape.gradient(loss, layer.trainable_weights)
+        optimizer.apply_gradients(zip(grads, layer.trainable_weights, strict=True))
+
+    def used_by(action):
+        before = _command_calls(standalone_server)
+        action()
+        after = _command_calls(standalone_server)
+        used = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+        used.pop("info", None)
+        return used
+
+    ids, upstream = batches[1]
+    step(tf.constant(ids), tf.constant(upstream))  # traced, and a first step for new ids
+    tfra.store.flush_deferred_writes()
+    n = {"row": 1, "none": 3}[fused]
+    ids, upstream = batches[2]
+    assert used_by(lambda: step(tf.constant(ids), tf.constant(upstream))) == {"hmget": n}
+    ids, upstream = batches[3]
+    assert used_by(lambda: step(tf.constant(ids), tf.constant(upstream))) == {
+        "hmget": n,
+        "hset": n,
+    }
+    assert used_by(tfra.store.flush_deferred_writes) == {"hset": n}

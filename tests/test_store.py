@@ -885,3 +885,42 @@ def test_fused_row_values_read_as_rows_and_keep_their_slots(request, mode, uniqu
         np.testing.assert_array_equal(got_slots, [slots[0], slots[1], [7.0] * 4])
     finally:
         store.clear()
+
+
+def test_a_deferred_write_reaches_redis_when_the_process_exits(
+    tmp_path, standalone_server, make_config, unique_name
+):
+    """redis_write_behind_ms: the last step's write of a process waits for a lookup that never
+    comes; the process sends it at exit (and not before: the delay is ten minutes)."""
+    import subprocess
+    import sys
+
+    path = make_config(
+        tmp_path, standalone_server, redis_fused_row=True, redis_write_behind_ms=600_000
+    )
+    open_store = (
+        f"from tfra_redis import RedisStore; import numpy as np; "
+        f"store = RedisStore({str(path)!r}, {unique_name!r}, 2, manage_ttl=False)"
+    )
+    # Another process (its own connections) reports what Redis holds just before the exit.
+    size_elsewhere = f"{open_store}; print(store.size())"
+    child = f"""{open_store}
+store.insert_with_slots(np.array([1, 2, 3]), np.full((3, 2), 7.0, np.float32),
+                        np.full((3, 4), 8.0, np.float32))
+import subprocess, sys
+subprocess.run([sys.executable, "-c", {size_elsewhere!r}], check=True)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip() == "0"  # not sent while the process ran
+    store = RedisStore(path, unique_name, 2, manage_ttl=False)
+    try:
+        np.testing.assert_array_equal(store.find(np.array([1, 2, 3])), np.full((3, 2), 7.0))
+        _, slots = store.find_with_slots(
+            np.array([1, 2, 3]), np.zeros(2, np.float32), np.zeros(4, np.float32)
+        )
+        np.testing.assert_array_equal(slots, np.full((3, 4), 8.0))
+    finally:
+        store.clear()

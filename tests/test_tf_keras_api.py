@@ -385,6 +385,9 @@ LAYOUTS = {
     "tfra": {},
     "fused_slots": {"redis_fused_slots": True},
     "fused_row": {"redis_fused_row": True},
+    # Each step's write waits in the client and rides with the next step's lookup.
+    "tfra_write_behind": {"redis_write_behind_ms": 600_000},
+    "fused_row_write_behind": {"redis_fused_row": True, "redis_write_behind_ms": 600_000},
 }
 
 

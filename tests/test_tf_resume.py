@@ -195,6 +195,8 @@ def _compare(a: Path, b: Path) -> None:
         (0, "keras", "row"),
         (1, "checkpoint", "row"),
         (2, "checkpoint", "row"),
+        (0, "checkpoint", "behind"),
+        (2, "checkpoint", "row+behind"),
     ],
     ids=[
         "mode0-checkpoint",
@@ -205,6 +207,10 @@ def _compare(a: Path, b: Path) -> None:
         "mode0-keras-fused-row",
         "mode1-checkpoint-fused-row",
         "mode2-checkpoint-fused-row",
+        # redis_write_behind_ms: the last step's write waits in the client; mode 2 keeps the
+        # rows only in Redis, so the resumed run needs the saving process to send it at exit.
+        "mode0-checkpoint-write-behind",
+        "mode2-checkpoint-fused-row-write-behind",
     ],
 )
 def test_an_interrupted_run_resumes_exactly(
@@ -215,7 +221,8 @@ def test_an_interrupted_run_resumes_exactly(
         standalone_server,
         table_store_mode=store_mode,
         redis_fused_slots=fused == "slots",
-        redis_fused_row=fused == "row",
+        redis_fused_row=fused.startswith("row"),
+        redis_write_behind_ms=600_000 if fused.endswith("behind") else 0,
         model_lib_abs_dir=str(tmp_path / "files"),
     )
     epochs = 2

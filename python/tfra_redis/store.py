@@ -5,6 +5,7 @@ The TensorFlow classes (``RedisTable``, ``dynamic_embedding``) are built on this
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -554,6 +555,28 @@ def insert_together(stores: Sequence[RedisStore], keys: Any, rows: Sequence[Any]
         for store in stores:
             writes.enter_context(store.writing(flat))
         _native.insert_together([s._table for s in stores], flat, data)
+
+
+def flush_deferred_writes() -> None:
+    """Sends the optimizer writes that ``redis_write_behind_ms`` lets wait in this process
+    for the next lookup, and waits for those already on their way. Any command of this
+    process on the same rows does this for them by itself, and a background thread sends
+    what waited ``redis_write_behind_ms``; call this before another process must see the
+    last step's rows at once. Runs at interpreter exit."""
+    _native.flush_deferred_writes()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    try:
+        _native.flush_deferred_writes()
+    except Exception as err:
+        # Not raised: nothing could catch it at exit. The rows stay lost only for this step.
+        warnings.warn(
+            f"tfra-redis: the last optimizer writes deferred by redis_write_behind_ms could "
+            f"not be sent at exit: {err}",
+            stacklevel=1,
+        )
 
 
 def _close_quietly(table: _native.Table) -> None:

@@ -796,6 +796,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(find_together, m)?)?;
     m.add_function(wrap_pyfunction!(restrict, m)?)?;
     m.add_function(wrap_pyfunction!(insert_together, m)?)?;
+    m.add_function(wrap_pyfunction!(flush_deferred_writes, m)?)?;
     m.add_function(wrap_pyfunction!(check_slot_layout, m)?)?;
     m.add_function(wrap_pyfunction!(convert_slots, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
@@ -918,6 +919,13 @@ fn find_together(
         })
         .collect();
     detached(py, || tfra_redis::table::Table::find_together(&mut lookups))
+}
+
+/// Sends the optimizer writes that `redis_write_behind_ms` let wait in this process, and
+/// waits for those already on their way.
+#[pyfunction]
+fn flush_deferred_writes(py: Python<'_>) -> PyResult<()> {
+    detached(py, tfra_redis::flush_deferred_writes)
 }
 
 /// Upserts `values[i]` (`len(keys)` rows) into `tables[i]` for the same `keys`, with one

@@ -171,6 +171,23 @@ impl Batch {
         }
     }
 
+    /// Appends every command of `other`, in order.
+    pub(crate) fn append(&mut self, other: &Batch) {
+        assert_eq!(self.missing, 0, "the previous command is missing arguments");
+        for i in 0..other.len() {
+            self.copy_command(other, i);
+        }
+    }
+
+    /// Keeps the first `n` commands.
+    pub(crate) fn truncate(&mut self, n: usize) {
+        assert_eq!(self.missing, 0, "a command is missing arguments");
+        if n < self.entries.len() {
+            self.buf.truncate(self.entries[n].bytes.start);
+            self.entries.truncate(n);
+        }
+    }
+
     /// Bytes the buffer holds without growing.
     pub fn capacity(&self) -> usize {
         self.buf.capacity()

@@ -37,6 +37,7 @@ mod reply;
 mod sentinel;
 mod slot_map;
 mod standalone;
+mod write_behind;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -50,6 +51,7 @@ use crate::error::{Error, Result};
 pub use batch::{Batch, Commands};
 pub use options::ConnectOptions;
 pub use reply::{Reply, ReplyView, Unexpected};
+pub use write_behind::flush_all as flush_deferred_writes;
 
 /// Whether a batch only reads (and may go to replicas when the config allows it) or writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +136,20 @@ pub trait Backend: Send + Sync {
             .collect())
     }
 
+    /// Queues a write of idempotent commands to be sent with the next command on its
+    /// buckets, or after `max_delay` at the latest (see `write_behind.rs`). A backend without
+    /// a queue sends it now.
+    fn defer(&self, batch: Batch, max_delay: Duration) -> Result<()> {
+        let _ = max_delay;
+        self.run_batch(&batch, Role::Write, Retry::Idempotent)
+            .map(|_| ())
+    }
+
+    /// Sends every write [`Backend::defer`] queued and waits for those already on their way.
+    fn flush_deferred(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Every key matching a `SCAN MATCH` glob, over all masters.
     fn scan_match(&self, pattern: &[u8]) -> Result<Vec<Vec<u8>>>;
 
@@ -165,7 +181,7 @@ pub fn connect(config: &RedisConfig) -> Result<Arc<dyn Backend>> {
     if let Some(found) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(found.clone());
     }
-    let backend = open(opts)?;
+    let backend: Arc<dyn Backend> = Arc::new(write_behind::WriteBehind::new(open(opts)?));
     let mut guard = cache.lock().unwrap_or_else(|e| e.into_inner());
     // Entries of a parent process are unusable here. Closing a socket in the child closes its
     // copy only: the parent's connection stays open (only shutdown() would end it, and nothing

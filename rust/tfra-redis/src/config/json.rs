@@ -287,6 +287,12 @@ pub(super) const FIELDS: &[Field] = &[
         json
     ),
     field!(redis_conn_idle_timeout_ms, millis, json),
+    // Bounded so that adding it to an Instant cannot overflow; an hour is far past any use.
+    field!(
+        redis_write_behind_ms,
+        |k, v| integer(k, v, 0, 3_600_000),
+        json
+    ),
 ];
 
 // ---- Readers: JSON value -> typed value, with TFRA's type messages and our range checks. ----

@@ -283,6 +283,15 @@ pub struct RedisConfig {
     /// Pooled connections idle longer than this are closed at the pool's next checkout (the
     /// pool runs no thread of its own), in ms. 0: never. Default 300000 (5 minutes).
     pub redis_conn_idle_timeout_ms: u64,
+    /// Let an optimizer step's write ([`Table::insert_with_slots`](crate::Table::insert_with_slots),
+    /// [`Table::insert_together`](crate::Table::insert_together)) wait in the client for the
+    /// next command on its buckets (the next step's lookup), which carries it in the same
+    /// pipeline: one round trip per step instead of two. Every command of this process sees
+    /// the write (it carries it, or waits while another command does); other clients see it
+    /// within this many ms, when a background thread sends what nobody carried. 0: off
+    /// (default). Cannot be combined with `redis_durable_write_replicas`, which waits for
+    /// every write.
+    pub redis_write_behind_ms: u64,
 }
 
 /// **TFRA's C++ defaults, meant for the JSON reader**: Sentinel mode (master group `master`)
@@ -339,6 +348,7 @@ impl Default for RedisConfig {
             redis_fused_row: false,
             redis_client_buffer_keep_bytes: 4 << 20,
             redis_conn_idle_timeout_ms: 300_000,
+            redis_write_behind_ms: 0,
         }
     }
 }
@@ -390,6 +400,7 @@ impl fmt::Debug for RedisConfig {
             redis_fused_row,
             redis_client_buffer_keep_bytes,
             redis_conn_idle_timeout_ms,
+            redis_write_behind_ms,
         } = self;
         // Configs end up in logs and error reports; a password must never follow them there.
         let hide = |password: &str| if password.is_empty() { "" } else { "***" };
@@ -455,6 +466,7 @@ impl fmt::Debug for RedisConfig {
                 redis_client_buffer_keep_bytes,
             )
             .field("redis_conn_idle_timeout_ms", redis_conn_idle_timeout_ms)
+            .field("redis_write_behind_ms", redis_write_behind_ms)
             .finish()
     }
 }

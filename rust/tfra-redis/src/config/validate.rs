@@ -87,6 +87,13 @@ impl RedisConfig {
                  (WAIT with timeout 0 can block forever)",
             ));
         }
+        if self.redis_write_behind_ms > 0 && self.redis_durable_write_replicas > 0 {
+            return Err(Error::field(
+                "redis_write_behind_ms",
+                "and redis_durable_write_replicas cannot both be set: a durable write waits \
+                 for replicas before it returns, a write-behind returns before it is sent",
+            ));
+        }
         if self.redis_fused_slots && self.redis_fused_row {
             return Err(Error::field(
                 "redis_fused_row",

@@ -1,8 +1,8 @@
 //! Writes: `insert`, `insert_together`, `remove`, `accum`, and how a write is encoded and sent
 //! window by window.
 
-use super::{Table, shared_backend, with_batch};
-use crate::backend::{self, Batch, Retry, Role};
+use super::{Table, WINDOW_KEYS, shared_backend, with_batch};
+use crate::backend::{self, Batch, Commands as _, Retry, Role};
 use crate::codec::{Keys, ValueDtype};
 use crate::error::{Error, Result};
 
@@ -137,6 +137,20 @@ impl Table {
             .enumerate()
             .flat_map(|(w, p)| p.iter().map(move |(b, pos)| (w, *b, pos.as_slice())))
             .collect();
+        let cmds = TogetherWrites {
+            writes,
+            plan: &plan,
+        };
+        let delays: Option<Vec<_>> = writes.iter().map(|(t, ..)| t.write_behind()).collect();
+        if let Some(delay) = delays.and_then(|d| d.into_iter().min())
+            && writes.iter().map(|(_, k, _)| k.len()).sum::<usize>() <= WINDOW_KEYS
+        {
+            let mut batch = Batch::new();
+            for i in 0..plan.len() {
+                cmds.encode(i, &mut batch);
+            }
+            return backend.defer(batch, delay);
+        }
         let keep = writes[0].0.config.redis_client_buffer_keep_bytes;
         with_batch(keep, |scratch| {
             let cmds = TogetherWrites {
@@ -174,7 +188,7 @@ impl Table {
             return Ok(());
         }
         let rb = self.row_bytes;
-        self.write_windows(keys, Retry::Idempotent, "HSET", |batch, b, pos| {
+        self.write_or_defer(keys, "HSET", |batch, b, pos| {
             batch.command("HSET", 1 + 2 * pos.len());
             batch.key(self.buckets[b].as_bytes());
             for &i in pos {
@@ -372,6 +386,35 @@ impl Table {
             }
             Ok(())
         })
+    }
+
+    /// With `redis_write_behind_ms`, how long this table's step writes may wait in the client.
+    fn write_behind(&self) -> Option<std::time::Duration> {
+        (self.config.redis_write_behind_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.config.redis_write_behind_ms))
+    }
+
+    /// [`Table::write_windows`] of idempotent commands for an optimizer step's write: with
+    /// `redis_write_behind_ms`, a write of one window is queued for the next command on its
+    /// buckets to carry (see `backend/write_behind.rs`); bigger writes are sent now, since one
+    /// round trip less does not matter next to theirs.
+    fn write_or_defer(
+        &self,
+        keys: Keys<'_>,
+        name: &'static str,
+        make: impl Fn(&mut Batch, usize, &[u32]) + Sync,
+    ) -> Result<()> {
+        if let Some(delay) = self.write_behind() {
+            let plan = self.plan(keys);
+            if let [window] = Self::windows(&plan).as_slice() {
+                let mut batch = Batch::new();
+                for (b, pos) in window.iter() {
+                    make(&mut batch, *b, pos);
+                }
+                return self.backend()?.defer(batch, delay);
+            }
+        }
+        self.write_windows(keys, Retry::Idempotent, name, make)
     }
 
     /// Deletes ids from one given runtime bucket, wherever the layout would put them.
