@@ -15,7 +15,9 @@ Runs ``model.fit`` (graph mode) at batch 4,096 for:
   prefetching the next batch's rows (``compile(prefetch_embeddings=...)``), Adam and SGD, and
   with Adam's slots fused into one table (``redis_fused_slots``: **redis+fused**), and with
   Adam's slots in each row's own field (``redis_fused_row``: **redis+fusedrow**; one read
-  and one write per id and step);
+  and one write per id and step); with ``--write-behind MS`` also Adam with
+  ``redis_write_behind_ms`` (**redis+behind**, **redis+fusedrow+behind**: each step's write
+  rides in the next step's lookup pipeline, one round trip per step less);
 * **memory-big**: the example's in-memory model, ``keras.layers.Embedding`` over the whole
   4.5M-id vocabulary (Keras' Adam updates every row of it every step);
 * **memory-fair**: in-memory embeddings whose vocabulary is just the ids in the data (remapped
@@ -35,6 +37,7 @@ Keras). Overlapping calls (two tables at once) count once.
     python benchmarks/bench_train_step.py --quick   # under a minute
     python benchmarks/bench_train_step.py           # more steps, two rounds (a few minutes)
     python benchmarks/bench_train_step.py --model ctr3 --optimizers adam
+    python benchmarks/bench_train_step.py --write-behind 1000 --delay-ms 0.25  # 0.5 ms RTT
 
 Prints a table and writes ``benchmarks/results/train_step-<timestamp>.json``. Compare ratios
 from one run; the machine's other load moves absolute numbers.
@@ -43,6 +46,7 @@ from one run; the machine's other load moves absolute numbers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -63,6 +67,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 import train_ctr  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_store import delay_proxy  # noqa: E402
 
 WARMUP_STEPS = 3  # tracing and first-touch costs; not timed
 
@@ -238,6 +245,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="venv with TFRA 0.8.1 (benchmarks/setup_tfra_baseline.sh); its training step is "
         "timed beside ours when it exists",
     )
+    p.add_argument(
+        "--write-behind",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="also run Adam with redis_write_behind_ms=MS (TFRA's layout: redis+behind, and "
+        "redis_fused_row: redis+fusedrow+behind): each step's write rides with the next lookup",
+    )
+    p.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="every Redis client (ours and TFRA's) reaches the server through delay_proxy.py "
+        "with this one-way delay, as across a network",
+    )
     p.add_argument("--out", help="JSON path (default benchmarks/results/train_step-<time>.json)")
     args = p.parse_args(argv)
     args.steps = args.steps or (12 if args.quick else 40)
@@ -344,23 +366,30 @@ def main(argv: list[str] | None = None) -> int:
         keras.backend.clear_session()
 
     with tempfile.TemporaryDirectory(prefix="tfra-bench-train-") as tmp:
-        with testing.standalone() as server:
+        with testing.standalone() as server, contextlib.ExitStack() as stack:
             config = Path(tmp) / "redis_config.json"
+            proxied = {}
+            if args.delay_ms > 0:
+                port = stack.enter_context(delay_proxy(server.port, args.delay_ms))
+                proxied = {"redis_host_port": [port]}
             testing.write_config_file(
-                config, server, table_store_mode=2, expire_model_tag_in_seconds=-1
+                config, server, table_store_mode=2, expire_model_tag_in_seconds=-1, **proxied
             )
             run_id = 0
 
-            def run_redis(opt: str, prefetch: bool, fused: str = "") -> None:
+            def run_redis(opt: str, prefetch: bool, fused: str = "", behind: bool = False) -> None:
                 nonlocal run_id
                 run_id += 1
                 # A model tag per run: fresh embedding and slot tables.
                 workdir = Path(tmp) / f"run{run_id}"
                 workdir.mkdir()
                 tagged = train_ctr.with_model_tag(config, f"bench{run_id}", workdir)
+                settings = json.loads(tagged.read_text())
                 if fused:
-                    settings = json.loads(tagged.read_text())
-                    tagged.write_text(json.dumps({**settings, f"redis_fused_{fused}": True}))
+                    settings[f"redis_fused_{fused}"] = True
+                if behind:
+                    settings["redis_write_behind_ms"] = args.write_behind
+                tagged.write_text(json.dumps(settings))
                 creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=tagged))
                 model, layers = redis_model(creator, prefetch)
                 # The optimizer as asked, no metrics (the in-memory models have none either).
@@ -387,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                     "rows_in_redis": {layer.name: int(layer.params.size()) for layer in layers},
                 }
                 variant = {"": "", "slots": "+fused", "row": "+fusedrow"}[fused]
+                variant += "+behind" if behind else ""
                 name = f"redis{'+prefetch' if prefetch else ''}{variant}"
                 result = Result(name, opt, args.steps, median_ms(steps), notes=notes)
                 result.split_ms = {k: median_ms(v) for k, v in split.items()}
@@ -442,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
                     if opt == "adam":  # SGD has no slots to fuse
                         run_redis(opt, False, fused="slots")
                         run_redis(opt, False, fused="row")
+                        if args.write_behind:
+                            run_redis(opt, False, behind=True)
+                            run_redis(opt, False, fused="row", behind=True)
                     if tfra_note is None:
                         run_tfra(opt)
                     if args.redis_only:
@@ -478,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'-'.join(map(str, spec.hidden))}-1; median ms per step "
         f"({args.steps} steps, memory-big {args.big_steps}; best of {args.rounds} rounds)\n"
     )
-    header = f"{'model':<16}{'opt':<6}{'step':>8}{'lookup':>8}{'apply':>8}{'prefetch':>9}"
+    header = f"{'model':<23}{'opt':<6}{'step':>8}{'lookup':>8}{'apply':>8}{'prefetch':>9}"
     print(header + f"{'dense+keras':>12}{'apply calls':>12}  re-read")
     for r in sorted(best.values(), key=lambda r: (r.optimizer, r.name)):
         split = r.split_ms
@@ -493,10 +526,17 @@ def main(argv: list[str] | None = None) -> int:
             n = r.notes
             reread = f"  {(n['patched_keys'] + n['reread_keys']) / n['prefetched_keys']:.0%}"
             reread += f" ({n['reread_keys'] / n['prefetched_keys']:.0%} on the step)"
-        print(f"{r.name:<16}{r.optimizer:<6}{r.step_ms:>8.1f}{cells}{reread}")
+        print(f"{r.name:<23}{r.optimizer:<6}{r.step_ms:>8.1f}{cells}{reread}")
     ratios = {}
     for opt in args.optimizers:
-        for ours in ("redis", "redis+prefetch", "redis+fused", "redis+fusedrow"):
+        for ours in (
+            "redis",
+            "redis+prefetch",
+            "redis+fused",
+            "redis+fusedrow",
+            "redis+behind",
+            "redis+fusedrow+behind",
+        ):
             for base in ("memory-fair", "memory-big", "dense-only", "tfra-0.8.1"):
                 if (ours, opt) in best and (base, "adam" if base == "memory-big" else opt) in best:
                     b = best[(base, "adam" if base == "memory-big" else opt)]

@@ -245,12 +245,27 @@ def test_fused_row_trains_as_tfras_layout_with_and_without_prefetch(
     tmp_path, standalone_server, make_config, unique_name
 ):
     """redis_fused_row with Adam: the same losses, tables and slots as TFRA's layout, also
-    when the lookups take prefetched rows (they hold no slots: the optimizer reads those)."""
+    when the lookups take prefetched rows (they hold no slots: the optimizer reads those), and
+    when each step's write waits for the next command on its rows (redis_write_behind_ms):
+    the prefetch of batch N+1 may start before step N's write reaches Redis."""
     runs = {}
-    for fused, prefetch in ((False, False), (True, False), (True, True)):
-        path = make_config(tmp_path, standalone_server, table_store_mode=2, redis_fused_row=fused)
+    for fused, prefetch, behind in (
+        (False, False, 0),
+        (True, False, 0),
+        (True, True, 0),
+        (True, True, 600_000),
+        (False, True, 600_000),
+    ):
+        path = make_config(
+            tmp_path,
+            standalone_server,
+            table_store_mode=2,
+            redis_fused_row=fused,
+            redis_write_behind_ms=behind,
+        )
         creator = de.RedisTableCreator(de.RedisTableConfig(redis_config_abs_dir=str(path)))
-        model = TwoLookupsModel(creator, f"{unique_name}_{int(fused)}{int(prefetch)}")
+        name = f"{unique_name}_{int(fused)}{int(prefetch)}{int(bool(behind))}"
+        model = TwoLookupsModel(creator, name)
         optimizer = keras.optimizers.Adam(0.05)
         losses, tables, weights = _train(model, optimizer, prefetch)
         slots = []
@@ -261,9 +276,9 @@ def test_fused_row_trains_as_tfras_layout_with_and_without_prefetch(
             else:
                 m, v = (found[s].lookup(tf.constant(keys)).numpy() for s in ("m", "v"))
                 slots.append(np.concatenate([m, v], axis=1))
-        runs[fused, prefetch] = (losses, tables, weights, slots)
-    base_losses, base_tables, base_weights, base_slots = runs[False, False]
-    for run in ((True, False), (True, True)):
+        runs[fused, prefetch, behind] = (losses, tables, weights, slots)
+    base_losses, base_tables, base_weights, base_slots = runs[False, False, 0]
+    for run in list(runs)[1:]:
         losses, tables, weights, slots = runs[run]
         np.testing.assert_allclose(losses, base_losses, rtol=1e-5, err_msg=str(run))
         for (keys, values), (base_keys, base_values) in zip(tables, base_tables, strict=True):
