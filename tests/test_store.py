@@ -924,3 +924,37 @@ subprocess.run([sys.executable, "-c", {size_elsewhere!r}], check=True)
         np.testing.assert_array_equal(slots, np.full((3, 4), 8.0))
     finally:
         store.clear()
+
+
+def test_a_forked_child_leaves_its_parents_deferred_writes_alone(
+    tmp_path, standalone_server, make_config, unique_name
+):
+    """The child of a fork holds a copy of its parent's waiting writes. Sending them from
+    the child could land them after newer rows of the parent, so the child's flush (and its
+    exit) must not."""
+    import os
+
+    path = make_config(
+        tmp_path, standalone_server, redis_fused_row=True, redis_write_behind_ms=600_000
+    )
+    store = RedisStore(path, unique_name, 2, manage_ttl=False)
+    try:
+        store.insert_with_slots(
+            np.array([1]), np.full((1, 2), 3.0, np.float32), np.zeros((1, 2), np.float32)
+        )
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 0
+            try:
+                tfra_redis.store.flush_deferred_writes()
+            except BaseException:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        buckets = store.bucket_keys
+        assert sum(int(standalone_server.execute("HLEN", b)) for b in buckets) == 0
+        np.testing.assert_array_equal(store.find(np.array([1])), np.full((1, 2), 3.0))
+        assert sum(int(standalone_server.execute("HLEN", b)) for b in buckets) == 1
+    finally:
+        store.clear()

@@ -47,6 +47,10 @@ pub(crate) struct WriteBehind {
 
 struct Shared {
     inner: Arc<dyn Backend>,
+    /// The process that queued the writes. A forked child inherits a copy of its parent's
+    /// queue in the registry; sending those writes from the child could land them after
+    /// newer rows the parent wrote meanwhile, so [`flush_all`] leaves them alone.
+    pid: u32,
     queue: Mutex<Queue>,
     /// Signalled when a write is queued, taken or done.
     changed: Condvar,
@@ -100,12 +104,15 @@ fn registry() -> &'static Mutex<Vec<Weak<Shared>>> {
 
 /// Sends every write still waiting in any backend of this process and waits for those in
 /// flight; the first error is returned after all were tried (failed writes stay queued).
+/// Writes a forked child inherited from its parent are the parent's to send, and are left
+/// alone.
 pub fn flush_all() -> Result<()> {
     let all: Vec<Arc<Shared>> = registry()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
         .filter_map(Weak::upgrade)
+        .filter(|s| s.pid == std::process::id())
         .collect();
     let mut first = Ok(());
     for shared in all {
@@ -122,6 +129,7 @@ impl WriteBehind {
     pub(crate) fn new(inner: Arc<dyn Backend>) -> Self {
         let shared = Arc::new(Shared {
             inner,
+            pid: std::process::id(),
             queue: Mutex::new(Queue::default()),
             changed: Condvar::new(),
             outstanding: AtomicUsize::new(0),
