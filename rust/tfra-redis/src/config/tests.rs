@@ -682,7 +682,7 @@ fn to_json_has_every_key() {
     for key in TFRA_KEYS {
         assert!(object.contains_key(key), "{key}");
     }
-    assert_eq!(object.len(), TFRA_KEYS.len() + 12);
+    assert_eq!(object.len(), TFRA_KEYS.len() + 13);
     assert_eq!(
         FIELDS[..TFRA_KEYS.len()]
             .iter()
@@ -710,6 +710,7 @@ fn to_json_round_trips() {
         table_store_mode: StoreMode::Tensor,
         redis_tls: true,
         redis_retry_deadline_ms: 5,
+        redis_write_behind_ms: 25,
         ..RedisConfig::default()
     };
     let json = config.to_json_value();
