@@ -48,7 +48,7 @@ def new_rows(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     Without that, every large lookup result (32 MiB at 65,536 ids of dim 128) is a fresh
     ``mmap`` whose pages the kernel faults in and zeroes on first write, costing more client
     CPU than reading the rows (issue #13). The pool is ``_native.row_buffer``'s; its size is
-    ``TFRA_REDIS_BUFFER_POOL_BYTES`` (default 128 MiB, 0 = off).
+    ``TFRA_REDIS_BUFFER_POOL_BYTES`` (default 64 MiB, 0 = off).
     """
     nbytes = dtype.itemsize * math.prod(shape)
     if nbytes < _POOLED_BYTES:

@@ -36,13 +36,15 @@ const ALIGN: usize = 64;
 /// faults, and keeping them would only hold memory.
 pub const MIN_POOLED_BYTES: usize = 1 << 20;
 
-/// The most bytes the pool keeps by default: four 32 MiB results (a 65,536 x 128 float32
-/// lookup), enough for a loop that holds its previous result while it reads the next one, or
-/// an optimizer step that reads a parameter and two slot tables at once. The pool only ever
-/// holds memory the process already had in use at once, and gives up to this much of it to the
-/// next large lookups instead of to the kernel; `TFRA_REDIS_BUFFER_POOL_BYTES` changes it
-/// (0 turns the pool off) where resident memory matters more than the page faults.
-const DEFAULT_POOL_BYTES: usize = 128 << 20;
+/// The most bytes the pool keeps by default: two 32 MiB results (a 65,536 x 128 float32
+/// lookup), enough for a loop that holds its previous result while it reads the next one. The
+/// pool only holds memory the process had in use at once before, but it holds it for good:
+/// after a burst of big lookups the client's resident memory stays up to this much higher
+/// (`benchmarks/bench_client_memory.py`: 47 -> 175 MB at 128 MiB). An optimizer step that
+/// reads a parameter and two slot tables of that size at once needs 96 MiB to skip every page
+/// fault; `TFRA_REDIS_BUFFER_POOL_BYTES` raises the cap for that, or lowers it (0 turns the
+/// pool off) where resident memory matters more than the page faults.
+const DEFAULT_POOL_BYTES: usize = 64 << 20;
 
 /// The environment variable that sets the pool's byte cap.
 const POOL_BYTES_ENV: &str = "TFRA_REDIS_BUFFER_POOL_BYTES";
