@@ -144,3 +144,35 @@ def test_a_forked_child_closes_the_sockets_it_inherited(request, kind, unique_na
 
     assert run_in_child(child) == "done"
     np.testing.assert_array_equal(store.find(keys), rows(keys, 2, 0.0))
+
+
+def test_a_forked_child_reuses_pooled_result_memory_without_touching_the_parents(
+    standalone_server, unique_name
+):
+    """Large results live in a process-wide pool of blocks (``_native.row_buffer``). A child
+    forked while the parent holds one result and has a freed block in the pool gets the pool
+    unlocked, reuses the inherited free block (copy-on-write), and neither side sees the other's
+    rows."""
+    from tfra_redis import _native
+
+    dim = 128
+    store = RedisStore(standalone_server.config_dict(), unique_name, dim, manage_ttl=False)
+    keys = np.arange(4096, dtype=np.int64)  # 2 MiB of rows: pooled
+    store.insert(keys, rows(keys, dim, 0.5))
+    held = store.find(keys)
+    freed = store.find(keys + 1)
+    del freed
+    assert _native._row_buffer_pool()[0] >= 1
+
+    def child() -> str:
+        free_before = _native._row_buffer_pool()[0]
+        store.insert(keys, rows(keys, dim, 9.0))  # the parent must not see this in `held`
+        got = store.find(keys)
+        assert _native._row_buffer_pool()[0] == free_before - 1, "the child did not reuse"
+        np.testing.assert_array_equal(got, rows(keys, dim, 9.0))
+        np.testing.assert_array_equal(held, rows(keys, dim, 0.5))
+        return "reused"
+
+    assert run_in_child(child) == "reused"
+    np.testing.assert_array_equal(held, rows(keys, dim, 0.5))
+    np.testing.assert_array_equal(store.find(keys), rows(keys, dim, 9.0))

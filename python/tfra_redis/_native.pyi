@@ -19,6 +19,9 @@ __all__ = [
     "convert_slots",
     "_panic_for_tests",
     "native_op_entry",
+    "RowBuffer",
+    "row_buffer",
+    "_row_buffer_pool",
     "RedisTableError",
     "ConfigError",
     "RedisConnectionError",
@@ -187,3 +190,16 @@ def convert_slots(
     page: int,
     progress: Callable[[str, int, int, int, int], None] | None = None,
 ) -> dict[str, Any]: ...
+
+@final
+class RowBuffer:
+    """The owner of a pooled block: the base of the array ``row_buffer`` returns."""
+
+    @property
+    def capacity(self) -> int: ...
+
+def row_buffer(nbytes: int) -> npt.NDArray[np.uint8]:
+    """A writable, 64-byte aligned ``uint8`` array of ``nbytes`` over recycled memory."""
+
+def _row_buffer_pool() -> tuple[int, int, int]:
+    """``(free blocks, their bytes, the cap)`` of ``row_buffer``'s pool (for tests)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import math
 import os
 import threading
 import warnings
@@ -35,6 +36,25 @@ def numpy_dtype(name: str) -> np.dtype:
         bfloat16: np.dtype = np.dtype(ml_dtypes.bfloat16)
         return bfloat16
     return np.dtype(name)
+
+
+# Results at least this large are made by `new_rows` over recycled memory.
+_POOLED_BYTES = 1 << 20
+
+
+def new_rows(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array, as ``np.empty(shape, dtype)`` makes; one of 1 MiB
+    or more lives in a block that is recycled once the array and its views are gone.
+
+    Without that, every large lookup result (32 MiB at 65,536 ids of dim 128) is a fresh
+    ``mmap`` whose pages the kernel faults in and zeroes on first write, costing more client
+    CPU than reading the rows (issue #13). The pool is ``_native.row_buffer``'s; its size is
+    ``TFRA_REDIS_BUFFER_POOL_BYTES`` (default 64 MiB, 0 = off).
+    """
+    nbytes = dtype.itemsize * math.prod(shape)
+    if nbytes < _POOLED_BYTES:
+        return np.empty(shape, dtype)
+    return _native.row_buffer(nbytes).view(dtype).reshape(shape)
 
 
 def dtype_name(dtype: Any) -> str:
@@ -214,7 +234,7 @@ class RedisStore:
 
     def _read(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, exists)`` of flat ids (as ``_keys`` gives them); missing rows are zeros."""
-        out = np.empty((flat.shape[0], self.dim), dtype=self.np_value_dtype)
+        out = new_rows((flat.shape[0], self.dim), self.np_value_dtype)
         exists = np.empty((flat.shape[0],), dtype=np.bool_)
         zero = np.zeros((self.dim,), dtype=self.np_value_dtype).view(np.uint8)
         self._table.find(flat, zero, self._bytes(out), exists)
@@ -313,7 +333,7 @@ class RedisStore:
             if out is not None:
                 out.reshape(n, self.dim)[...] = rows
         else:
-            rows = np.empty((n, self.dim), self.np_value_dtype) if out is None else out
+            rows = new_rows((n, self.dim), self.np_value_dtype) if out is None else out
             exists = np.empty((n,), dtype=np.bool_) if return_exists else None
             self._table.find(flat, self._bytes(default), self._bytes(rows), exists)
         # The caller's own array when given (rows is a flat view of it), else the new rows.
@@ -337,7 +357,7 @@ class RedisStore:
             rows: np.ndarray = self.find(keys, default_row.view(self.np_value_dtype))
             return rows
         flat = self._keys(keys)
-        out = np.empty((*keys.shape, self.dim), self.np_value_dtype)
+        out = new_rows((*keys.shape, self.dim), self.np_value_dtype)
         self._table.find(flat, default_row, out.reshape(-1).view(np.uint8), None)
         return out
 
@@ -365,8 +385,8 @@ class RedisStore:
         flat = self._keys(keys)
         n = flat.shape[0]
         slot_default = np.ascontiguousarray(slot_default, dtype=self.np_value_dtype).reshape(-1)
-        rows = np.empty((n, self.dim), dtype=self.np_value_dtype)
-        slots = np.empty((n, slot_default.shape[0]), dtype=self.np_value_dtype)
+        rows = new_rows((n, self.dim), self.np_value_dtype)
+        slots = new_rows((n, slot_default.shape[0]), self.np_value_dtype)
         self._table.find_with_slots(
             flat,
             self._bytes(self._default(default, n)),
@@ -528,7 +548,7 @@ def find_together(
                 f"{stores[0].key_dtype}, {store.name!r} has {store.key_dtype}"
             )
         default_bytes.append(store._bytes(store._default(default, flat.shape[0])))
-        outs.append(np.empty((flat.shape[0], store.dim), dtype=store.np_value_dtype))
+        outs.append(new_rows((flat.shape[0], store.dim), store.np_value_dtype))
     _native.find_together(
         [s._table for s in stores],
         flat,

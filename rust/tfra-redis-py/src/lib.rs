@@ -18,6 +18,7 @@ use tfra_redis::config::{RedisConfig, resolve_config_path};
 use tfra_redis::table::{Defaults, TableSpec};
 
 mod native_op;
+mod row_buffer;
 
 pyo3::create_exception!(
     tfra_redis,
@@ -801,6 +802,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(convert_slots, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(native_op_entry, m)?)?;
+    m.add_class::<row_buffer::RowBuffer>()?;
+    m.add_function(wrap_pyfunction!(row_buffer::row_buffer, m)?)?;
+    m.add_function(wrap_pyfunction!(row_buffer::_row_buffer_pool, m)?)?;
     m.add("RedisTableError", py.get_type::<RedisTableError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add(
