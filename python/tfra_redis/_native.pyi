@@ -15,6 +15,7 @@ __all__ = [
     "find_together",
     "restrict",
     "insert_together",
+    "flush_deferred_writes",
     "check_slot_layout",
     "convert_slots",
     "_panic_for_tests",
