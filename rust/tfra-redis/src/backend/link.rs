@@ -405,6 +405,11 @@ impl PlainLink {
     /// an older reply), so growing costs one memset of the new part and reuse costs nothing.
     fn read_more(&mut self, buf: &mut Vec<u8>, filled: usize) -> std::io::Result<usize> {
         if filled == buf.len() {
+            // A big reply (a node's share of a 65,536-row lookup is ~11 MB) grows the buffer
+            // past what the connection keeps, on every call: huge pages fault it in 2 MiB at
+            // a time instead of 4 KiB.
+            buf.reserve_exact(buf.len());
+            super::batch::advise_huge_pages(buf.as_ptr(), buf.capacity());
             buf.resize(buf.len() * 2, 0);
         }
         match self.stream.read(&mut buf[filled..])? {

@@ -376,6 +376,10 @@ impl Table {
         let plan = self.plan(keys);
         with_batch(self.config.redis_client_buffer_keep_bytes, |scratch| {
             for window in Self::windows(&plan) {
+                // A row, its field and RESP framing per key (more for fused rows: the buffer
+                // grows then).
+                let keys_here: usize = window.iter().map(|(_, pos)| pos.len()).sum();
+                scratch.reserve_for(keys_here * (self.row_bytes + 48));
                 let cmds = WindowWrites {
                     table: self,
                     name,
