@@ -375,6 +375,29 @@ def _command_calls(server) -> dict[str, int]:
     return calls
 
 
+def _commands_used_by(server, action) -> dict[str, int]:
+    """The Redis commands (name: calls) ``action`` made ``server`` run."""
+    before = _command_calls(server)
+    action()
+    after = _command_calls(server)
+    used = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    used.pop("info", None)
+    return used
+
+
+def _graph_step(layer, optimizer):
+    """One traced training step of ``layer`` on (ids, upstream gradient)."""
+
+    @tf.function
+    def step(ids, upstream):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(ids) * upstream)
+        grads = tape.gradient(loss, layer.trainable_weights)
+        optimizer.apply_gradients(zip(grads, layer.trainable_weights, strict=True))
+
+    return step
+
+
 @pytest.mark.parametrize("fused", ["row", "slots", "none"])
 def test_an_adam_step_reads_and_writes_each_id_once_with_fused_row(
     tmp_path, standalone_server, make_config, unique_name, fused
@@ -389,22 +412,14 @@ def test_an_adam_step_reads_and_writes_each_id_once_with_fused_row(
     layer, optimizer = _train_redis(
         creator, unique_name, OPTIMIZERS["adam"], batches[:1], graph=True
     )
-
-    @tf.function
-    def step(ids, upstream):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(layer(ids) * upstream)
-        grads = tape.gradient(loss, layer.trainable_weights)
-        optimizer.apply_gradients(zip(grads, layer.trainable_weights, strict=True))
+    step = _graph_step(layer, optimizer)
 
     ids, upstream = batches[1]
     step(tf.constant(ids), tf.constant(upstream))  # traced, and a first step for new ids
     ids, upstream = batches[2]
-    before = _command_calls(standalone_server)
-    step(tf.constant(ids), tf.constant(upstream))
-    after = _command_calls(standalone_server)
-    used = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
-    used.pop("info", None)
+    used = _commands_used_by(
+        standalone_server, lambda: step(tf.constant(ids), tf.constant(upstream))
+    )
     want = {"row": 1, "slots": 2, "none": 3}[fused]
     assert used == {"hmget": want, "hset": want}
 
@@ -512,21 +527,10 @@ def test_with_write_behind_a_steps_write_rides_with_the_next_lookup(
     layer, optimizer = _train_redis(
         creator, unique_name, OPTIMIZERS["adam"], batches[:1], graph=True
     )
-
-    @tf.function
-    def step(ids, upstream):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(layer(ids) * upstream)
-        grads = tape.gradient(loss, layer.trainable_weights)
-        optimizer.apply_gradients(zip(grads, layer.trainable_weights, strict=True))
+    step = _graph_step(layer, optimizer)
 
     def used_by(action):
-        before = _command_calls(standalone_server)
-        action()
-        after = _command_calls(standalone_server)
-        used = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
-        used.pop("info", None)
-        return used
+        return _commands_used_by(standalone_server, action)
 
     ids, upstream = batches[1]
     step(tf.constant(ids), tf.constant(upstream))  # traced, and a first step for new ids

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::{f32_bytes as bytes, f32s as floats};
+
 use serde_json::json;
 use support::{Cluster, Standalone};
 use tfra_redis::codec::{Dim, KeyDtype, ValueDtype};
@@ -20,16 +22,6 @@ fn config(json: &str) -> RedisConfig {
 fn open(json: &str, name: &str) -> Table {
     let spec = TableSpec::new(name, KeyDtype::I64, ValueDtype::F32, Dim::new(DIM).unwrap());
     TableBuilder::from_spec(&config(json), spec).open().unwrap()
-}
-
-fn bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn floats(b: &[u8]) -> Vec<f32> {
-    b.chunks(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
 }
 
 /// (rows, slots) of `keys`, default row `[-1, -1]`, default slots `[9; 2 * DIM]`.

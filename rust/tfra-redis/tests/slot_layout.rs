@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::f32_bytes;
+
 use serde_json::json;
 use support::{Cluster, Standalone, redis_cli};
 use tfra_redis::config::RedisConfig;
@@ -294,10 +296,6 @@ fn a_rerun_with_another_bucket_layout_copies_everything() {
 // -- the fused-row layout: slots after each row in the embedding's own table ---------------
 
 const NO_ROW: i64 = 10;
-
-fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
 
 fn embedding_row(id: i64) -> Vec<f32> {
     (0..DIM).map(|j| -(id as f32) - j as f32 / 100.0).collect()

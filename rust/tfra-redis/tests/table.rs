@@ -2,6 +2,8 @@
 
 mod support;
 
+use support::{f32_bytes as bytes, f32s as floats};
+
 use std::path::Path;
 
 use serde_json::json;
@@ -23,16 +25,6 @@ fn config(json: &str) -> RedisConfig {
 
 fn spec(name: &str, dim: usize) -> TableSpec {
     TableSpec::new(name, KeyDtype::I64, ValueDtype::F32, Dim::new(dim).unwrap())
-}
-
-fn bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn floats(b: &[u8]) -> Vec<f32> {
-    b.chunks(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
 }
 
 fn row(k: i64, dim: usize) -> Vec<f32> {

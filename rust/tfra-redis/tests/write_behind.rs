@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::{f32_bytes as bytes, f32s as floats};
+
 use std::time::Duration;
 
 use serde_json::json;
@@ -19,16 +21,6 @@ fn open(json: &str, name: &str) -> Table {
     let config = RedisConfig::from_json_str(json, "<test>").unwrap().0;
     let spec = TableSpec::new(name, KeyDtype::I64, ValueDtype::F32, Dim::new(DIM).unwrap());
     TableBuilder::from_spec(&config, spec).open().unwrap()
-}
-
-fn bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn floats(b: &[u8]) -> Vec<f32> {
-    b.chunks(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
 }
 
 fn find(t: &Table, keys: &[i64]) -> tfra_redis::Result<Vec<f32>> {

@@ -1178,3 +1178,16 @@ impl Drop for TlsCerts {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Rows of f32 as the little-endian bytes a table stores.
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The f32 values of little-endian bytes.
+pub fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
