@@ -589,9 +589,11 @@ def flush_deferred_writes() -> None:
 @atexit.register
 def _flush_at_exit() -> None:
     try:
-        _native.flush_deferred_writes()
+        # at_exit: the background flushers stop first; they must not log once the
+        # interpreter finalizes (the logging bridge would need the GIL).
+        _native.flush_deferred_writes(at_exit=True)
     except Exception as err:
-        # Not raised: nothing could catch it at exit. The rows stay lost only for this step.
+        # Not raised: nothing could catch it at exit.
         warnings.warn(
             f"tfra-redis: the last optimizer writes deferred by redis_write_behind_ms could "
             f"not be sent at exit: {err}",

@@ -926,10 +926,16 @@ fn find_together(
 }
 
 /// Sends the optimizer writes that `redis_write_behind_ms` let wait in this process, and
-/// waits for those already on their way.
+/// waits for those already on their way. `at_exit`: the interpreter is exiting, so the
+/// background flushers stop first (they must not log once it finalizes).
 #[pyfunction]
-fn flush_deferred_writes(py: Python<'_>) -> PyResult<()> {
-    detached(py, tfra_redis::flush_deferred_writes)
+#[pyo3(signature = (at_exit = false))]
+fn flush_deferred_writes(py: Python<'_>, at_exit: bool) -> PyResult<()> {
+    if at_exit {
+        detached(py, tfra_redis::flush_deferred_writes_at_exit)
+    } else {
+        detached(py, tfra_redis::flush_deferred_writes)
+    }
 }
 
 /// Upserts `values[i]` (`len(keys)` rows) into `tables[i]` for the same `keys`, with one

@@ -129,7 +129,7 @@ pub use builder::TableBuilder;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub use backend::flush_deferred_writes;
+pub use backend::{flush_deferred_writes, flush_deferred_writes_at_exit};
 pub use codec::{ByteKeys, Dim, Element, KeyBuf, KeyDtype, Keys, ValueDtype};
 pub use config::{ConnectionMode, RedisConfig, StoreMode};
 pub use error::{ArgumentKind, Error, Result};

@@ -51,7 +51,9 @@ use crate::error::{Error, Result};
 pub use batch::{Batch, Commands};
 pub use options::ConnectOptions;
 pub use reply::{Reply, ReplyView, Unexpected};
-pub use write_behind::flush_all as flush_deferred_writes;
+pub use write_behind::{
+    flush_all as flush_deferred_writes, flush_all_at_exit as flush_deferred_writes_at_exit,
+};
 
 /// Whether a batch only reads (and may go to replicas when the config allows it) or writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,7 +23,7 @@
 //! [`Table::insert_together`]: crate::Table::insert_together
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -96,6 +96,9 @@ fn lock(m: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Set by [`flush_all_at_exit`]: flusher threads end instead of sending or logging.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
 /// Every write-behind backend of this process, for [`flush_all`].
 fn registry() -> &'static Mutex<Vec<Weak<Shared>>> {
     static REGISTRY: OnceLock<Mutex<Vec<Weak<Shared>>>> = OnceLock::new();
@@ -123,6 +126,15 @@ pub fn flush_all() -> Result<()> {
         }
     }
     first
+}
+
+/// [`flush_all`] for a host process that is exiting: first stops the flusher threads, which
+/// must not log (a Python host's logging bridge cannot take the GIL once the interpreter
+/// finalizes), then sends every waiting write from the calling thread. Later writes wait for
+/// a command to carry them or for the next flush.
+pub fn flush_all_at_exit() -> Result<()> {
+    EXITING.store(true, Ordering::Release);
+    flush_all()
 }
 
 impl WriteBehind {
@@ -363,6 +375,9 @@ impl Shared {
 /// is dropped.
 fn flusher(weak: Weak<Shared>) {
     loop {
+        if EXITING.load(Ordering::Acquire) {
+            return;
+        }
         let Some(shared) = weak.upgrade() else {
             return;
         };
@@ -375,6 +390,11 @@ fn flusher(weak: Weak<Shared>) {
                 match result {
                     Ok(_) => shared.land(flight.id, None),
                     Err(e) => {
+                        if EXITING.load(Ordering::Acquire) {
+                            // The exit's own flush sends them, and reports a failure.
+                            shared.land(flight.id, Some((flight.batch, flight.keys, flight.due)));
+                            return;
+                        }
                         log::warn!(
                             target: "tfra_redis::backend",
                             "sending deferred writes to {} failed, retrying: {e}",
