@@ -130,6 +130,9 @@ pub use builder::TableBuilder;
 pub struct ReadmeDoctests;
 
 pub use backend::{flush_deferred_writes, flush_deferred_writes_at_exit};
+// For the Python bindings' pool of result blocks: one madvise helper for both crates.
+#[doc(hidden)]
+pub use backend::advise_huge_pages;
 pub use codec::{ByteKeys, Dim, Element, KeyBuf, KeyDtype, Keys, ValueDtype};
 pub use config::{ConnectionMode, RedisConfig, StoreMode};
 pub use error::{ArgumentKind, Error, Result};

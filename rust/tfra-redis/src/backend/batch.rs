@@ -293,9 +293,11 @@ impl Commands for Batch {
 }
 
 /// Asks Linux to back `len` bytes at `ptr` (one allocation) with transparent huge pages when
-/// they are 4 MiB or more. Only advice: a failure changes nothing.
+/// they are 4 MiB or more, as numpy's allocator does for its arrays: a first touch then faults
+/// in 2 MiB at a time instead of 4 KiB. Only advice: a failure changes nothing. Also used by
+/// the Python bindings' pool of result blocks.
 #[cfg(target_os = "linux")]
-pub(crate) fn advise_huge_pages(ptr: *const u8, len: usize) {
+pub fn advise_huge_pages(ptr: *const u8, len: usize) {
     const PAGE: usize = 4096;
     if len < (4 << 20) {
         return;
@@ -312,7 +314,7 @@ pub(crate) fn advise_huge_pages(ptr: *const u8, len: usize) {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn advise_huge_pages(_ptr: *const u8, _len: usize) {}
+pub fn advise_huge_pages(_ptr: *const u8, _len: usize) {}
 
 /// Which argument after the name is the key a command is routed by: the first one, except
 /// for scripts (`EVAL script numkeys key ...`), which have none when `numkeys` is 0.

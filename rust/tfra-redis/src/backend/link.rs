@@ -409,7 +409,7 @@ impl PlainLink {
             // past what the connection keeps, on every call: huge pages fault it in 2 MiB at
             // a time instead of 4 KiB.
             buf.reserve_exact(buf.len());
-            super::batch::advise_huge_pages(buf.as_ptr(), buf.capacity());
+            super::advise_huge_pages(buf.as_ptr(), buf.capacity());
             buf.resize(buf.len() * 2, 0);
         }
         match self.stream.read(&mut buf[filled..])? {

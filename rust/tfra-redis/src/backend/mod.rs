@@ -48,7 +48,7 @@ use redis::{Cmd, Value};
 use crate::config::{ConnectionMode, RedisConfig};
 use crate::error::{Error, Result};
 
-pub use batch::{Batch, Commands};
+pub use batch::{Batch, Commands, advise_huge_pages};
 pub use options::ConnectOptions;
 pub use reply::{Reply, ReplyView, Unexpected};
 pub use write_behind::{

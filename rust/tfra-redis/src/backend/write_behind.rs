@@ -68,6 +68,38 @@ struct Queue {
     next_flight: u64,
 }
 
+impl Queue {
+    /// Puts the waiting writes marked in `taken` (one flag per waiting write) in flight as one
+    /// batch, in queue order; `keys` are the buckets the flight blocks meanwhile.
+    fn launch(&mut self, taken: &[bool], keys: HashSet<Vec<u8>>) -> Flight {
+        let mut batch: Option<Batch> = None;
+        let mut due: Option<Instant> = None;
+        let mut rest = VecDeque::with_capacity(self.waiting.len());
+        for (w, &take) in self.waiting.drain(..).zip(taken) {
+            if !take {
+                rest.push_back(w);
+                continue;
+            }
+            due = Some(due.map_or(w.due, |d| d.min(w.due)));
+            match batch.as_mut() {
+                None => batch = Some(w.batch),
+                Some(b) => b.append(&w.batch),
+            }
+        }
+        self.waiting = rest;
+        let id = self.next_flight;
+        self.next_flight += 1;
+        self.in_flight.push((id, keys.clone()));
+        Flight {
+            id,
+            batch: batch.expect("at least one write was taken"),
+            keys,
+            due: due.expect("at least one write was taken"),
+            carried: 0,
+        }
+    }
+}
+
 /// One deferred write: its commands, the buckets they touch, and when it must be sent at the
 /// latest.
 struct Waiting {
@@ -109,6 +141,11 @@ fn registry() -> &'static Mutex<Vec<Weak<Shared>>> {
 /// flight; the first error is returned after all were tried (failed writes stay queued).
 /// Writes a forked child inherited from its parent are the parent's to send, and are left
 /// alone.
+///
+/// # Errors
+///
+/// The first failure of a backend's flush, as [`crate::Table::insert`] reports it; the writes
+/// that failed stay queued.
 pub fn flush_all() -> Result<()> {
     let all: Vec<Arc<Shared>> = registry()
         .lock()
@@ -132,6 +169,10 @@ pub fn flush_all() -> Result<()> {
 /// must not log (a Python host's logging bridge cannot take the GIL once the interpreter
 /// finalizes), then sends every waiting write from the calling thread. Later writes wait for
 /// a command to carry them or for the next flush.
+///
+/// # Errors
+///
+/// As [`flush_all`].
 pub fn flush_all_at_exit() -> Result<()> {
     EXITING.store(true, Ordering::Release);
     flush_all()
@@ -192,32 +233,9 @@ impl Shared {
             if !taken.contains(&true) {
                 return None;
             }
-            let mut batch: Option<Batch> = None;
-            let mut due: Option<Instant> = None;
-            let mut rest = VecDeque::with_capacity(q.waiting.len());
-            for (w, take) in q.waiting.drain(..).zip(taken) {
-                if !take {
-                    rest.push_back(w);
-                    continue;
-                }
-                due = Some(due.map_or(w.due, |d| d.min(w.due)));
-                match batch.as_mut() {
-                    None => batch = Some(w.batch),
-                    Some(b) => b.append(&w.batch),
-                }
-            }
-            q.waiting = rest;
-            let id = q.next_flight;
-            q.next_flight += 1;
-            q.in_flight.push((id, span.clone()));
+            let flight = q.launch(&taken, span);
             self.count(&q);
-            return Some(Flight {
-                id,
-                batch: batch.expect("at least one write was taken"),
-                keys: span,
-                due: due.expect("at least one write was taken"),
-                carried: 0,
-            });
+            return Some(flight);
         }
     }
 
@@ -300,6 +318,14 @@ impl Shared {
         result
     }
 
+    /// Runs a boarded flight (carried writes, then the command's own) and returns the
+    /// command's replies.
+    fn run_carrying(&self, flight: Flight, retry: Retry) -> Result<Vec<Reply>> {
+        let result = self.inner.run_batch(&flight.batch, Role::Write, retry);
+        let carried = flight.carried;
+        self.arrive(flight, result.map(|mut r| r.split_off(carried)))
+    }
+
     /// Queues a write, starting the flusher if needed.
     fn defer(self: &Arc<Self>, batch: Batch, max_delay: Duration) {
         if batch.is_empty() {
@@ -335,7 +361,7 @@ impl Shared {
 
     /// The waiting writes that are due: every queued write up to the last due one (older
     /// writes first, so a bucket's writes stay in order), unless one of them is in flight.
-    fn take_due(&self, now: Instant) -> std::result::Result<Option<Flight>, Instant> {
+    fn take_due(&self, now: Instant) -> std::result::Result<Flight, Instant> {
         let mut q = lock(&self.queue);
         let Some(last) = q.waiting.iter().rposition(|w| w.due <= now) else {
             let next = q.waiting.iter().map(|w| w.due).min();
@@ -351,23 +377,10 @@ impl Shared {
             // The command carrying it will land soon; look again then.
             return Err(now + Duration::from_millis(1));
         }
-        let mut batch = Batch::new();
-        let mut due = now;
-        for w in q.waiting.drain(..=last) {
-            due = due.min(w.due);
-            batch.append(&w.batch);
-        }
-        let id = q.next_flight;
-        q.next_flight += 1;
-        q.in_flight.push((id, keys.clone()));
+        let taken: Vec<bool> = (0..q.waiting.len()).map(|j| j <= last).collect();
+        let flight = q.launch(&taken, keys);
         self.count(&q);
-        Ok(Some(Flight {
-            id,
-            batch,
-            keys,
-            due,
-            carried: 0,
-        }))
+        Ok(flight)
     }
 }
 
@@ -383,7 +396,7 @@ fn flusher(weak: Weak<Shared>) {
         };
         let now = Instant::now();
         match shared.take_due(now) {
-            Ok(Some(flight)) => {
+            Ok(flight) => {
                 let result = shared
                     .inner
                     .run_batch(&flight.batch, Role::Write, Retry::Idempotent);
@@ -405,7 +418,6 @@ fn flusher(weak: Weak<Shared>) {
                     }
                 }
             }
-            Ok(None) => {}
             Err(next) => {
                 let wait = next
                     .saturating_duration_since(now)
@@ -425,12 +437,10 @@ fn flusher(weak: Weak<Shared>) {
 impl Backend for WriteBehind {
     fn run_batch(&self, batch: &Batch, role: Role, retry: Retry) -> Result<Vec<Reply>> {
         let s = &self.shared;
-        let Some(flight) = s.board(batch, retry)? else {
-            return s.inner.run_batch(batch, role, retry);
-        };
-        let result = s.inner.run_batch(&flight.batch, Role::Write, retry);
-        let carried = flight.carried;
-        s.arrive(flight, result.map(|mut r| r.split_off(carried)))
+        match s.board(batch, retry)? {
+            Some(flight) => s.run_carrying(flight, retry),
+            None => s.inner.run_batch(batch, role, retry),
+        }
     }
 
     fn run_each(&self, batch: &Batch, role: Role, on_reply: &mut OnReply<'_>) -> Result<()> {
@@ -461,12 +471,10 @@ impl Backend for WriteBehind {
         retry: Retry,
     ) -> Result<Vec<Reply>> {
         let s = &self.shared;
-        let Some(flight) = s.board(cmds, retry)? else {
-            return s.inner.run_deferred(cmds, scratch, role, retry);
-        };
-        let result = s.inner.run_batch(&flight.batch, Role::Write, retry);
-        let carried = flight.carried;
-        s.arrive(flight, result.map(|mut r| r.split_off(carried)))
+        match s.board(cmds, retry)? {
+            Some(flight) => s.run_carrying(flight, retry),
+            None => s.inner.run_deferred(cmds, scratch, role, retry),
+        }
     }
 
     fn defer(&self, batch: Batch, max_delay: Duration) -> Result<()> {

@@ -399,24 +399,23 @@ impl Table {
     }
 
     /// [`Table::write_windows`] of idempotent commands for an optimizer step's write: with
-    /// `redis_write_behind_ms`, a write of one window is queued for the next command on its
-    /// buckets to carry (see `backend/write_behind.rs`); bigger writes are sent now, since one
-    /// round trip less does not matter next to theirs.
+    /// `redis_write_behind_ms`, a write of at most one window of ids is queued for the next
+    /// command on its buckets to carry (see `backend/write_behind.rs`); bigger writes are sent
+    /// now, since one round trip less does not matter next to theirs.
     fn write_or_defer(
         &self,
         keys: Keys<'_>,
         name: &'static str,
         make: impl Fn(&mut Batch, usize, &[u32]) + Sync,
     ) -> Result<()> {
-        if let Some(delay) = self.write_behind() {
-            let plan = self.plan(keys);
-            if let [window] = Self::windows(&plan).as_slice() {
-                let mut batch = Batch::new();
-                for (b, pos) in window.iter() {
-                    make(&mut batch, *b, pos);
-                }
-                return self.backend()?.defer(batch, delay);
+        if let Some(delay) = self.write_behind()
+            && keys.len() <= WINDOW_KEYS
+        {
+            let mut batch = Batch::new();
+            for (b, pos) in self.plan(keys) {
+                make(&mut batch, b, &pos);
             }
+            return self.backend()?.defer(batch, delay);
         }
         self.write_windows(keys, Retry::Idempotent, name, make)
     }
